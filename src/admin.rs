@@ -1,0 +1,48 @@
+//! The admin listener (never the data port). Endpoints:
+//!
+//! - `GET /livez` — the process is up.
+//! - `GET /readyz` — config loaded and listeners bound; 503 while draining.
+//! - `GET /health` — overall status, cheap.
+//! - `GET /health/detailed` — every upstream, config generation, last reload.
+//! - `GET /health/circuit-breakers` — every circuit's state and counters.
+//! - `GET /metrics` — Prometheus text format.
+//!
+//! This module owns request routing on that listener; it must not forward
+//! traffic to upstreams or change breaker state except through `Circuit`.
+
+pub mod health;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use crate::app::AppState;
+use crate::proxy::respond::json_response;
+use crate::proxy::upstream::ProxyBody;
+
+/// Routes one admin request.
+pub async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Result<Response<ProxyBody>, Infallible> {
+    let path = req.uri().path().trim_end_matches('/');
+    let path = if path.is_empty() { "/" } else { path };
+    let resp = match (req.method(), path) {
+        (&Method::GET | &Method::HEAD, "/livez") => health::livez(),
+        (&Method::GET | &Method::HEAD, "/readyz") => health::readyz(&state),
+        (&Method::GET, "/health") => health::summary(&state),
+        (&Method::GET, "/health/detailed") => health::detailed(&state),
+        (&Method::GET, "/health/circuit-breakers") => health::circuit_breakers(&state),
+        (&Method::GET, "/metrics") => health::metrics(&state),
+        (_, "/livez" | "/readyz" | "/health" | "/health/detailed" | "/health/circuit-breakers" | "/metrics") => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint only answers GET")
+        }
+        _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
+    };
+    Ok(resp)
+}
+
+/// The admin error shape: `{error: {code, message}}`.
+pub fn error(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
+    json_response(status, &json!({ "error": { "code": code, "message": message } }))
+}

@@ -1,0 +1,160 @@
+//! Probes, health reports and the metrics scrape. All cheap reads: a load
+//! of the current generation and one short lock per circuit.
+
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use http::{HeaderValue, Response, StatusCode};
+use serde_json::{json, Value};
+
+use crate::app::AppState;
+use crate::breaker::{Snapshot, Status};
+use crate::clock;
+use crate::proxy::respond::{full, json_response};
+use crate::proxy::upstream::{ProxyBody, Upstream};
+
+pub fn livez() -> Response<ProxyBody> {
+    json_response(StatusCode::OK, &json!({ "status": "alive" }))
+}
+
+pub fn readyz(state: &AppState) -> Response<ProxyBody> {
+    if state.draining.load(Ordering::Acquire) {
+        json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({ "status": "draining" }))
+    } else if !state.ready.load(Ordering::Acquire) {
+        json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({ "status": "starting" }))
+    } else {
+        json_response(StatusCode::OK, &json!({ "status": "ready" }))
+    }
+}
+
+/// Worst status over all upstreams (unknown counts as healthy here: an
+/// idle upstream is not a problem).
+fn overall(statuses: impl Iterator<Item = Status>) -> &'static str {
+    let mut worst = "healthy";
+    for s in statuses {
+        match s {
+            Status::Failed => return "failed",
+            Status::Degraded => worst = "degraded",
+            Status::Healthy | Status::Unknown => {}
+        }
+    }
+    worst
+}
+
+pub fn summary(state: &AppState) -> Response<ProxyBody> {
+    let gen = state.store.current();
+    let now = clock::now();
+    let snaps: Vec<Snapshot> = gen.upstreams.values().map(|u| u.circuit.snapshot(now)).collect();
+    let status = overall(snaps.iter().map(|s| s.status));
+    let open = snaps.iter().filter(|s| s.status == Status::Failed).count();
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "status": status,
+            "timestamp": clock::timestamp(),
+            "upstreams": snaps.len(),
+            "openCircuits": open,
+            "generation": gen.number,
+        }),
+    )
+}
+
+pub fn detailed(state: &AppState) -> Response<ProxyBody> {
+    let gen = state.store.current();
+    let now = clock::now();
+    let services: Vec<Value> = gen.sorted_upstreams().into_iter().map(|u| service_entry(u, &u.circuit.snapshot(now))).collect();
+    let reload = state.store.status();
+    let status = overall(services.iter().map(|s| match s["status"].as_str() {
+        Some("failed") => Status::Failed,
+        Some("degraded") => Status::Degraded,
+        _ => Status::Healthy,
+    }));
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "status": status,
+            "timestamp": clock::timestamp(),
+            "uptimeSeconds": SystemTime::now().duration_since(state.started).map_or(0, |d| d.as_secs()),
+            "config": {
+                "generation": gen.number,
+                "path": state.store.path().map(|p| p.display().to_string()),
+                "lastReload": {
+                    "trigger": reload.last_trigger,
+                    "attemptedAt": reload.last_attempt.map(clock::rfc3339),
+                    "succeededAt": reload.last_success.map(clock::rfc3339),
+                    "ok": reload.last_error.is_none(),
+                    "errors": reload.last_error.as_ref().map(|e| e.errors.iter().map(|x| json!({
+                        "line": x.line, "column": x.column, "path": x.path, "message": x.message,
+                    })).collect::<Vec<_>>()),
+                    "restartNeeded": reload.restart_needed,
+                },
+            },
+            "websocket": { "clients": state.store.shared.metrics.websocket_clients.get() },
+            "services": services,
+        }),
+    )
+}
+
+pub fn circuit_breakers(state: &AppState) -> Response<ProxyBody> {
+    let gen = state.store.current();
+    let now = clock::now();
+    let circuits: Vec<Value> = gen
+        .sorted_upstreams()
+        .into_iter()
+        .map(|u| {
+            let s = u.circuit.snapshot(now);
+            json!({
+                "service": u.config.name,
+                "state": s.state.as_str(),
+                "status": s.status.as_str(),
+                "mode": s.mode.as_str(),
+                "failureCount": s.failure_count,
+                "window": { "calls": s.window.calls, "failures": s.window.failures, "slow": s.window.slow },
+                "recoveryAttempts": s.recovery_attempts,
+                "totalIncidents": s.total_incidents,
+                "rejected": s.rejected,
+                "inFlight": u.circuit.in_flight(),
+                "openUntil": s.open_until.map(|t| clock::rfc3339(clock::wall(t))),
+                "trip": s.trip.as_ref().map(|r| json!({ "rule": r.rule(), "detail": r.to_string() })),
+                "lastTransition": s.last_transition.as_ref().map(|t| json!({
+                    "from": t.from.as_str(), "to": t.to.as_str(), "reason": t.reason.rule(),
+                    "detail": t.reason.to_string(), "shadow": t.shadow, "at": clock::rfc3339(clock::wall(t.at)),
+                })),
+            })
+        })
+        .collect();
+    json_response(StatusCode::OK, &json!({ "timestamp": clock::timestamp(), "circuitBreakers": circuits }))
+}
+
+pub fn metrics(state: &AppState) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(state.store.shared.metrics.render()));
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    resp
+}
+
+/// One service in the seeds' shape: status, circuit, operations,
+/// performance.
+pub fn service_entry(u: &Upstream, s: &Snapshot) -> Value {
+    let rate = if s.total > 0 { s.successful as f64 * 100.0 / s.total as f64 } else { 100.0 };
+    json!({
+        "service": u.config.name,
+        "status": s.status.as_str(),
+        "circuit": {
+            "state": s.state.as_str(),
+            "failureCount": s.failure_count,
+            "lastFailure": s.last_failure.map(|t| clock::rfc3339(clock::wall(t))),
+            "recoveryAttempts": s.recovery_attempts,
+        },
+        "operations": {
+            "total": s.total,
+            "successful": s.successful,
+            "failed": s.failed,
+            "successRate": (rate * 100.0).round() / 100.0,
+            "lastOperation": s.last_success.max(s.last_failure).map(|t| clock::rfc3339(clock::wall(t))),
+        },
+        "performance": {
+            "averageOperationTimeMs": s.average_duration.map_or(0.0, |d| d.as_secs_f64() * 1e3),
+            "lastOperationTimeMs": s.last_duration.map_or(0.0, |d| d.as_secs_f64() * 1e3),
+        },
+    })
+}

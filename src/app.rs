@@ -1,0 +1,191 @@
+//! Builds and runs everything: binds the data and admin listeners, publishes
+//! the first generation, starts the servers and the circuit ticker, exposes
+//! the bound addresses (tests bind port 0 and ask), and runs the shutdown
+//! sequence: not ready -> drain delay -> stop accepting -> grace period.
+//!
+//! It owns process-wide state ([`AppState`]); it must not contain request
+//! handling (that is `proxy` and `admin`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::reload::ConfigStore;
+use crate::config::{AuthConfig, Config};
+use crate::proxy::forward::DataPlane;
+use crate::proxy::server::{self, bind, http_builder};
+use crate::proxy::upstream::CircuitEvent;
+use crate::proxy::Shared;
+use crate::telemetry::Metrics;
+use crate::{admin, clock};
+
+/// How often idle circuits are ticked (open -> half-open on time, expired
+/// trial leases and overrides).
+const TICK: Duration = Duration::from_millis(100);
+/// Transition events buffered for slow watchers before they lag.
+const EVENT_BUFFER: usize = 1024;
+
+/// Process-wide state shared by the admin side.
+pub struct AppState {
+    pub store: ConfigStore,
+    pub ready: AtomicBool,
+    pub draining: AtomicBool,
+    pub started: SystemTime,
+}
+
+/// A running fusebox.
+pub struct App {
+    pub state: Arc<AppState>,
+    data_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    stop_data: watch::Sender<bool>,
+    stop_admin: watch::Sender<bool>,
+    data_task: JoinHandle<()>,
+    admin_task: JoinHandle<()>,
+    ticker: JoinHandle<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Bind(#[from] std::io::Error),
+}
+
+// === impl App ===
+
+impl App {
+    /// Binds both listeners and starts serving `config`. `path` is the file
+    /// reloads read (None for a built-in config).
+    pub async fn start(config: Config, path: Option<PathBuf>) -> Result<App, AppError> {
+        let data_listener = bind(config.listen).await?;
+        let admin_listener = bind(config.admin.listen).await?;
+        let data_addr = data_listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+        if config.auth == AuthConfig::None {
+            tracing::warn!("!!! auth: none — the admin API and state WebSocket accept anyone who can reach {admin_addr}; configure auth.jwt for production !!!");
+        }
+        let grace = config.shutdown.grace_period;
+        let (events, _) = broadcast::channel::<CircuitEvent>(EVENT_BUFFER);
+        let shared = Shared { metrics: Metrics::new(), events };
+        let store = ConfigStore::new(config, path, shared);
+        let state = Arc::new(AppState {
+            store,
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            started: SystemTime::now(),
+        });
+        let plane = Arc::new(DataPlane { store: state.store.handle(), scheme: "http" });
+
+        let (stop_data, mut stop_data_rx) = watch::channel(false);
+        let data_task = tokio::spawn(server::serve(
+            data_listener,
+            plane,
+            async move {
+                let _ = stop_data_rx.wait_for(|s| *s).await;
+            },
+            grace,
+        ));
+
+        let (stop_admin, mut stop_admin_rx) = watch::channel(false);
+        let admin_state = state.clone();
+        let admin_task = tokio::spawn(async move {
+            let builder = http_builder();
+            let graceful = GracefulShutdown::new();
+            loop {
+                let (stream, _) = tokio::select! {
+                    r = admin_listener.accept() => match r {
+                        Ok(x) => x,
+                        Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
+                    },
+                    _ = stop_admin_rx.changed() => break,
+                };
+                let st = admin_state.clone();
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| admin::handle(req, st.clone()));
+                    let _ = watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc)).await;
+                });
+            }
+            server::drain(graceful, Duration::from_secs(1)).await;
+        });
+
+        let tick_state = state.clone();
+        let ticker = tokio::spawn(async move {
+            let mut interval = tokio::time::interval(TICK);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                let now = clock::now();
+                for u in tick_state.store.current().upstreams.values() {
+                    u.circuit.tick(now);
+                }
+            }
+        });
+
+        state.ready.store(true, Ordering::Release);
+        tracing::info!(data = %data_addr, admin = %admin_addr, "fusebox is ready");
+        Ok(App { state, data_addr, admin_addr, stop_data, stop_admin, data_task, admin_task, ticker })
+    }
+
+    pub fn data_addr(&self) -> SocketAddr {
+        self.data_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// Graceful shutdown: `/readyz` fails at once, listeners stop accepting
+    /// after the drain delay, in-flight requests get the grace period.
+    pub async fn shutdown(self) {
+        let cfg = self.state.store.current().config.clone();
+        self.state.draining.store(true, Ordering::Release);
+        tracing::info!(drain_delay = ?cfg.shutdown.drain_delay, grace = ?cfg.shutdown.grace_period, "shutting down: readyz now fails");
+        tokio::time::sleep(cfg.shutdown.drain_delay).await;
+        let _ = self.stop_data.send(true);
+        let _ = self.data_task.await;
+        self.ticker.abort();
+        let _ = self.stop_admin.send(true);
+        let _ = self.admin_task.await;
+        tracing::info!("fusebox stopped");
+    }
+}
+
+/// Waits for SIGTERM or SIGINT, reloading the config on every SIGHUP. After
+/// the first stop signal, a second one exits at once.
+pub async fn until_signal(app: &App) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+    else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM received"); break }
+            _ = int.recv() => { tracing::info!("SIGINT received"); break }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP received: reloading config");
+                let _ = app.state.store.reload("SIGHUP");
+            }
+        }
+    }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second stop signal: exiting now");
+        std::process::exit(130);
+    });
+}

@@ -1,0 +1,250 @@
+//! The YAML file as written: serde types that mirror SPEC section 2 key for
+//! key. Every field is optional here so defaults can be layered
+//! (built-in < `defaults:` < per-upstream); nothing in this file checks
+//! ranges or cross references (that is `validate`), and nothing here is ever
+//! handed to the data path.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    pub workers: Option<usize>,
+    pub tls: Option<RawListenerTls>,
+    pub shutdown: Option<RawShutdown>,
+    pub store: Option<RawStore>,
+    pub admin: Option<RawAdmin>,
+    pub auth: Option<RawAuth>,
+    pub defaults: Option<RawDefaults>,
+    #[serde(default)]
+    pub upstreams: UniqueMap<RawUpstream>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawListenerTls {
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawShutdown {
+    pub drain_delay: Option<String>,
+    pub grace_period: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawStore {
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+}
+
+/// `auth: none` or `auth: { jwt: {...} }`.
+#[derive(Debug)]
+pub enum RawAuth {
+    None,
+    Jwt(RawJwt),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawAuthMap {
+    pub jwt: Option<RawJwt>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawJwt {
+    pub hs256_secret_env: Option<String>,
+    pub hs256_secret_file: Option<String>,
+    pub public_key_file: Option<String>,
+    pub admin_role: Option<String>,
+    pub role_claim: Option<String>,
+    pub require_for_reads: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawDefaults {
+    pub breaker: Option<RawBreaker>,
+    pub health_check: Option<RawHealthCheck>,
+    pub timeouts: Option<RawTimeouts>,
+    pub max_concurrent_requests: Option<usize>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawBreaker {
+    pub failure_threshold: Option<u32>,
+    pub failure_rate_threshold: Option<f64>,
+    pub minimum_request_count: Option<u32>,
+    pub monitoring_window: Option<String>,
+    pub slow_call_duration: Option<String>,
+    pub slow_call_rate_threshold: Option<f64>,
+    pub reset_timeout: Option<String>,
+    pub max_reset_timeout: Option<String>,
+    pub jitter: Option<f64>,
+    pub half_open_requests: Option<u32>,
+    pub min_healthy_period: Option<String>,
+    pub recovery_ramp: Option<String>,
+    pub failure_statuses: Option<Vec<StatusSpec>>,
+}
+
+/// `500`, `"500-599"` or `"5xx"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StatusSpec {
+    Code(u16),
+    Text(String),
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawHealthCheck {
+    pub path: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawTimeouts {
+    pub connect: Option<String>,
+    pub request: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawUpstream {
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    pub load_balancing: Option<String>,
+    pub protocol: Option<String>,
+    pub breaker: Option<RawBreaker>,
+    pub health_check: Option<RawHealthCheck>,
+    pub timeouts: Option<RawTimeouts>,
+    pub max_concurrent_requests: Option<usize>,
+    pub fallback: Option<RawFallback>,
+    pub tls: Option<RawUpstreamTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawFallback {
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub body: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawUpstreamTls {
+    pub ca_file: Option<String>,
+    pub server_name: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawRoute {
+    #[serde(rename = "match")]
+    pub matcher: Option<RawMatch>,
+    pub upstream: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawMatch {
+    pub path_prefix: Option<String>,
+    pub host: Option<String>,
+}
+
+// === impl RawAuth ===
+
+impl<'de> Deserialize<'de> for RawAuth {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct AuthVisitor;
+        impl<'de> Visitor<'de> for AuthVisitor {
+            type Value = RawAuth;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`none` or a map with `jwt`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawAuth, E> {
+                if v == "none" {
+                    Ok(RawAuth::None)
+                } else {
+                    Err(E::custom(format!(
+                        "auth must be `none` or a map with `jwt`, found `{v}`"
+                    )))
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawAuth, A::Error> {
+                let m = RawAuthMap::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                match m.jwt {
+                    Some(jwt) => Ok(RawAuth::Jwt(jwt)),
+                    None => Err(serde::de::Error::custom("auth map needs a `jwt` entry")),
+                }
+            }
+        }
+        d.deserialize_any(AuthVisitor)
+    }
+}
+
+// === impl UniqueMap ===
+
+/// A name-keyed map that keeps file order and refuses duplicate keys
+/// (a plain map would let the second `market-data:` silently win).
+#[derive(Debug)]
+pub struct UniqueMap<T>(pub Vec<(String, T)>);
+
+impl<T> Default for UniqueMap<T> {
+    fn default() -> Self {
+        UniqueMap(Vec::new())
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for UniqueMap<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct MapVisitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for MapVisitor<T> {
+            type Value = UniqueMap<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of names")
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(UniqueMap(Vec::new()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out: Vec<(String, T)> = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if out.iter().any(|(k, _)| *k == key) {
+                        return Err(serde::de::Error::custom(format!(
+                            "duplicate name `{key}`"
+                        )));
+                    }
+                    let value = map.next_value::<T>()?;
+                    out.push((key, value));
+                }
+                Ok(UniqueMap(out))
+            }
+        }
+        d.deserialize_map(MapVisitor(std::marker::PhantomData))
+    }
+}

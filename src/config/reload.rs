@@ -1,0 +1,160 @@
+//! The live config: an `ArcSwap` of the current [`Generation`], and reloads
+//! that parse and validate a whole file before swapping it in. An invalid
+//! file changes nothing; its errors are logged, counted and kept for the
+//! health endpoints. Reloads are serialized by a lock that the request path
+//! never takes (it only does `ArcSwap::load`).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+
+use super::{Config, ConfigError, ConfigErrors};
+use crate::clock;
+use crate::proxy::{Generation, Shared};
+
+/// The outcome of the last reload, for `/health/detailed`.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadStatus {
+    pub last_attempt: Option<SystemTime>,
+    pub last_success: Option<SystemTime>,
+    pub last_trigger: Option<String>,
+    pub last_error: Option<ConfigErrors>,
+    /// Changes that were left out because they need a restart.
+    pub restart_needed: Vec<String>,
+}
+
+pub struct ConfigStore {
+    current: Arc<ArcSwap<Generation>>,
+    pub shared: Shared,
+    path: Option<PathBuf>,
+    status: Mutex<ReloadStatus>,
+    /// Held while a reload builds and swaps a generation.
+    reloading: Mutex<()>,
+    generation: AtomicU64,
+}
+
+// === impl ConfigStore ===
+
+impl ConfigStore {
+    /// Publishes `config` as generation 1.
+    pub fn new(config: Config, path: Option<PathBuf>, shared: Shared) -> ConfigStore {
+        let generation = Generation::build(1, config, None, &shared, clock::now());
+        shared.metrics.config_generation.set(1);
+        shared.metrics.last_reload_success.set(unix_now());
+        let status = ReloadStatus {
+            last_attempt: Some(SystemTime::now()),
+            last_success: Some(SystemTime::now()),
+            last_trigger: Some("startup".to_string()),
+            ..ReloadStatus::default()
+        };
+        ConfigStore {
+            current: Arc::new(ArcSwap::from_pointee(generation)),
+            shared,
+            path,
+            status: Mutex::new(status),
+            reloading: Mutex::new(()),
+            generation: AtomicU64::new(1),
+        }
+    }
+
+    /// The handle the data path loads generations from.
+    pub fn handle(&self) -> Arc<ArcSwap<Generation>> {
+        self.current.clone()
+    }
+
+    pub fn current(&self) -> Arc<Generation> {
+        self.current.load_full()
+    }
+
+    pub fn path(&self) -> Option<&PathBuf> {
+        self.path.as_ref()
+    }
+
+    pub fn status(&self) -> ReloadStatus {
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Re-reads the config file and applies it if it is valid.
+    pub fn reload(&self, trigger: &str) -> Result<u64, ConfigErrors> {
+        let Some(path) = &self.path else {
+            return Err(ConfigErrors {
+                file: None,
+                errors: vec![ConfigError::at_root("fusebox runs on a built-in config; there is no file to reload")],
+            });
+        };
+        let _serial = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        match Config::load(path) {
+            Ok(config) => Ok(self.apply_locked(config, trigger)),
+            Err(errors) => {
+                self.shared.metrics.reloads.with_label_values(&["failure"]).inc();
+                tracing::error!(trigger, "config reload rejected, the running config is kept: {errors}");
+                let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
+                st.last_attempt = Some(SystemTime::now());
+                st.last_trigger = Some(trigger.to_string());
+                st.last_error = Some(errors.clone());
+                Err(errors)
+            }
+        }
+    }
+
+    /// Publishes an already checked config as the next generation.
+    pub fn apply(&self, config: Config, trigger: &str) -> u64 {
+        let _serial = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        self.apply_locked(config, trigger)
+    }
+
+    fn apply_locked(&self, mut config: Config, trigger: &str) -> u64 {
+        let previous = self.current.load_full();
+        let restart_needed = keep_restart_only_settings(&mut config, &previous.config);
+        for msg in &restart_needed {
+            tracing::warn!("{msg}");
+        }
+        let number = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let next = Generation::build(number, config, Some(&previous), &self.shared, clock::now());
+        self.current.store(Arc::new(next));
+        self.shared.metrics.reloads.with_label_values(&["success"]).inc();
+        self.shared.metrics.config_generation.set(i64::try_from(number).unwrap_or(i64::MAX));
+        self.shared.metrics.last_reload_success.set(unix_now());
+        tracing::info!(generation = number, trigger, "config reloaded");
+        let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        st.last_attempt = Some(SystemTime::now());
+        st.last_success = st.last_attempt;
+        st.last_trigger = Some(trigger.to_string());
+        st.last_error = None;
+        st.restart_needed = restart_needed;
+        number
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+}
+
+/// Listener addresses, worker count, TLS files and the store path cannot
+/// change live: keep the running values and say a restart is needed.
+fn keep_restart_only_settings(next: &mut Config, running: &Config) -> Vec<String> {
+    let mut msgs = Vec::new();
+    let mut keep = |name: &str, changed: bool| {
+        if changed {
+            msgs.push(format!("`{name}` changed: it needs a restart to take effect; the rest of the file was applied"));
+        }
+    };
+    keep("listen", next.listen != running.listen);
+    keep("admin.listen", next.admin.listen != running.admin.listen);
+    keep("workers", next.workers != running.workers);
+    keep("tls", next.tls != running.tls);
+    keep("store.path", next.store != running.store);
+    next.listen = running.listen;
+    next.admin.listen = running.admin.listen;
+    next.workers = running.workers;
+    next.tls = running.tls.clone();
+    next.store = running.store.clone();
+    msgs
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}

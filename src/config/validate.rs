@@ -1,0 +1,639 @@
+//! Text -> [`Config`]: `${NAME}` expansion, YAML parsing with key paths and
+//! positions, layering of defaults, and every semantic check. It collects
+//! all errors it can find instead of stopping at the first one; a structural
+//! error (a typo'd key, a wrong type) stops parsing, so it is reported alone.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::Uri;
+
+use super::model::{
+    RawAuth, RawBreaker, RawConfig, RawDefaults, RawHealthCheck, RawJwt, RawTimeouts, RawUpstream,
+    StatusSpec,
+};
+use super::{
+    AdminConfig, AuthConfig, Config, ConfigError, ConfigErrors, Endpoint, Fallback, HealthCheck,
+    JwtConfig, JwtKey, ListenerTls, LoadBalancing, Protocol, RouteConfig, ShutdownConfig, Timeouts,
+    UpstreamConfig,
+};
+use crate::breaker::{Policy, StatusSet};
+
+/// Keys every map of the file may hold, for "did you mean" suggestions.
+const KNOWN_KEYS: &[&str] = &[
+    "listen", "workers", "tls", "shutdown", "store", "admin", "auth", "defaults", "upstreams",
+    "routes", "certFile", "keyFile", "drainDelay", "gracePeriod", "path", "jwt", "hs256SecretEnv",
+    "hs256SecretFile", "publicKeyFile", "adminRole", "roleClaim", "requireForReads", "breaker",
+    "healthCheck", "timeouts", "maxConcurrentRequests", "failureThreshold", "failureRateThreshold",
+    "minimumRequestCount", "monitoringWindow", "slowCallDuration", "slowCallRateThreshold",
+    "resetTimeout", "maxResetTimeout", "jitter", "halfOpenRequests", "minHealthyPeriod",
+    "recoveryRamp", "failureStatuses", "interval", "timeout", "connect", "request", "endpoints",
+    "loadBalancing", "protocol", "fallback", "status", "headers", "body", "caFile", "serverName",
+    "match", "upstream", "pathPrefix", "host",
+];
+
+/// Parses and validates a whole config text.
+pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    let mut errors = Vec::new();
+    let expanded = expand_env(text, &mut errors);
+    let de = serde_yaml::Deserializer::from_str(&expanded);
+    let raw: RawConfig = match serde_path_to_error::deserialize(de) {
+        Ok(raw) => raw,
+        Err(e) => {
+            errors.push(structural_error(e));
+            return Err(ConfigErrors { file: None, errors });
+        }
+    };
+    let mut v = Validator { text: &expanded, errors };
+    let config = v.config(raw);
+    if v.errors.is_empty() {
+        Ok(config)
+    } else {
+        // A bad `defaults:` key is seen once per upstream; report it once.
+        let mut errors: Vec<ConfigError> = Vec::with_capacity(v.errors.len());
+        for e in v.errors {
+            if !errors.contains(&e) {
+                errors.push(e);
+            }
+        }
+        Err(ConfigErrors { file: None, errors })
+    }
+}
+
+fn structural_error(e: serde_path_to_error::Error<serde_yaml::Error>) -> ConfigError {
+    let path = e.path().to_string();
+    let path = if path == "." { String::new() } else { path };
+    let inner = e.inner();
+    let loc = inner.location();
+    let mut message = inner.to_string();
+    if let Some(cut) = message.find(" at line ") {
+        message.truncate(cut);
+    }
+    // serde_yaml prefixes its own copy of the key path.
+    if let Some(idx) = message.find(": ") {
+        let head = &message[..idx];
+        if !head.contains(' ') && !path.is_empty() {
+            message = message[idx + 2..].to_string();
+        }
+    }
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        if let Some(end) = rest.find('`') {
+            let unknown = &rest[..end];
+            if let Some(best) = suggest(unknown, KNOWN_KEYS) {
+                message = format!("unknown key `{unknown}` (did you mean `{best}`?)");
+            } else {
+                message = format!("unknown key `{unknown}`");
+            }
+        }
+    }
+    ConfigError {
+        path,
+        line: loc.as_ref().map(|l| l.line()),
+        column: loc.as_ref().map(|l| l.column()),
+        message,
+    }
+}
+
+/// The closest candidate by edit distance, if close enough to be a typo.
+pub fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (strsim::damerau_levenshtein(&word.to_lowercase(), &c.to_lowercase()), *c))
+        .filter(|(d, c)| *d <= 3.max(c.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Replaces `${NAME}` with the environment value; comments are left alone.
+fn expand_env(text: &str, errors: &mut Vec<ConfigError>) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (n, line) in text.split_inclusive('\n').enumerate() {
+        let code_end = comment_start(line).unwrap_or(line.len());
+        let (code, comment) = line.split_at(code_end);
+        let mut rest = code;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let Some(end) = after.find('}') else {
+                out.push_str(&rest[start..]);
+                rest = "";
+                break;
+            };
+            let name = &after[..end];
+            match std::env::var(name) {
+                Ok(value) => out.push_str(&value),
+                Err(_) => errors.push(ConfigError {
+                    path: String::new(),
+                    line: Some(n + 1),
+                    column: Some(code.len() - rest.len() + start + 1),
+                    message: format!("environment variable `{name}` is not set"),
+                }),
+            }
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        out.push_str(comment);
+    }
+    out
+}
+
+fn comment_start(line: &str) -> Option<usize> {
+    let bytes = line.as_bytes();
+    let (mut single, mut double) = (false, false);
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'\'' if !double => single = !single,
+            b'"' if !single => double = !double,
+            b'#' if !single && !double && (i == 0 || bytes[i - 1].is_ascii_whitespace()) => {
+                return Some(i)
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, path: &str, message: impl Into<String>) {
+        let (line, column) = match locate(self.text, path) {
+            Some((l, c)) => (Some(l), Some(c)),
+            None => (None, None),
+        };
+        self.errors.push(ConfigError { path: path.to_string(), line, column, message: message.into() });
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let listen = self.addr("listen", raw.listen.as_deref(), "0.0.0.0:8080");
+        let admin_raw = raw.admin.unwrap_or_default();
+        let admin = AdminConfig { listen: self.addr("admin.listen", admin_raw.listen.as_deref(), "127.0.0.1:9901") };
+        if listen == admin.listen && listen.port() != 0 {
+            self.error("admin.listen", "the admin listener must not share the data port");
+        }
+        let workers = raw.workers.unwrap_or(0);
+        if workers > 1024 {
+            self.error("workers", "must be between 0 (one per core) and 1024");
+        }
+        let tls = raw.tls.and_then(|t| match (t.cert_file, t.key_file) {
+            (Some(c), Some(k)) => Some(ListenerTls { cert_file: c.into(), key_file: k.into() }),
+            _ => {
+                self.error("tls", "needs both certFile and keyFile");
+                None
+            }
+        });
+        let sd = raw.shutdown.unwrap_or_default();
+        let shutdown = ShutdownConfig {
+            drain_delay: self.duration("shutdown.drainDelay", sd.drain_delay.as_deref(), Duration::from_secs(5)),
+            grace_period: self.duration("shutdown.gracePeriod", sd.grace_period.as_deref(), Duration::from_secs(30)),
+        };
+        let store = raw.store.and_then(|s| s.path).map(PathBuf::from);
+        let auth = match raw.auth {
+            None | Some(RawAuth::None) => AuthConfig::None,
+            Some(RawAuth::Jwt(jwt)) => self.jwt(jwt),
+        };
+        let defaults = raw.defaults.unwrap_or_default();
+        let mut upstreams = Vec::new();
+        for (name, up) in raw.upstreams.0 {
+            if let Some(u) = self.upstream(&name, up, &defaults) {
+                upstreams.push(u);
+            }
+        }
+        let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+        let mut routes = Vec::new();
+        for (i, r) in raw.routes.into_iter().enumerate() {
+            let path = format!("routes[{i}]");
+            let m = r.matcher.unwrap_or_default();
+            if let Some(p) = &m.path_prefix {
+                if !p.starts_with('/') {
+                    self.error(&format!("{path}.match.pathPrefix"), format!("`{p}` must start with `/`"));
+                }
+            }
+            let Some(upstream) = r.upstream else {
+                self.error(&path, "a route needs `upstream`");
+                continue;
+            };
+            if !names.contains(&upstream.as_str()) {
+                let hint = suggest(&upstream, &names).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+                self.error(&format!("{path}.upstream"), format!("no upstream named `{upstream}`{hint}"));
+            }
+            routes.push(RouteConfig {
+                host: m.host.map(|h| h.to_ascii_lowercase()),
+                path_prefix: m.path_prefix,
+                upstream,
+            });
+        }
+        Config { listen, workers, tls, shutdown, store, admin, auth, upstreams, routes }
+    }
+
+    fn addr(&mut self, path: &str, value: Option<&str>, default: &str) -> SocketAddr {
+        let text = value.unwrap_or(default);
+        match text.parse() {
+            Ok(a) => a,
+            Err(_) => {
+                self.error(path, format!("`{text}` is not an address like 0.0.0.0:8080"));
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            }
+        }
+    }
+
+    fn duration(&mut self, path: &str, value: Option<&str>, default: Duration) -> Duration {
+        match value {
+            None => default,
+            Some(text) => match humantime::parse_duration(text.trim()) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.error(path, format!("`{text}` is not a duration like 500ms, 30s or 2m ({e})"));
+                    default
+                }
+            },
+        }
+    }
+
+    fn jwt(&mut self, jwt: RawJwt) -> AuthConfig {
+        let key = match (jwt.hs256_secret_env, jwt.hs256_secret_file, jwt.public_key_file) {
+            (Some(var), None, None) => match std::env::var(&var) {
+                Ok(secret) if !secret.is_empty() => JwtKey::Hs256 { source: format!("env {var}"), secret: secret.into_bytes() },
+                _ => {
+                    self.error("auth.jwt.hs256SecretEnv", format!("environment variable `{var}` is not set or empty"));
+                    return AuthConfig::None;
+                }
+            },
+            (None, Some(file), None) => match std::fs::read(&file) {
+                Ok(secret) => {
+                    let secret = secret.trim_ascii().to_vec();
+                    JwtKey::Hs256 { source: format!("file {file}"), secret }
+                }
+                Err(e) => {
+                    self.error("auth.jwt.hs256SecretFile", format!("cannot read `{file}`: {e}"));
+                    return AuthConfig::None;
+                }
+            },
+            (None, None, Some(file)) => match std::fs::read(&file) {
+                Ok(pem) => JwtKey::PublicKey { file: file.into(), pem },
+                Err(e) => {
+                    self.error("auth.jwt.publicKeyFile", format!("cannot read `{file}`: {e}"));
+                    return AuthConfig::None;
+                }
+            },
+            _ => {
+                self.error("auth.jwt", "needs exactly one of hs256SecretEnv, hs256SecretFile, publicKeyFile");
+                return AuthConfig::None;
+            }
+        };
+        AuthConfig::Jwt(JwtConfig {
+            key,
+            admin_role: jwt.admin_role.unwrap_or_else(|| "admin".to_string()),
+            role_claim: jwt.role_claim,
+            require_for_reads: jwt.require_for_reads.unwrap_or(false),
+        })
+    }
+
+    fn upstream(&mut self, name: &str, raw: RawUpstream, defaults: &RawDefaults) -> Option<UpstreamConfig> {
+        let path = format!("upstreams.{name}");
+        let before = self.errors.len();
+        if name.is_empty()
+            || name.len() > 64
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            self.error(&path, format!("`{name}` must be 1-64 characters of letters, digits, `-`, `_` or `.`"));
+        }
+        if raw.endpoints.is_empty() {
+            self.error(&format!("{path}.endpoints"), "needs at least one endpoint");
+        }
+        let mut endpoints = Vec::new();
+        for (i, e) in raw.endpoints.iter().enumerate() {
+            match parse_endpoint(e) {
+                Ok(ep) => endpoints.push(ep),
+                Err(msg) => self.error(&format!("{path}.endpoints[{i}]"), msg),
+            }
+        }
+        let load_balancing = match raw.load_balancing.as_deref() {
+            None | Some("round-robin") => LoadBalancing::RoundRobin,
+            Some("least-request") => LoadBalancing::LeastRequest,
+            Some(other) => {
+                self.error(&format!("{path}.loadBalancing"), format!("`{other}` is not round-robin or least-request"));
+                LoadBalancing::RoundRobin
+            }
+        };
+        let protocol = match raw.protocol.as_deref() {
+            None | Some("http1") => Protocol::Http1,
+            Some("http2") | Some("h2c") => Protocol::Http2,
+            Some(other) => {
+                self.error(&format!("{path}.protocol"), format!("`{other}` is not http1 or http2"));
+                Protocol::Http1
+            }
+        };
+        let timeouts = self.timeouts(&path, raw.timeouts.as_ref(), defaults.timeouts.as_ref());
+        let health_check = self.health_check(&path, raw.health_check.as_ref(), defaults.health_check.as_ref());
+        let mut breaker = self.breaker(&path, raw.breaker.as_ref(), defaults.breaker.as_ref());
+        breaker.trial_lease = timeouts.connect + timeouts.request;
+        breaker.probe_trials = health_check.is_some();
+        let max_concurrent_requests = raw.max_concurrent_requests.or(defaults.max_concurrent_requests).unwrap_or(1000);
+        if max_concurrent_requests == 0 {
+            self.error(&format!("{path}.maxConcurrentRequests"), "must be at least 1");
+        }
+        let fallback = raw.fallback.map(|f| {
+            let status = match http::StatusCode::from_u16(f.status.unwrap_or(503)) {
+                Ok(s) => s,
+                Err(_) => {
+                    self.error(&format!("{path}.fallback.status"), "is not an HTTP status");
+                    http::StatusCode::SERVICE_UNAVAILABLE
+                }
+            };
+            let mut headers = Vec::new();
+            for (k, v) in &f.headers {
+                match (http::HeaderName::try_from(k.as_str()), http::HeaderValue::try_from(v.as_str())) {
+                    (Ok(k), Ok(v)) => headers.push((k, v)),
+                    _ => self.error(&format!("{path}.fallback.headers.{k}"), "is not a valid header"),
+                }
+            }
+            Fallback { status, headers, body: bytes::Bytes::from(f.body.unwrap_or_default()) }
+        });
+        if let Some(tls) = raw.tls {
+            let _ = tls;
+            self.error(&format!("{path}.tls"), "upstream TLS settings are not supported by this build yet");
+        }
+        if endpoints.iter().any(|e| e.scheme == Scheme::HTTPS) {
+            self.error(&format!("{path}.endpoints"), "https endpoints are not supported by this build yet");
+        }
+        // Kept even when invalid (the file is rejected anyway), so routes
+        // naming it do not report a second, misleading error.
+        let _ = before;
+        Some(UpstreamConfig {
+            name: name.to_string(),
+            endpoints,
+            load_balancing,
+            protocol,
+            breaker,
+            health_check,
+            timeouts,
+            max_concurrent_requests,
+            fallback,
+        })
+    }
+
+    fn timeouts(&mut self, path: &str, own: Option<&RawTimeouts>, def: Option<&RawTimeouts>) -> Timeouts {
+        let pick = |f: fn(&RawTimeouts) -> Option<&String>| -> (Option<String>, String) {
+            match own.and_then(f) {
+                Some(v) => (Some(v.clone()), format!("{path}.timeouts")),
+                None => (def.and_then(f).cloned(), "defaults.timeouts".to_string()),
+            }
+        };
+        let (connect, cp) = pick(|t| t.connect.as_ref());
+        let (request, rp) = pick(|t| t.request.as_ref());
+        let t = Timeouts {
+            connect: self.duration(&format!("{cp}.connect"), connect.as_deref(), Duration::from_secs(2)),
+            request: self.duration(&format!("{rp}.request"), request.as_deref(), Duration::from_secs(30)),
+        };
+        if t.connect.is_zero() || t.request.is_zero() {
+            self.error(&format!("{path}.timeouts"), "timeouts must be greater than zero");
+        }
+        t
+    }
+
+    fn health_check(&mut self, path: &str, own: Option<&RawHealthCheck>, def: Option<&RawHealthCheck>) -> Option<HealthCheck> {
+        if own.is_none() && def.is_none() {
+            return None;
+        }
+        let get = |f: fn(&RawHealthCheck) -> Option<&String>| own.and_then(f).or_else(|| def.and_then(f)).cloned();
+        let hc_path = get(|h| h.path.as_ref()).unwrap_or_else(|| "/health".to_string());
+        if !hc_path.starts_with('/') {
+            self.error(&format!("{path}.healthCheck.path"), "must start with `/`");
+        }
+        let interval = self.duration(&format!("{path}.healthCheck.interval"), get(|h| h.interval.as_ref()).as_deref(), Duration::from_secs(30));
+        let timeout = self.duration(&format!("{path}.healthCheck.timeout"), get(|h| h.timeout.as_ref()).as_deref(), Duration::from_secs(2));
+        if interval < Duration::from_millis(100) {
+            self.error(&format!("{path}.healthCheck.interval"), "must be at least 100ms");
+        }
+        Some(HealthCheck { path: hc_path, interval, timeout })
+    }
+
+    fn breaker(&mut self, path: &str, own: Option<&RawBreaker>, def: Option<&RawBreaker>) -> Policy {
+        let mut p = Policy::default();
+        // Defaults first, then the upstream's own keys; errors name the layer.
+        for (layer, raw) in [("defaults.breaker".to_string(), def), (format!("{path}.breaker"), own)] {
+            let Some(b) = raw else { continue };
+            let key = |k: &str| format!("{layer}.{k}");
+            if let Some(v) = b.failure_threshold {
+                if v == 0 {
+                    self.error(&key("failureThreshold"), "must be at least 1");
+                }
+                p.failure_threshold = v;
+            }
+            if let Some(v) = b.failure_rate_threshold {
+                if !(v > 0.0 && v <= 100.0) {
+                    self.error(&key("failureRateThreshold"), "is a percentage in (0, 100]");
+                }
+                p.failure_rate_threshold = v;
+            }
+            if let Some(v) = b.minimum_request_count {
+                if v == 0 {
+                    self.error(&key("minimumRequestCount"), "must be at least 1");
+                }
+                p.minimum_request_count = v;
+            }
+            if let Some(v) = &b.monitoring_window {
+                p.monitoring_window = self.duration(&key("monitoringWindow"), Some(v), p.monitoring_window);
+                if p.monitoring_window < Duration::from_secs(1) {
+                    self.error(&key("monitoringWindow"), "must be at least 1s");
+                }
+            }
+            if let Some(v) = &b.slow_call_duration {
+                p.slow_call_duration = self.duration(&key("slowCallDuration"), Some(v), p.slow_call_duration);
+            }
+            if let Some(v) = b.slow_call_rate_threshold {
+                if !(v > 0.0 && v <= 100.0) {
+                    self.error(&key("slowCallRateThreshold"), "is a percentage in (0, 100]");
+                }
+                p.slow_call_rate_threshold = v;
+            }
+            if let Some(v) = &b.reset_timeout {
+                p.reset_timeout = self.duration(&key("resetTimeout"), Some(v), p.reset_timeout);
+                if p.reset_timeout.is_zero() {
+                    self.error(&key("resetTimeout"), "must be greater than zero");
+                }
+            }
+            if let Some(v) = &b.max_reset_timeout {
+                p.max_reset_timeout = self.duration(&key("maxResetTimeout"), Some(v), p.max_reset_timeout);
+            }
+            if let Some(v) = b.jitter {
+                if !(0.0..1.0).contains(&v) {
+                    self.error(&key("jitter"), "is a fraction in [0, 1)");
+                }
+                p.jitter = v;
+            }
+            if let Some(v) = b.half_open_requests {
+                if v == 0 || v > 1000 {
+                    self.error(&key("halfOpenRequests"), "must be between 1 and 1000");
+                }
+                p.half_open_requests = v;
+            }
+            if let Some(v) = &b.min_healthy_period {
+                p.min_healthy_period = self.duration(&key("minHealthyPeriod"), Some(v), p.min_healthy_period);
+            }
+            if let Some(v) = &b.recovery_ramp {
+                p.recovery_ramp = self.duration(&key("recoveryRamp"), Some(v), p.recovery_ramp);
+            }
+            if let Some(list) = &b.failure_statuses {
+                let mut ranges = Vec::new();
+                for (i, s) in list.iter().enumerate() {
+                    let text = match s {
+                        StatusSpec::Code(c) => c.to_string(),
+                        StatusSpec::Text(t) => t.clone(),
+                    };
+                    match StatusSet::parse_one(&text) {
+                        Ok(r) => ranges.push(r),
+                        Err(msg) => self.error(&format!("{}[{i}]", key("failureStatuses")), msg),
+                    }
+                }
+                p.failure_statuses = StatusSet(ranges);
+            }
+        }
+        if p.max_reset_timeout < p.reset_timeout {
+            let max_src = own.and_then(|b| b.max_reset_timeout.as_ref()).map_or("defaults.breaker", |_| path);
+            let max_key = if max_src == path { format!("{path}.breaker.maxResetTimeout") } else { format!("{path}.breaker") };
+            self.error(&max_key, format!("maxResetTimeout ({:?}) is below resetTimeout ({:?})", p.max_reset_timeout, p.reset_timeout));
+        }
+        p
+    }
+}
+
+fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
+    let uri: Uri = text.parse().map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+    let scheme = uri.scheme().cloned().ok_or_else(|| format!("`{text}` needs a scheme (http:// or https://)"))?;
+    if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+        return Err(format!("`{text}`: scheme must be http or https"));
+    }
+    let authority: Authority = uri.authority().cloned().ok_or_else(|| format!("`{text}` needs a host"))?;
+    if authority.host().is_empty() {
+        return Err(format!("`{text}` needs a host"));
+    }
+    if uri.path() != "/" && !uri.path().is_empty() {
+        return Err(format!("`{text}`: endpoints are scheme://host:port, without a path"));
+    }
+    Ok(Endpoint { scheme, authority })
+}
+
+/// Best-effort 1-based (line, column) of a dotted key path such as
+/// `upstreams.api.breaker.jitter` or `routes[2].upstream`, found by walking
+/// the text key by key. Errors always carry the key path anyway.
+pub fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut line = 0usize;
+    let mut col = 0usize;
+    let mut found = false;
+    for seg in split_path(path) {
+        match seg {
+            Seg::Key(key) => {
+                let (l, c) = find_key(&lines, line, col, key)?;
+                line = l;
+                col = c;
+                found = true;
+            }
+            Seg::Index(i) => {
+                // The i-th `-` item at the indentation of the first one.
+                let mut seen = 0;
+                let mut indent = None;
+                let mut hit = None;
+                for (n, l) in lines.iter().enumerate().skip(line + 1) {
+                    let trimmed = l.trim_start();
+                    if trimmed.is_empty() || trimmed.starts_with('#') {
+                        continue;
+                    }
+                    let ind = l.len() - trimmed.len();
+                    if !trimmed.starts_with('-') {
+                        if indent.is_some_and(|i| ind <= i) {
+                            break;
+                        }
+                        continue;
+                    }
+                    match indent {
+                        None => indent = Some(ind),
+                        Some(i) if i != ind => continue,
+                        _ => {}
+                    }
+                    if seen == i {
+                        hit = Some((n, ind));
+                        break;
+                    }
+                    seen += 1;
+                }
+                let (l, c) = hit?;
+                line = l;
+                col = c + 1;
+                found = true;
+            }
+        }
+    }
+    found.then_some((line + 1, col + 1))
+}
+
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+fn split_path(path: &str) -> Vec<Seg<'_>> {
+    let mut out = Vec::new();
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let mut rest = part;
+        if let Some(b) = rest.find('[') {
+            if b > 0 {
+                out.push(Seg::Key(&rest[..b]));
+            }
+            rest = &rest[b..];
+            while let Some(stripped) = rest.strip_prefix('[') {
+                let Some(end) = stripped.find(']') else { break };
+                if let Ok(i) = stripped[..end].parse() {
+                    out.push(Seg::Index(i));
+                }
+                rest = &stripped[end + 1..];
+            }
+        } else {
+            out.push(Seg::Key(rest));
+        }
+    }
+    out
+}
+
+fn find_key(lines: &[&str], from_line: usize, from_col: usize, key: &str) -> Option<(usize, usize)> {
+    for (n, l) in lines.iter().enumerate().skip(from_line) {
+        let start = if n == from_line { from_col } else { 0 };
+        let code = &l[..comment_start(l).unwrap_or(l.len())];
+        let mut search = start.min(code.len());
+        while let Some(pos) = code[search..].find(key) {
+            let at = search + pos;
+            let before_ok = at == 0 || matches!(code.as_bytes()[at - 1], b' ' | b'{' | b',' | b'"' | b'\'' | b'-');
+            let after = code[at + key.len()..].trim_start_matches(['"', '\'']).trim_start();
+            if before_ok && after.starts_with(':') {
+                return Some((n, at));
+            }
+            search = at + key.len();
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locate_walks_nested_keys() {
+        let text = "upstreams:\n  a:\n    endpoints: [http://x:1]\n    breaker:\n      jitter: 2\nroutes:\n  - { match: { pathPrefix: / }, upstream: a }\n  - { upstream: b }\n";
+        assert_eq!(locate(text, "upstreams.a.breaker.jitter"), Some((5, 7)));
+        assert_eq!(locate(text, "routes[1].upstream"), Some((8, 5)));
+    }
+
+    #[test]
+    fn suggest_finds_typos() {
+        assert_eq!(suggest("failureTreshold", KNOWN_KEYS), Some("failureThreshold"));
+        assert_eq!(suggest("zzzzzzzzzzzz", KNOWN_KEYS), None);
+    }
+}

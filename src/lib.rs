@@ -1,0 +1,22 @@
+//! fusebox: a sidecar reverse proxy that gives every upstream its own
+//! circuit breaker.
+//!
+//! Modules, in the order a request meets them: `config` (YAML -> checked
+//! `Config`, live reload), `proxy` (the data path), `breaker` (the pure
+//! state machine), `admin` (health, metrics, admin API on its own
+//! listener), `telemetry` (metrics and logging), `app` (wiring, listeners,
+//! shutdown), `demo` (built-in upstreams and traffic for `fusebox demo`).
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod breaker;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod proxy;
+pub mod telemetry;
+
+pub use app::App;
+pub use config::Config;

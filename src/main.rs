@@ -1,0 +1,100 @@
+//! The `fusebox` binary: parses the command line and calls into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use fusebox::telemetry::logging::{self, LogFormat};
+use fusebox::{App, Config};
+
+#[derive(Parser)]
+#[command(name = "fusebox", version, about = "A sidecar reverse proxy with a circuit breaker per upstream")]
+struct Cli {
+    /// Log format (filter with RUST_LOG, e.g. RUST_LOG=debug).
+    #[arg(long, value_enum, default_value = "text", global = true, env = "FUSEBOX_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        #[arg(short, long, default_value = "config/fusebox.yaml", env = "FUSEBOX_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a config file; exits non-zero with every error found.
+    Check {
+        #[arg(short, long, default_value = "config/fusebox.yaml")]
+        config: PathBuf,
+    },
+    /// Run the proxy on a built-in config with built-in demo upstreams
+    /// (healthy, flaky, slow) and traffic, to watch circuits trip and recover.
+    Demo {
+        /// Data listener.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Admin listener (health, metrics, dashboard).
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: std::net::SocketAddr,
+        /// Stop after this long (e.g. 90s); runs until Ctrl-C by default.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    let result = match cli.command {
+        Command::Check { config } => return check(&config),
+        Command::Run { config: path } => match Config::load(&path) {
+            Ok(config) => runtime(config.workers).and_then(|rt| rt.block_on(run(config, Some(path)))),
+            Err(errors) => {
+                eprintln!("{errors}");
+                return ExitCode::from(2);
+            }
+        },
+        Command::Demo { listen, admin, duration } => {
+            runtime(0).and_then(|rt| rt.block_on(fusebox::demo::run(listen, admin, duration)).map_err(anyhow::Error::from))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fusebox: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &PathBuf) -> ExitCode {
+    match Config::load(path) {
+        Ok(c) => {
+            println!("{}: ok ({} upstreams, {} routes)", path.display(), c.upstreams.len(), c.routes.len());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.enable_all();
+    if workers > 0 {
+        b.worker_threads(workers);
+    }
+    b.build().context("cannot start the tokio runtime")
+}
+
+async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
+    let app = App::start(config, path).await?;
+    fusebox::app::until_signal(&app).await;
+    app.shutdown().await;
+    Ok(())
+}

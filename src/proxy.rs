@@ -1,0 +1,96 @@
+//! The data path. A request goes through these phases, each a named
+//! function in this order:
+//!
+//! 1. **route** (`route`): first matching route of the current
+//!    [`Generation`] by host and path prefix; no match is a 404 from
+//!    fusebox, never a breaker failure.
+//! 2. **admit** (`upstream::Circuit::admit`): bulkhead, then the breaker;
+//!    a refusal is answered at once by `respond` (503 + `Retry-After`, or
+//!    the upstream's fallback) without touching the upstream.
+//! 3. **forward** (`forward`): pick an endpoint, rewrite the request
+//!    (hop-by-hop headers, `x-forwarded-*`, `x-request-id`), send it on the
+//!    pooled client with connect and request timeouts; upgrades are spliced.
+//! 4. **classify + record** (`upstream::CallGuard::finish`): status,
+//!    error, timeout and latency become a breaker result and metrics.
+//! 5. **respond**: the upstream's response streams back; a body that breaks
+//!    mid-way is recorded as a late failure.
+//!
+//! This module owns the listener's request handling and the per-generation
+//! routing tables; it must not parse config files or serve admin endpoints,
+//! and takes no lock shared across upstreams.
+
+pub mod forward;
+pub mod respond;
+pub mod route;
+pub mod server;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::broadcast;
+
+use crate::config::Config;
+use crate::telemetry::Metrics;
+use route::Router;
+use upstream::{build_client, Circuit, CircuitEvent, Upstream};
+
+/// One published config with everything the data path needs, built once
+/// per (re)load. Requests hold an `Arc` to the generation they started on.
+pub struct Generation {
+    pub number: u64,
+    pub config: Arc<Config>,
+    pub upstreams: HashMap<String, Arc<Upstream>>,
+    pub router: Router,
+}
+
+/// The pieces a generation is built from that outlive generations.
+pub struct Shared {
+    pub metrics: Metrics,
+    pub events: broadcast::Sender<CircuitEvent>,
+}
+
+// === impl Generation ===
+
+impl Generation {
+    /// Builds generation `number` from a checked config, carrying over the
+    /// circuit (state, counters, window, backoff) and the connection pool
+    /// of every upstream that keeps its name.
+    pub fn build(number: u64, config: Config, previous: Option<&Generation>, shared: &Shared, now: Instant) -> Generation {
+        let mut upstreams = HashMap::with_capacity(config.upstreams.len());
+        for uc in &config.upstreams {
+            let prev = previous.and_then(|g| g.upstreams.get(&uc.name));
+            let circuit = match prev {
+                Some(p) => {
+                    if p.config.breaker != uc.breaker {
+                        p.circuit.set_policy(uc.breaker.clone());
+                    }
+                    p.circuit.clone()
+                }
+                None => Arc::new(Circuit::new(&uc.name, uc.breaker.clone(), shared.metrics.upstream(&uc.name), shared.events.clone(), now)),
+            };
+            let client = match prev {
+                Some(p) if p.config.protocol == uc.protocol && p.config.timeouts == uc.timeouts => p.client.clone(),
+                _ => build_client(uc),
+            };
+            upstreams.insert(uc.name.clone(), Arc::new(Upstream::new(uc.clone(), circuit, client)));
+        }
+        if let Some(prev) = previous {
+            for name in prev.upstreams.keys() {
+                if !upstreams.contains_key(name) {
+                    shared.metrics.remove_upstream(name);
+                }
+            }
+        }
+        let router = Router::new(&config.routes, &upstreams);
+        Generation { number, config: Arc::new(config), upstreams, router }
+    }
+
+    /// Upstreams sorted by name, for stable reports.
+    pub fn sorted_upstreams(&self) -> Vec<&Arc<Upstream>> {
+        let mut v: Vec<_> = self.upstreams.values().collect();
+        v.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+        v
+    }
+}

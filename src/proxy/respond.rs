@@ -1,0 +1,101 @@
+//! Responses fusebox writes itself: the fail-fast 503 contract (or the
+//! upstream's fallback), overload 503, 404 for no route, 502/504 for
+//! upstream errors. Small JSON bodies, always with `x-request-id`.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use serde_json::json;
+
+use crate::breaker::{Rejection, RejectReason};
+
+use super::upstream::{ProxyBody, Refusal, Upstream};
+
+pub const CIRCUIT_HEADER: &str = "x-fusebox-circuit";
+pub const OVERLOADED_HEADER: &str = "x-fusebox-overloaded";
+
+pub fn full(body: impl Into<Bytes>) -> ProxyBody {
+    Full::new(body.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(value.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn error(status: StatusCode, code: &str, message: String) -> Response<ProxyBody> {
+    json_response(status, &json!({ "error": { "code": code, "message": message } }))
+}
+
+pub fn no_route(host: Option<&str>, path: &str) -> Response<ProxyBody> {
+    error(StatusCode::NOT_FOUND, "no_route", format!("no route matches host {:?} path {path:?}", host.unwrap_or("")))
+}
+
+pub fn bad_gateway(upstream: &str, detail: &str) -> Response<ProxyBody> {
+    error(StatusCode::BAD_GATEWAY, "upstream_unavailable", format!("upstream {upstream}: {detail}"))
+}
+
+pub fn gateway_timeout(upstream: &str) -> Response<ProxyBody> {
+    error(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", format!("upstream {upstream} did not answer in time"))
+}
+
+/// The answer to a refused request.
+pub fn refused(upstream: &Upstream, refusal: &Refusal) -> Response<ProxyBody> {
+    match refusal {
+        Refusal::Overloaded { limit } => {
+            let mut resp = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                format!("upstream {} has {limit} requests in flight (maxConcurrentRequests)", upstream.config.name),
+            );
+            resp.headers_mut().insert(OVERLOADED_HEADER, HeaderValue::from_static("true"));
+            resp
+        }
+        Refusal::Circuit(rej) => circuit_refused(upstream, rej),
+    }
+}
+
+fn circuit_refused(upstream: &Upstream, rej: &Rejection) -> Response<ProxyBody> {
+    // Seconds until the next trial, rounded up so clients never retry early.
+    let retry = rej.retry_after.as_secs() + u64::from(rej.retry_after.subsec_nanos() > 0);
+    let mut resp = match &upstream.config.fallback {
+        Some(fb) => {
+            let mut resp = Response::new(full(fb.body.clone()));
+            *resp.status_mut() = fb.status;
+            for (k, v) in &fb.headers {
+                resp.headers_mut().insert(k.clone(), v.clone());
+            }
+            resp
+        }
+        None => {
+            let (code, message) = match rej.reason {
+                RejectReason::CircuitOpen => ("circuit_open", format!("circuit for upstream {} is {}", upstream.config.name, rej.state)),
+                RejectReason::HalfOpenFull => (
+                    "half_open_full",
+                    format!("circuit for upstream {} is half-open and its trial slots are taken", upstream.config.name),
+                ),
+                RejectReason::Ramp => (
+                    "recovery_ramp",
+                    format!("upstream {} is recovering; this request was held back by the ramp", upstream.config.name),
+                ),
+            };
+            json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({
+                    "error": { "code": code, "message": message },
+                    "upstream": upstream.config.name,
+                    "state": rej.state.as_str(),
+                    "rule": rej.trip.as_ref().map(|r| r.rule()),
+                    "reason": rej.trip.as_ref().map(|r| r.to_string()),
+                    "retryAfterSeconds": retry,
+                }),
+            )
+        }
+    };
+    let h = resp.headers_mut();
+    h.insert(CIRCUIT_HEADER, HeaderValue::from_static(rej.state.as_str()));
+    h.insert(http::header::RETRY_AFTER, HeaderValue::from(retry));
+    resp
+}

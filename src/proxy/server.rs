@@ -1,0 +1,86 @@
+//! The data listener: accepts connections, serves HTTP/1.1 and h2c (prior
+//! knowledge) with upgrades, and shuts down gracefully. Malformed requests
+//! and oversized headers are answered by hyper (400 / 431) before any
+//! routing, so they never reach a breaker; slow-loris clients are cut by the
+//! header read timeout.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use super::forward::{self, DataPlane};
+
+/// Longest a client may take to send its request headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head accepted (431 above it).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// The connection builder shared by the data and admin listeners.
+pub fn http_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(1024);
+    builder
+}
+
+/// Serves until `stop` resolves, then stops accepting and gives open
+/// connections `grace` to finish their requests.
+pub async fn serve(listener: TcpListener, plane: Arc<DataPlane>, stop: impl Future<Output = ()>, grace: Duration) {
+    let builder = http_builder();
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let plane = plane.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| forward::handle(req, plane.clone(), peer));
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    drain(graceful, grace).await;
+}
+
+/// Waits for watched connections to finish, at most `grace`.
+pub async fn drain(graceful: GracefulShutdown, grace: Duration) {
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = tokio::time::sleep(grace) => tracing::warn!("grace period over: closing the remaining connections"),
+    }
+}
+
+/// Binds a listener, naming the address in the error.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}

@@ -1,0 +1,278 @@
+//! One upstream at run time: its [`Circuit`] (breaker, bulkhead, metrics,
+//! kept across reloads by name), its endpoints and balancer, and its pooled
+//! HTTP client. The circuit lock is per upstream and is never held across an
+//! await or while logging, counting or broadcasting.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::broadcast;
+
+use crate::breaker::{Breaker, CallOutcome, Mode, Permit, Policy, Rejection, ResetReport, Snapshot, Transition};
+use crate::config::{LoadBalancing, Protocol, UpstreamConfig};
+use crate::telemetry::metrics::Outcome;
+use crate::telemetry::UpstreamMetrics;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+pub type HttpClient = Client<HttpConnector, ProxyBody>;
+
+/// A transition of one circuit, as published to watchers (WebSocket,
+/// history). Cloned per receiver by the channel, not per client socket.
+#[derive(Debug, Clone)]
+pub struct CircuitEvent {
+    pub upstream: Arc<str>,
+    pub transition: Transition,
+}
+
+/// The per-name state that survives reloads.
+pub struct Circuit {
+    pub name: Arc<str>,
+    breaker: Mutex<Breaker>,
+    pub metrics: UpstreamMetrics,
+    in_flight: AtomicUsize,
+    events: broadcast::Sender<CircuitEvent>,
+    /// Bumped on every transition, so watchers can tell a change cheaply.
+    pub version: AtomicU64,
+}
+
+/// Why a request could not be admitted.
+#[derive(Debug)]
+pub enum Refusal {
+    /// Bulkhead full: `maxConcurrentRequests` in flight.
+    Overloaded { limit: usize },
+    Circuit(Rejection),
+}
+
+/// An admitted call: holds the bulkhead slot and the breaker permit. The
+/// result is recorded with [`CallGuard::finish`] when the response headers
+/// arrive; the guard then rides along with the response body so the
+/// bulkhead slot is held until the body ends. Dropped unfinished (client
+/// gone), it frees the permit without counting a result.
+pub struct CallGuard {
+    circuit: Arc<Circuit>,
+    permit: Option<Permit>,
+    pub started: Instant,
+}
+
+/// One upstream of one config generation.
+pub struct Upstream {
+    pub config: UpstreamConfig,
+    pub circuit: Arc<Circuit>,
+    pub client: HttpClient,
+    next: AtomicUsize,
+    endpoint_load: Vec<AtomicUsize>,
+}
+
+/// A slot on one endpoint for least-request balancing; freed on drop.
+pub struct EndpointSlot {
+    upstream: Arc<Upstream>,
+    index: usize,
+}
+
+// === impl Circuit ===
+
+impl Circuit {
+    pub fn new(name: &str, policy: Policy, metrics: UpstreamMetrics, events: broadcast::Sender<CircuitEvent>, now: Instant) -> Circuit {
+        let seed = rand::random::<u64>();
+        metrics.set_state(crate::breaker::CircuitState::Closed);
+        Circuit {
+            name: Arc::from(name),
+            breaker: Mutex::new(Breaker::new(policy, now, seed)),
+            metrics,
+            in_flight: AtomicUsize::new(0),
+            events,
+            version: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Breaker> {
+        // A panic while holding the lock cannot leave the breaker half
+        // updated in a way worse than refusing all traffic; keep serving.
+        self.breaker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` under the lock, then publishes its transitions unlocked.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Breaker) -> R) -> R {
+        let (r, transitions) = {
+            let mut b = self.lock();
+            let r = f(&mut b);
+            (r, b.take_transitions())
+        };
+        if !transitions.is_empty() {
+            self.publish(transitions);
+        }
+        r
+    }
+
+    fn publish(&self, transitions: Vec<Transition>) {
+        for t in transitions {
+            self.version.fetch_add(1, Ordering::Relaxed);
+            if !t.shadow {
+                self.metrics.set_state(t.to);
+            }
+            self.metrics.transition(t.from, t.to, t.reason.rule());
+            if t.shadow {
+                tracing::info!(upstream = %self.name, from = %t.from, to = %t.to, rule = t.reason.rule(), "circuit {} would go {} -> {} (metrics-only): {}", self.name, t.from, t.to, t.reason);
+            } else {
+                tracing::info!(upstream = %self.name, from = %t.from, to = %t.to, rule = t.reason.rule(), "circuit {}: {} -> {}: {}", self.name, t.from, t.to, t.reason);
+            }
+            // No receivers is fine: nobody is watching.
+            let _ = self.events.send(CircuitEvent { upstream: self.name.clone(), transition: t });
+        }
+    }
+
+    /// Admission: bulkhead first (cheap, no lock), then the breaker.
+    pub fn admit(self: &Arc<Self>, limit: usize, now: Instant) -> Result<CallGuard, Refusal> {
+        let prev = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if prev >= limit {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.rejected(None);
+            return Err(Refusal::Overloaded { limit });
+        }
+        match self.with(|b| b.try_acquire(now)) {
+            Ok(permit) => {
+                self.metrics.in_flight.inc();
+                Ok(CallGuard { circuit: self.clone(), permit: Some(permit), started: now })
+            }
+            Err(rej) => {
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                self.metrics.rejected(Some(rej.reason));
+                Err(Refusal::Circuit(rej))
+            }
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn snapshot(&self, now: Instant) -> Snapshot {
+        self.lock().snapshot(now)
+    }
+
+    pub fn tick(&self, now: Instant) {
+        self.with(|b| b.tick(now));
+    }
+
+    pub fn set_policy(&self, policy: Policy) {
+        self.with(|b| b.set_policy(policy));
+    }
+
+    pub fn force(&self, mode: Mode, ttl: Option<Duration>, action: &str, now: Instant) {
+        self.with(|b| b.force(mode, ttl, action, now));
+    }
+
+    pub fn reset(&self, action: &str, now: Instant) -> ResetReport {
+        self.with(|b| b.reset(action, now))
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<CircuitEvent> {
+        self.events.subscribe()
+    }
+}
+
+// === impl CallGuard ===
+
+impl CallGuard {
+    /// Records the call's result (a response status, or `None` for an
+    /// error) and frees the permit.
+    pub fn finish(&mut self, status: Option<u16>, timed_out: bool, now: Instant) -> CallOutcome {
+        let elapsed = now.saturating_duration_since(self.started);
+        let permit = self.permit.take();
+        let outcome = self.circuit.with(|b| {
+            let outcome = b.policy().classify(status, elapsed);
+            if let Some(p) = permit {
+                b.on_result(p, outcome, elapsed, now);
+            }
+            outcome
+        });
+        let label = match (timed_out, outcome.failure) {
+            (true, _) => Outcome::Timeout,
+            (false, true) => Outcome::Failure,
+            (false, false) => Outcome::Success,
+        };
+        self.circuit.metrics.request(label, status, elapsed.as_secs_f64());
+        outcome
+    }
+
+    pub fn circuit(&self) -> &Arc<Circuit> {
+        &self.circuit
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.permit.take() {
+            self.circuit.with(|b| b.on_cancel(p));
+        }
+        self.circuit.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.circuit.metrics.in_flight.dec();
+    }
+}
+
+// === impl Upstream ===
+
+impl Upstream {
+    pub fn new(config: UpstreamConfig, circuit: Arc<Circuit>, client: HttpClient) -> Upstream {
+        let endpoint_load = config.endpoints.iter().map(|_| AtomicUsize::new(0)).collect();
+        Upstream { config, circuit, client, next: AtomicUsize::new(0), endpoint_load }
+    }
+
+    /// Picks an endpoint (round robin or least request).
+    pub fn pick(self: &Arc<Self>) -> EndpointSlot {
+        let n = self.config.endpoints.len();
+        let index = match (self.config.load_balancing, n) {
+            (_, 0 | 1) => 0,
+            (LoadBalancing::RoundRobin, _) => self.next.fetch_add(1, Ordering::Relaxed) % n,
+            (LoadBalancing::LeastRequest, _) => {
+                // Ties rotate so equal endpoints share the load.
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..n)
+                    .map(|i| (start + i) % n)
+                    .min_by_key(|&i| self.endpoint_load[i].load(Ordering::Relaxed))
+                    .unwrap_or(0)
+            }
+        };
+        self.endpoint_load[index].fetch_add(1, Ordering::Relaxed);
+        EndpointSlot { upstream: self.clone(), index }
+    }
+}
+
+/// A pooled keep-alive client for one upstream's protocol and timeouts.
+pub fn build_client(config: &UpstreamConfig) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.timeouts.connect));
+    connector.set_nodelay(true);
+    connector.set_keepalive(Some(Duration::from_secs(60)));
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(1024);
+    if config.protocol == Protocol::Http2 {
+        builder.http2_only(true);
+    }
+    builder.build(connector)
+}
+
+// === impl EndpointSlot ===
+
+impl EndpointSlot {
+    pub fn endpoint(&self) -> &crate::config::Endpoint {
+        &self.upstream.config.endpoints[self.index]
+    }
+}
+
+impl Drop for EndpointSlot {
+    fn drop(&mut self) {
+        self.upstream.endpoint_load[self.index].fetch_sub(1, Ordering::Relaxed);
+    }
+}

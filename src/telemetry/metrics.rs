@@ -1,0 +1,248 @@
+//! The `fusebox_*` series of SPEC section 7, registered on one registry the
+//! app owns. Per-upstream handles are resolved once when an upstream is
+//! built, so the request path only bumps atomics.
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::breaker::{CircuitState, RejectReason};
+
+/// `outcome` label values of `fusebox_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success = 0,
+    Failure = 1,
+    Rejected = 2,
+    Timeout = 3,
+}
+
+const OUTCOMES: [&str; 4] = ["success", "failure", "rejected", "timeout"];
+const CODE_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+const REJECT_REASONS: [&str; 4] = ["circuit_open", "half_open_full", "overloaded", "recovery_ramp"];
+
+/// Every series fusebox exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    circuit_state: IntGaugeVec,
+    transitions: IntCounterVec,
+    requests: IntCounterVec,
+    rejected: IntCounterVec,
+    duration: HistogramVec,
+    in_flight: IntGaugeVec,
+    health_checks: IntCounterVec,
+    pub reloads: IntCounterVec,
+    pub last_reload_success: Gauge,
+    pub config_generation: IntGauge,
+    pub websocket_clients: IntGauge,
+    pub websocket_messages: IntCounter,
+    pub websocket_drops: IntCounter,
+}
+
+/// Handles for one upstream, resolved once.
+pub struct UpstreamMetrics {
+    name: String,
+    requests: Vec<IntCounter>,
+    rejected: Vec<IntCounter>,
+    duration: Histogram,
+    pub in_flight: IntGauge,
+    state: Vec<IntGauge>,
+    transitions: IntCounterVec,
+    health_checks: IntCounterVec,
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Metric names and label sets are fixed in this file; a failure here is
+    // a programming error caught by every test run.
+    r.expect("static metric definition is valid")
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let reg = |c: Box<dyn prometheus::core::Collector>| must(registry.register(c));
+        let circuit_state = must(IntGaugeVec::new(
+            Opts::new("fusebox_circuit_state", "Circuit state per upstream: 1 for the current state, 0 for the others."),
+            &["upstream", "state"],
+        ));
+        let transitions = must(IntCounterVec::new(
+            Opts::new("fusebox_circuit_transitions_total", "Circuit state transitions, by the rule that caused them."),
+            &["upstream", "from", "to", "reason"],
+        ));
+        let requests = must(IntCounterVec::new(
+            Opts::new("fusebox_requests_total", "Proxied requests by outcome and response code class."),
+            &["upstream", "outcome", "code_class"],
+        ));
+        let rejected = must(IntCounterVec::new(
+            Opts::new("fusebox_rejected_total", "Requests answered by fusebox without calling the upstream."),
+            &["upstream", "reason"],
+        ));
+        let duration = must(HistogramVec::new(
+            HistogramOpts::new("fusebox_request_duration_seconds", "Time from admission to upstream response headers.")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["upstream"],
+        ));
+        let in_flight = must(IntGaugeVec::new(
+            Opts::new("fusebox_in_flight_requests", "Requests in flight to the upstream."),
+            &["upstream"],
+        ));
+        let health_checks = must(IntCounterVec::new(
+            Opts::new("fusebox_health_checks_total", "Active health probes by result."),
+            &["upstream", "result"],
+        ));
+        let reloads = must(IntCounterVec::new(
+            Opts::new("fusebox_config_reloads_total", "Config reload attempts by result."),
+            &["result"],
+        ));
+        let last_reload_success = must(Gauge::new(
+            "fusebox_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful config load.",
+        ));
+        let config_generation = must(IntGauge::new("fusebox_config_generation", "Generation number of the running config."));
+        let websocket_clients = must(IntGauge::new("fusebox_websocket_clients", "Connected state WebSocket clients."));
+        let websocket_messages = must(IntCounter::new("fusebox_websocket_messages_total", "Messages sent to state WebSocket clients."));
+        let websocket_drops = must(IntCounter::new(
+            "fusebox_websocket_dropped_total",
+            "Updates a slow WebSocket client missed (it got a snapshot instead).",
+        ));
+        reg(Box::new(circuit_state.clone()));
+        reg(Box::new(transitions.clone()));
+        reg(Box::new(requests.clone()));
+        reg(Box::new(rejected.clone()));
+        reg(Box::new(duration.clone()));
+        reg(Box::new(in_flight.clone()));
+        reg(Box::new(health_checks.clone()));
+        reg(Box::new(reloads.clone()));
+        reg(Box::new(last_reload_success.clone()));
+        reg(Box::new(config_generation.clone()));
+        reg(Box::new(websocket_clients.clone()));
+        reg(Box::new(websocket_messages.clone()));
+        reg(Box::new(websocket_drops.clone()));
+        for r in ["success", "failure"] {
+            reloads.with_label_values(&[r]);
+        }
+        Metrics {
+            registry,
+            circuit_state,
+            transitions,
+            requests,
+            rejected,
+            duration,
+            in_flight,
+            health_checks,
+            reloads,
+            last_reload_success,
+            config_generation,
+            websocket_clients,
+            websocket_messages,
+            websocket_drops,
+        }
+    }
+
+    /// Resolves (and so exports at zero) every series of one upstream.
+    pub fn upstream(&self, name: &str) -> UpstreamMetrics {
+        let mut requests = Vec::with_capacity(OUTCOMES.len() * CODE_CLASSES.len());
+        for o in OUTCOMES {
+            for c in CODE_CLASSES {
+                requests.push(self.requests.with_label_values(&[name, o, c]));
+            }
+        }
+        let rejected = REJECT_REASONS.iter().map(|r| self.rejected.with_label_values(&[name, r])).collect();
+        let state = CircuitState::ALL.iter().map(|s| self.circuit_state.with_label_values(&[name, s.as_str()])).collect();
+        for result in ["success", "failure"] {
+            self.health_checks.with_label_values(&[name, result]);
+        }
+        UpstreamMetrics {
+            name: name.to_string(),
+            requests,
+            rejected,
+            duration: self.duration.with_label_values(&[name]),
+            in_flight: self.in_flight.with_label_values(&[name]),
+            state,
+            transitions: self.transitions.clone(),
+            health_checks: self.health_checks.clone(),
+        }
+    }
+
+    /// Drops every series of a removed upstream.
+    pub fn remove_upstream(&self, name: &str) {
+        for o in OUTCOMES {
+            for c in CODE_CLASSES {
+                let _ = self.requests.remove_label_values(&[name, o, c]);
+            }
+        }
+        for r in REJECT_REASONS {
+            let _ = self.rejected.remove_label_values(&[name, r]);
+        }
+        for s in CircuitState::ALL {
+            let _ = self.circuit_state.remove_label_values(&[name, s.as_str()]);
+        }
+        for result in ["success", "failure"] {
+            let _ = self.health_checks.remove_label_values(&[name, result]);
+        }
+        let _ = self.duration.remove_label_values(&[name]);
+        let _ = self.in_flight.remove_label_values(&[name]);
+        // Transition series carry history operators alert on; keep them.
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        let families = self.registry.gather();
+        if TextEncoder::new().encode(&families, &mut out).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+// === impl UpstreamMetrics ===
+
+impl UpstreamMetrics {
+    pub fn request(&self, outcome: Outcome, status: Option<u16>, seconds: f64) {
+        let class = match status {
+            Some(s @ 100..=599) => usize::from(s / 100 - 1),
+            _ => 5,
+        };
+        self.requests[outcome as usize * CODE_CLASSES.len() + class].inc();
+        if outcome != Outcome::Rejected {
+            self.duration.observe(seconds);
+        }
+    }
+
+    pub fn rejected(&self, reason: Option<RejectReason>) {
+        let idx = match reason {
+            Some(RejectReason::CircuitOpen) => 0,
+            Some(RejectReason::HalfOpenFull) => 1,
+            None => 2,
+            Some(RejectReason::Ramp) => 3,
+        };
+        self.rejected[idx].inc();
+        self.requests[Outcome::Rejected as usize * CODE_CLASSES.len() + 4].inc();
+    }
+
+    pub fn set_state(&self, current: CircuitState) {
+        for (s, g) in CircuitState::ALL.iter().zip(&self.state) {
+            g.set(i64::from(*s == current));
+        }
+    }
+
+    pub fn transition(&self, from: CircuitState, to: CircuitState, rule: &str) {
+        self.transitions.with_label_values(&[&self.name, from.as_str(), to.as_str(), rule]).inc();
+    }
+
+    pub fn health_check(&self, healthy: bool) {
+        let result = if healthy { "success" } else { "failure" };
+        self.health_checks.with_label_values(&[&self.name, result]).inc();
+    }
+}

@@ -90,6 +90,7 @@ impl ConfigStore {
             Ok(config) => Ok(self.apply_locked(config, trigger)),
             Err(errors) => {
                 self.shared.metrics.reloads.with_label_values(&["failure"]).inc();
+                self.shared.metrics.last_reload_ok.set(0);
                 tracing::error!(trigger, "config reload rejected, the running config is kept: {errors}");
                 let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
                 st.last_attempt = Some(SystemTime::now());
@@ -118,6 +119,7 @@ impl ConfigStore {
         self.shared.metrics.reloads.with_label_values(&["success"]).inc();
         self.shared.metrics.config_generation.set(i64::try_from(number).unwrap_or(i64::MAX));
         self.shared.metrics.last_reload_success.set(unix_now());
+        self.shared.metrics.last_reload_ok.set(1);
         tracing::info!(generation = number, trigger, "config reloaded");
         let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
         st.last_attempt = Some(SystemTime::now());

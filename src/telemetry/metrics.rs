@@ -35,6 +35,8 @@ pub struct Metrics {
     health_checks: IntCounterVec,
     pub reloads: IntCounterVec,
     pub last_reload_success: Gauge,
+    /// 1 when the last reload attempt succeeded, 0 while it is failing.
+    pub last_reload_ok: IntGauge,
     pub config_generation: IntGauge,
     pub websocket_clients: IntGauge,
     pub websocket_messages: IntCounter,
@@ -102,6 +104,11 @@ impl Metrics {
             "fusebox_config_last_reload_success_timestamp_seconds",
             "Unix time of the last successful config load.",
         ));
+        let last_reload_ok = must(IntGauge::new(
+            "fusebox_config_last_reload_successful",
+            "1 if the last config reload attempt succeeded, 0 if it failed.",
+        ));
+        last_reload_ok.set(1);
         let config_generation = must(IntGauge::new("fusebox_config_generation", "Generation number of the running config."));
         let websocket_clients = must(IntGauge::new("fusebox_websocket_clients", "Connected state WebSocket clients."));
         let websocket_messages = must(IntCounter::new("fusebox_websocket_messages_total", "Messages sent to state WebSocket clients."));
@@ -119,6 +126,7 @@ impl Metrics {
         reg(Box::new(reloads.clone()));
         reg(Box::new(last_reload_success.clone()));
         reg(Box::new(config_generation.clone()));
+        reg(Box::new(last_reload_ok.clone()));
         reg(Box::new(websocket_clients.clone()));
         reg(Box::new(websocket_messages.clone()));
         reg(Box::new(websocket_drops.clone()));
@@ -136,6 +144,7 @@ impl Metrics {
             health_checks,
             reloads,
             last_reload_success,
+            last_reload_ok,
             config_generation,
             websocket_clients,
             websocket_messages,
@@ -155,6 +164,18 @@ impl Metrics {
         let state = CircuitState::ALL.iter().map(|s| self.circuit_state.with_label_values(&[name, s.as_str()])).collect();
         for result in ["success", "failure"] {
             self.health_checks.with_label_values(&[name, result]);
+        }
+        // The automatic transitions exist from the start, so `increase()`
+        // sees the first trip too.
+        for (from, to, rule) in [
+            ("closed", "open", "consecutive"),
+            ("closed", "open", "failure-rate"),
+            ("closed", "open", "slow-rate"),
+            ("open", "half-open", "reset-timeout"),
+            ("half-open", "closed", "probe"),
+            ("half-open", "open", "probe"),
+        ] {
+            self.transitions.with_label_values(&[name, from, to, rule]);
         }
         UpstreamMetrics {
             name: name.to_string(),

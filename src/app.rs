@@ -6,10 +6,11 @@
 //! It owns process-wide state ([`AppState`]); it must not contain request
 //! handling (that is `proxy` and `admin`).
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use hyper::service::service_fn;
@@ -18,8 +19,10 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
+use crate::admin::auth::{Authorizer, RateLimiter};
 use crate::config::reload::ConfigStore;
-use crate::config::{AuthConfig, Config};
+use crate::config::{AuthConfig, Config, ConfigErrors};
+use crate::proxy::probe;
 use crate::proxy::forward::DataPlane;
 use crate::proxy::server::{self, bind, http_builder};
 use crate::proxy::upstream::CircuitEvent;
@@ -30,6 +33,8 @@ use crate::{admin, clock};
 /// How often idle circuits are ticked (open -> half-open on time, expired
 /// trial leases and overrides).
 const TICK: Duration = Duration::from_millis(100);
+/// Admin mutations allowed per caller per minute.
+const MUTATIONS_PER_MINUTE: u32 = 10;
 /// Transition events buffered for slow watchers before they lag.
 const EVENT_BUFFER: usize = 1024;
 
@@ -39,6 +44,63 @@ pub struct AppState {
     pub ready: AtomicBool,
     pub draining: AtomicBool,
     pub started: SystemTime,
+    /// The token checker of the current generation's `auth:`.
+    auth: Mutex<Option<(u64, Arc<Authorizer>)>>,
+    /// Upstreams whose periodic health checker is running.
+    checkers: Mutex<HashSet<String>>,
+    /// Rate limit of admin mutations per caller.
+    pub mutations: RateLimiter,
+}
+
+// === impl AppState ===
+
+impl AppState {
+    /// The authorizer for the running config (rebuilt after a reload that
+    /// changed it). An unusable key falls back to refusing every token.
+    pub fn authorizer(&self) -> Arc<Authorizer> {
+        let generation = self.store.current();
+        let mut cache = self.auth.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((n, a)) = cache.as_ref() {
+            if *n == generation.number {
+                return a.clone();
+            }
+        }
+        let authorizer = match Authorizer::new(&generation.config.auth) {
+            Ok(a) => Arc::new(a),
+            Err(e) => {
+                tracing::error!("auth config unusable, refusing all tokens: {e}");
+                Arc::new(Authorizer::deny_all())
+            }
+        };
+        *cache = Some((generation.number, authorizer.clone()));
+        authorizer
+    }
+
+    /// Reloads the config file; on success starts health checkers that the
+    /// new config needs.
+    pub fn reload(self: &Arc<Self>, trigger: &str) -> Result<u64, ConfigErrors> {
+        let n = self.store.reload(trigger)?;
+        self.ensure_checkers();
+        Ok(n)
+    }
+
+    /// Starts a periodic health checker for every upstream that has a
+    /// `healthCheck` and no checker yet (checkers end on their own when the
+    /// upstream or its health check goes away).
+    pub fn ensure_checkers(self: &Arc<Self>) {
+        let generation = self.store.current();
+        let mut running = self.checkers.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, up) in &generation.upstreams {
+            if up.config.health_check.is_some() && running.insert(name.clone()) {
+                let state = self.clone();
+                let name = name.clone();
+                tokio::spawn(async move {
+                    probe::run_checks(state.store.handle(), name.clone()).await;
+                    state.checkers.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
+                });
+            }
+        }
+    }
 }
 
 /// A running fusebox.
@@ -81,7 +143,11 @@ impl App {
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             started: SystemTime::now(),
+            auth: Mutex::new(None),
+            checkers: Mutex::new(HashSet::new()),
+            mutations: RateLimiter::new(MUTATIONS_PER_MINUTE, Duration::from_secs(60)),
         });
+        state.ensure_checkers();
         let plane = Arc::new(DataPlane { store: state.store.handle(), scheme: "http" });
 
         let (stop_data, mut stop_data_rx) = watch::channel(false);
@@ -176,7 +242,7 @@ pub async fn until_signal(app: &App) {
             _ = int.recv() => { tracing::info!("SIGINT received"); break }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP received: reloading config");
-                let _ = app.state.store.reload("SIGHUP");
+                let _ = app.state.reload("SIGHUP");
             }
         }
     }

@@ -20,6 +20,7 @@
 //! and takes no lock shared across upstreams.
 
 pub mod forward;
+pub mod probe;
 pub mod respond;
 pub mod route;
 pub mod server;

@@ -350,6 +350,12 @@ impl Breaker {
         }
     }
 
+    /// A probe ran without a permit (the circuit refused one): it still
+    /// counts as "probed" for the `unknown` status.
+    pub fn note_probe(&mut self) {
+        self.probed = true;
+    }
+
     /// A permit whose call never completed (client gone): frees its trial
     /// slot without counting a result.
     pub fn on_cancel(&mut self, permit: Permit) {

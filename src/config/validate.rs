@@ -537,7 +537,16 @@ pub fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
                 found = true;
             }
             Seg::Index(i) => {
-                // The i-th `-` item at the indentation of the first one.
+                // A flow sequence on the key's own line: `key: [a, b]`.
+                if found {
+                    if let Some(c) = flow_item(lines[line], col, i) {
+                        col = c;
+                        continue;
+                    }
+                }
+                // The i-th `-` item at the indentation of the first one,
+                // within the block of the key (not in a later section).
+                let parent = found.then(|| lines[line].len() - lines[line].trim_start().len());
                 let mut seen = 0;
                 let mut indent = None;
                 let mut hit = None;
@@ -548,7 +557,7 @@ pub fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
                     }
                     let ind = l.len() - trimmed.len();
                     if !trimmed.starts_with('-') {
-                        if indent.is_some_and(|i| ind <= i) {
+                        if indent.or(parent).is_some_and(|i| ind <= i) {
                             break;
                         }
                         continue;
@@ -572,6 +581,49 @@ pub fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
         }
     }
     found.then_some((line + 1, col + 1))
+}
+
+/// For a flow sequence (`key: [a, b]`) after the key at `key_col` on
+/// `line`: the 0-based column of item `i`, or the key's when the item is not
+/// on that line. None when the value is not a flow sequence.
+fn flow_item(line: &str, key_col: usize, i: usize) -> Option<usize> {
+    let rest = line.get(key_col..)?;
+    let colon = rest.find(':')?;
+    let after = &rest[colon + 1..];
+    let open = key_col + colon + 1 + (after.len() - after.trim_start().len());
+    if !line[open..].starts_with('[') {
+        return None;
+    }
+    let (mut depth, mut seen, mut quote) = (0usize, 0usize, None::<u8>);
+    for (at, &b) in line.as_bytes().iter().enumerate().skip(open) {
+        if let Some(q) = quote {
+            if b == q {
+                quote = None;
+            }
+            continue;
+        }
+        match b {
+            b'[' | b'{' => depth += 1,
+            b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    break;
+                }
+            }
+            b',' if depth == 1 => {
+                seen += 1;
+                continue;
+            }
+            _ => {}
+        }
+        if b == b'"' || b == b'\'' {
+            quote = Some(b);
+        }
+        if depth == 1 && seen == i && !matches!(b, b' ' | b'[') {
+            return Some(at);
+        }
+    }
+    Some(key_col)
 }
 
 enum Seg<'a> {
@@ -628,7 +680,11 @@ mod tests {
     fn locate_walks_nested_keys() {
         let text = "upstreams:\n  a:\n    endpoints: [http://x:1]\n    breaker:\n      jitter: 2\nroutes:\n  - { match: { pathPrefix: / }, upstream: a }\n  - { upstream: b }\n";
         assert_eq!(locate(text, "upstreams.a.breaker.jitter"), Some((5, 7)));
-        assert_eq!(locate(text, "routes[1].upstream"), Some((8, 5)));
+        assert_eq!(locate(text, "routes[1].upstream"), Some((8, 7)));
+        assert_eq!(locate(text, "upstreams.a.endpoints[0]"), Some((3, 17)));
+        let flow = "upstreams:\n  a:\n    endpoints: [http://x:1, \"b, c\", bad]\nroutes:\n  - { upstream: a }\n  - { upstream: a }\n";
+        assert_eq!(locate(flow, "upstreams.a.endpoints[2]"), Some((3, 37)));
+        assert_eq!(locate(flow, "upstreams.a.endpoints[5]"), Some((3, 5)), "off the end: the key");
     }
 
     #[test]

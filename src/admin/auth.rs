@@ -1,0 +1,189 @@
+//! Who is calling the admin side: JWT verification (HS256 secret, or an
+//! RS256/ES256 public key), role extraction (`role` string or `roles` array,
+//! or the configured claim), and per-caller rate limiting of mutations.
+//! It must not decide what an endpoint does; it answers "who, and may they".
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+
+use crate::config::{AuthConfig, JwtConfig, JwtKey};
+
+/// Clock skew tolerated on `exp` and `nbf`.
+const LEEWAY_SECS: u64 = 30;
+
+/// The verified caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// `sub` of the token (or `anonymous` with `auth: none`).
+    pub subject: String,
+    pub admin: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no token: send `Authorization: Bearer <JWT>`")]
+    Missing,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    #[error("the token lacks the `{0}` role")]
+    Forbidden(String),
+}
+
+/// Checks tokens for one config generation.
+pub struct Authorizer {
+    mode: Mode,
+}
+
+enum Mode {
+    Open,
+    /// The configured key could not be used: every token is refused.
+    DenyAll,
+    Jwt { key: DecodingKey, validation: Validation, admin_role: String, role_claim: Option<String>, require_for_reads: bool },
+}
+
+// === impl Authorizer ===
+
+impl Authorizer {
+    pub fn new(config: &AuthConfig) -> Result<Authorizer, String> {
+        let mode = match config {
+            AuthConfig::None => Mode::Open,
+            AuthConfig::Jwt(jwt) => Self::jwt(jwt)?,
+        };
+        Ok(Authorizer { mode })
+    }
+
+    fn jwt(jwt: &JwtConfig) -> Result<Mode, String> {
+        let (key, alg) = match &jwt.key {
+            JwtKey::Hs256 { secret, .. } => (DecodingKey::from_secret(secret), Algorithm::HS256),
+            JwtKey::PublicKey { pem, file } => {
+                if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
+                    (k, Algorithm::RS256)
+                } else if let Ok(k) = DecodingKey::from_ec_pem(pem) {
+                    (k, Algorithm::ES256)
+                } else {
+                    return Err(format!("{} is neither an RSA nor an EC public key in PEM", file.display()));
+                }
+            }
+        };
+        let mut validation = Validation::new(alg);
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
+        validation.validate_aud = false;
+        validation.required_spec_claims = HashSet::new();
+        Ok(Mode::Jwt {
+            key,
+            validation,
+            admin_role: jwt.admin_role.clone(),
+            role_claim: jwt.role_claim.clone(),
+            require_for_reads: jwt.require_for_reads,
+        })
+    }
+
+    /// Whether reads (status, health, history) need a token.
+    pub fn reads_need_token(&self) -> bool {
+        matches!(self.mode, Mode::Jwt { require_for_reads: true, .. } | Mode::DenyAll)
+    }
+
+    pub fn deny_all() -> Authorizer {
+        Authorizer { mode: Mode::DenyAll }
+    }
+
+    pub fn is_open(&self) -> bool {
+        matches!(self.mode, Mode::Open)
+    }
+
+    /// Verifies `token` (None: no token was sent).
+    pub fn verify(&self, token: Option<&str>) -> Result<Principal, AuthError> {
+        let (key, validation, admin_role, role_claim) = match &self.mode {
+            Mode::Open => return Ok(Principal { subject: "anonymous".to_string(), admin: true }),
+            Mode::DenyAll => return Err(AuthError::Invalid("the configured verification key is unusable".to_string())),
+            Mode::Jwt { key, validation, admin_role, role_claim, .. } => (key, validation, admin_role, role_claim),
+        };
+        let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
+        let data = decode::<Value>(token, key, validation).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let claims = data.claims;
+        let roles = roles(&claims, role_claim.as_deref());
+        Ok(Principal {
+            subject: claims.get("sub").and_then(Value::as_str).unwrap_or("unknown").to_string(),
+            admin: roles.iter().any(|r| r == admin_role),
+        })
+    }
+
+    /// Verifies and requires the admin role.
+    pub fn admin(&self, token: Option<&str>) -> Result<Principal, AuthError> {
+        let p = self.verify(token)?;
+        if p.admin {
+            Ok(p)
+        } else {
+            let role = match &self.mode {
+                Mode::Jwt { admin_role, .. } => admin_role.clone(),
+                Mode::Open | Mode::DenyAll => "admin".to_string(),
+            };
+            Err(AuthError::Forbidden(role))
+        }
+    }
+}
+
+fn roles(claims: &Value, claim: Option<&str>) -> Vec<String> {
+    let names: &[&str] = match claim {
+        Some(c) => &[c][..],
+        None => &["role", "roles"],
+    };
+    let mut out = Vec::new();
+    for name in names {
+        match claims.get(*name) {
+            Some(Value::String(s)) => out.push(s.clone()),
+            Some(Value::Array(a)) => out.extend(a.iter().filter_map(Value::as_str).map(str::to_owned)),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The bearer token of an `Authorization` header.
+pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+}
+
+/// Fixed-window limit of mutations per caller. Bounded: at most
+/// `MAX_CALLERS` callers are tracked; expired windows are swept first.
+pub struct RateLimiter {
+    per_window: u32,
+    window: Duration,
+    callers: Mutex<HashMap<String, (Instant, u32)>>,
+}
+
+const MAX_CALLERS: usize = 10_000;
+
+impl RateLimiter {
+    pub fn new(per_window: u32, window: Duration) -> RateLimiter {
+        RateLimiter { per_window, window, callers: Mutex::new(HashMap::new()) }
+    }
+
+    /// Ok, or the time until the caller may try again.
+    pub fn check(&self, caller: &str, now: Instant) -> Result<(), Duration> {
+        let mut map = self.callers.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_CALLERS && !map.contains_key(caller) {
+            let window = self.window;
+            map.retain(|_, (start, _)| now.saturating_duration_since(*start) < window);
+            if map.len() >= MAX_CALLERS {
+                return Err(self.window);
+            }
+        }
+        let entry = map.entry(caller.to_string()).or_insert((now, 0));
+        if now.saturating_duration_since(entry.0) >= self.window {
+            *entry = (now, 0);
+        }
+        if entry.1 >= self.per_window {
+            return Err(self.window.saturating_sub(now.saturating_duration_since(entry.0)));
+        }
+        entry.1 += 1;
+        Ok(())
+    }
+}

@@ -1,0 +1,63 @@
+//! Active health probes: one GET of the upstream's `healthCheck.path` (or
+//! `/`) on an endpoint, within `healthCheck.timeout` (or the connect
+//! timeout). Used by the periodic checker and by on-demand checks from the
+//! admin side. In half-open with a health check configured, the probe is
+//! the trial (it takes the trial lease), so no user request is spent on a
+//! broken upstream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, StatusCode};
+
+use super::respond::full;
+use super::upstream::Upstream;
+use crate::clock;
+
+/// What one probe saw.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProbeResult {
+    pub healthy: bool,
+    pub latency: Duration,
+}
+
+/// Probes `up` once and feeds the result to its circuit.
+pub async fn probe(up: &Arc<Upstream>) -> ProbeResult {
+    let circuit = &up.circuit;
+    let permit = circuit.with(|b| b.try_acquire_probe(clock::now()).ok());
+    let slot = up.pick();
+    let path = up.config.health_check.as_ref().map_or("/", |h| h.path.as_str());
+    let timeout = up.config.health_check.as_ref().map_or(up.config.timeouts.request, |h| h.timeout);
+    let uri = format!("{}{}", slot.endpoint(), path);
+    let started = clock::now();
+    let healthy = match Request::get(uri).header("user-agent", "fusebox-health-check").body(full(bytes::Bytes::new())) {
+        Ok(req) => match tokio::time::timeout(timeout, up.client.request(req)).await {
+            Ok(Ok(resp)) => resp.status() != StatusCode::SERVICE_UNAVAILABLE && !up.config.breaker.failure_statuses.contains(resp.status().as_u16()),
+            _ => false,
+        },
+        Err(_) => false,
+    };
+    let now = clock::now();
+    let latency = now.saturating_duration_since(started);
+    circuit.with(|b| match permit {
+        Some(p) => b.on_probe(p, healthy, latency, now),
+        None => b.note_probe(),
+    });
+    circuit.metrics.health_check(healthy);
+    ProbeResult { healthy, latency }
+}
+
+/// Probes every `interval` while the upstream exists in the current config.
+pub async fn run_checks(store: Arc<arc_swap::ArcSwap<super::Generation>>, name: String) {
+    loop {
+        let interval = {
+            let generation = store.load();
+            let Some(up) = generation.upstreams.get(&name).cloned() else { return };
+            let Some(hc) = up.config.health_check.clone() else { return };
+            drop(generation);
+            probe(&up).await;
+            hc.interval
+        };
+        tokio::time::sleep(interval).await;
+    }
+}

@@ -6,10 +6,12 @@
 //! - `GET /health/detailed` — every upstream, config generation, last reload.
 //! - `GET /health/circuit-breakers` — every circuit's state and counters.
 //! - `GET /metrics` — Prometheus text format.
+//! - `/api/admin/...` — the admin API (`api`), JWT-protected mutations.
 //!
 //! This module owns request routing on that listener; it must not forward
 //! traffic to upstreams or change breaker state except through `Circuit`.
 
+pub mod api;
 pub mod auth;
 pub mod health;
 
@@ -26,6 +28,12 @@ use crate::proxy::upstream::ProxyBody;
 
 /// Routes one admin request.
 pub async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Result<Response<ProxyBody>, Infallible> {
+    if req.uri().path().starts_with("/api/admin/") {
+        if let Some(resp) = api::handle(req, &state).await {
+            return Ok(resp);
+        }
+        return Ok(error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"));
+    }
     let path = req.uri().path().trim_end_matches('/');
     let path = if path.is_empty() { "/" } else { path };
     let resp = match (req.method(), path) {

@@ -6,7 +6,7 @@
 //! It owns process-wide state ([`AppState`]); it must not contain request
 //! handling (that is `proxy` and `admin`).
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +20,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::admin::auth::{Authorizer, RateLimiter};
-use crate::config::reload::ConfigStore;
+use crate::config::reload::{self, ConfigStore};
 use crate::config::{AuthConfig, Config, ConfigErrors};
 use crate::proxy::probe;
 use crate::proxy::forward::DataPlane;
@@ -50,6 +50,8 @@ pub struct AppState {
     checkers: Mutex<HashSet<String>>,
     /// Rate limit of admin mutations per caller.
     pub mutations: RateLimiter,
+    /// The last admin mutations (bounded), newest last.
+    pub audit: Mutex<VecDeque<serde_json::Value>>,
 }
 
 // === impl AppState ===
@@ -113,6 +115,8 @@ pub struct App {
     data_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
     ticker: JoinHandle<()>,
+    /// Reloads on config file changes while alive.
+    _watcher: Option<notify::RecommendedWatcher>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,7 +140,7 @@ impl App {
         }
         let grace = config.shutdown.grace_period;
         let (events, _) = broadcast::channel::<CircuitEvent>(EVENT_BUFFER);
-        let shared = Shared { metrics: Metrics::new(), events };
+        let shared = Shared::new(Metrics::new(), events);
         let store = ConfigStore::new(config, path, shared);
         let state = Arc::new(AppState {
             store,
@@ -146,6 +150,7 @@ impl App {
             auth: Mutex::new(None),
             checkers: Mutex::new(HashSet::new()),
             mutations: RateLimiter::new(MUTATIONS_PER_MINUTE, Duration::from_secs(60)),
+            audit: Mutex::new(VecDeque::with_capacity(64)),
         });
         state.ensure_checkers();
         let plane = Arc::new(DataPlane { store: state.store.handle(), scheme: "http" });
@@ -197,9 +202,26 @@ impl App {
             }
         });
 
+        let watcher = match state.store.path().cloned() {
+            Some(path) => {
+                let watch_state = state.clone();
+                match reload::spawn_watcher(path.clone(), move || {
+                    tracing::info!("config file changed: reloading");
+                    let _ = watch_state.reload("file change");
+                }) {
+                    Ok(w) => Some(w),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot watch the config file; reload with SIGHUP or the admin API");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+
         state.ready.store(true, Ordering::Release);
         tracing::info!(data = %data_addr, admin = %admin_addr, "fusebox is ready");
-        Ok(App { state, data_addr, admin_addr, stop_data, stop_admin, data_task, admin_task, ticker })
+        Ok(App { state, data_addr, admin_addr, stop_data, stop_admin, data_task, admin_task, ticker, _watcher: watcher })
     }
 
     pub fn data_addr(&self) -> SocketAddr {

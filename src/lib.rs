@@ -15,6 +15,7 @@ pub mod breaker;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod history;
 pub mod proxy;
 pub mod telemetry;
 

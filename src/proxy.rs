@@ -27,12 +27,12 @@ pub mod server;
 pub mod upstream;
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::broadcast;
 
-use crate::config::Config;
+use crate::config::{Config, UpstreamConfig};
 use crate::telemetry::Metrics;
 use route::Router;
 use upstream::{build_client, Circuit, CircuitEvent, Upstream};
@@ -50,6 +50,40 @@ pub struct Generation {
 pub struct Shared {
     pub metrics: Metrics,
     pub events: broadcast::Sender<CircuitEvent>,
+    /// Runtime breaker overrides set through the admin API, by upstream.
+    pub overrides: Mutex<HashMap<String, RuntimeOverride>>,
+}
+
+/// A runtime change of one upstream's breaker settings (admin `PUT
+/// .../config`). It holds while the YAML of that upstream stays `base`;
+/// a reload that changes or removes the upstream drops it.
+#[derive(Debug, Clone)]
+pub struct RuntimeOverride {
+    pub base: UpstreamConfig,
+    pub failure_threshold: u32,
+    pub reset_timeout: Duration,
+    pub min_healthy_period: Duration,
+    pub request_limit: Option<usize>,
+    pub applied_at: SystemTime,
+    pub applied_by: String,
+}
+
+impl RuntimeOverride {
+    fn apply(&self, uc: &mut UpstreamConfig) {
+        uc.breaker.failure_threshold = self.failure_threshold;
+        uc.breaker.reset_timeout = self.reset_timeout;
+        uc.breaker.max_reset_timeout = uc.breaker.max_reset_timeout.max(self.reset_timeout);
+        uc.breaker.min_healthy_period = self.min_healthy_period;
+        if let Some(limit) = self.request_limit {
+            uc.max_concurrent_requests = limit;
+        }
+    }
+}
+
+impl Shared {
+    pub fn new(metrics: Metrics, events: broadcast::Sender<CircuitEvent>) -> Shared {
+        Shared { metrics, events, overrides: Mutex::new(HashMap::new()) }
+    }
 }
 
 // === impl Generation ===
@@ -60,7 +94,20 @@ impl Generation {
     /// of every upstream that keeps its name.
     pub fn build(number: u64, config: Config, previous: Option<&Generation>, shared: &Shared, now: Instant) -> Generation {
         let mut upstreams = HashMap::with_capacity(config.upstreams.len());
-        for uc in &config.upstreams {
+        let mut overrides = shared.overrides.lock().unwrap_or_else(|e| e.into_inner());
+        overrides.retain(|name, o| {
+            let keep = config.upstream(name).is_some_and(|yaml| *yaml == o.base);
+            if !keep {
+                tracing::info!(upstream = %name, "runtime override dropped: the YAML of this upstream changed");
+            }
+            keep
+        });
+        for yaml in &config.upstreams {
+            let mut effective = yaml.clone();
+            if let Some(o) = overrides.get(&yaml.name) {
+                o.apply(&mut effective);
+            }
+            let uc = &effective;
             let prev = previous.and_then(|g| g.upstreams.get(&uc.name));
             let circuit = match prev {
                 Some(p) => {
@@ -77,6 +124,7 @@ impl Generation {
             };
             upstreams.insert(uc.name.clone(), Arc::new(Upstream::new(uc.clone(), circuit, client)));
         }
+        drop(overrides);
         if let Some(prev) = previous {
             for name in prev.upstreams.keys() {
                 if !upstreams.contains_key(name) {

@@ -160,3 +160,49 @@ fn keep_restart_only_settings(next: &mut Config, running: &Config) -> Vec<String
 fn unix_now() -> f64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
+
+/// Quiet time after the last file event before reloading: editors and
+/// Kubernetes write in bursts.
+pub const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(150);
+
+/// Watches the config file's directory (so the `..data` symlink swap of a
+/// Kubernetes ConfigMap, an editor's rename-over-save and a plain write are
+/// all seen) and calls `on_change` after each burst of events that changed
+/// the file's content. The returned watcher stops when dropped.
+pub fn spawn_watcher(
+    path: PathBuf,
+    on_change: impl Fn() + Send + 'static,
+) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    // Capacity 1: events only need to say "something happened"; a full
+    // channel already holds that news.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if res.is_ok() {
+            let _ = tx.try_send(());
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    let mut last = std::fs::read(&path).ok();
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            // Debounce: wait until the events stop for a moment.
+            loop {
+                tokio::time::sleep(DEBOUNCE).await;
+                if rx.try_recv().is_err() {
+                    break;
+                }
+            }
+            let now = std::fs::read(&path).ok();
+            if now.is_some() && now != last {
+                last = now;
+                on_change();
+            }
+        }
+    });
+    Ok(watcher)
+}

@@ -15,7 +15,9 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::broadcast;
 
 use crate::breaker::{Breaker, CallOutcome, Mode, Permit, Policy, Rejection, ResetReport, Snapshot, Transition};
+use crate::clock;
 use crate::config::{LoadBalancing, Protocol, UpstreamConfig};
+use crate::history::History;
 use crate::telemetry::metrics::Outcome;
 use crate::telemetry::UpstreamMetrics;
 
@@ -34,7 +36,7 @@ pub struct CircuitEvent {
 /// The per-name state that survives reloads.
 pub struct Circuit {
     pub name: Arc<str>,
-    breaker: Mutex<Breaker>,
+    core: Mutex<Core>,
     pub metrics: UpstreamMetrics,
     in_flight: AtomicUsize,
     events: broadcast::Sender<CircuitEvent>,
@@ -76,6 +78,13 @@ pub struct EndpointSlot {
     index: usize,
 }
 
+/// What one lock guards: the breaker and the history it feeds, so a
+/// request's result costs one lock.
+struct Core {
+    breaker: Breaker,
+    history: History,
+}
+
 // === impl Circuit ===
 
 impl Circuit {
@@ -84,7 +93,7 @@ impl Circuit {
         metrics.set_state(crate::breaker::CircuitState::Closed);
         Circuit {
             name: Arc::from(name),
-            breaker: Mutex::new(Breaker::new(policy, now, seed)),
+            core: Mutex::new(Core { breaker: Breaker::new(policy, now, seed), history: History::starting(unix_secs(now)) }),
             metrics,
             in_flight: AtomicUsize::new(0),
             events,
@@ -92,18 +101,29 @@ impl Circuit {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Breaker> {
+    fn lock(&self) -> MutexGuard<'_, Core> {
         // A panic while holding the lock cannot leave the breaker half
         // updated in a way worse than refusing all traffic; keep serving.
-        self.breaker.lock().unwrap_or_else(|e| e.into_inner())
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Runs `f` under the lock, then publishes its transitions unlocked.
     pub fn with<R>(&self, f: impl FnOnce(&mut Breaker) -> R) -> R {
+        self.with_core(|b, _| f(b))
+    }
+
+    fn with_core<R>(&self, f: impl FnOnce(&mut Breaker, &mut History) -> R) -> R {
         let (r, transitions) = {
-            let mut b = self.lock();
-            let r = f(&mut b);
-            (r, b.take_transitions())
+            let mut guard = self.lock();
+            let core = &mut *guard;
+            let r = f(&mut core.breaker, &mut core.history);
+            let transitions = core.breaker.take_transitions();
+            for t in transitions.iter().filter(|t| !t.shadow) {
+                let status = core.breaker.status(t.at);
+                let incident = t.to == crate::breaker::CircuitState::Open && t.from == crate::breaker::CircuitState::Closed;
+                core.history.status(unix_secs(t.at), status.as_str(), incident);
+            }
+            (r, transitions)
         };
         if !transitions.is_empty() {
             self.publish(transitions);
@@ -154,7 +174,12 @@ impl Circuit {
     }
 
     pub fn snapshot(&self, now: Instant) -> Snapshot {
-        self.lock().snapshot(now)
+        self.lock().breaker.snapshot(now)
+    }
+
+    /// Runs `f` on the history (under the circuit's lock: keep it short).
+    pub fn history<R>(&self, f: impl FnOnce(&History) -> R) -> R {
+        f(&self.lock().history)
     }
 
     pub fn tick(&self, now: Instant) {
@@ -186,11 +211,12 @@ impl CallGuard {
     pub fn finish(&mut self, status: Option<u16>, timed_out: bool, now: Instant) -> CallOutcome {
         let elapsed = now.saturating_duration_since(self.started);
         let permit = self.permit.take();
-        let outcome = self.circuit.with(|b| {
+        let outcome = self.circuit.with_core(|b, h| {
             let outcome = b.policy().classify(status, elapsed);
             if let Some(p) = permit {
                 b.on_result(p, outcome, elapsed, now);
             }
+            h.record(unix_secs(now), outcome.failure, elapsed);
             outcome
         });
         let label = match (timed_out, outcome.failure) {
@@ -215,6 +241,11 @@ impl Drop for CallGuard {
         self.circuit.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.circuit.metrics.in_flight.dec();
     }
+}
+
+/// Unix seconds of a monotonic instant.
+fn unix_secs(at: Instant) -> u64 {
+    clock::wall(at).duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 // === impl Upstream ===

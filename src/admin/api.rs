@@ -1,0 +1,496 @@
+//! The admin API under `/api/admin/` (SPEC section 5):
+//!
+//! - `GET  circuit-breaker/status` — every service, in the seeds' shape.
+//! - `PUT|DELETE circuit-breaker/{service}/config` — runtime override.
+//! - `POST circuit-breaker/{service}/reset` — close and clear history.
+//! - `POST circuit-breaker/{service}/force` — operator modes, with ttl.
+//! - `GET  circuit-breaker/{service}/history?timeframe=1h|24h|7d|30d`.
+//! - `POST config/reload` — reload the YAML now.
+//! - `GET  audit` — the last admin mutations.
+//!
+//! Reads are open unless `auth.jwt.requireForReads`; every mutation needs
+//! the admin role, is rate limited per caller, and is written to the audit
+//! log (who, what, why, before, after). Errors are `{error:{code,message}}`.
+//! This module must not touch breaker internals except through `Circuit`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::auth::{bearer, AuthError, Principal};
+use super::error;
+use super::health::service_entry;
+use crate::app::AppState;
+use crate::breaker::{CircuitState, Mode};
+use crate::clock;
+use crate::proxy::respond::json_response;
+use crate::proxy::upstream::{ProxyBody, Upstream};
+use crate::proxy::RuntimeOverride;
+
+/// Largest admin request body.
+const MAX_BODY: usize = 64 * 1024;
+/// Audit entries kept in memory.
+pub const AUDIT_KEEP: usize = 1000;
+
+type Resp = Response<ProxyBody>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ConfigBody {
+    failure_threshold: u32,
+    reset_timeout_ms: u64,
+    min_healthy_period_ms: u64,
+    request_limit: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ResetBody {
+    reason: String,
+    #[serde(default)]
+    force: bool,
+    metadata: Option<ResetMetadata>,
+}
+
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ResetMetadata {
+    triggered_by: Option<String>,
+    environment: Option<String>,
+    notes: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ForceBody {
+    state: String,
+    reason: String,
+    ttl_ms: Option<u64>,
+}
+
+/// Routes `/api/admin/...`; `None` when the path is not an API path.
+pub async fn handle(req: Request<Incoming>, state: &Arc<AppState>) -> Option<Resp> {
+    let path = req.uri().path().trim_end_matches('/').to_owned();
+    let rest = path.strip_prefix("/api/admin/")?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let method = req.method().clone();
+    let resp = match (method.clone(), parts.as_slice()) {
+        (Method::GET, ["circuit-breaker", "status"]) => read(&req, state).map_or_else(|e| e, |_| status(state)),
+        (Method::GET, ["circuit-breaker", service, "history"]) => match read(&req, state) {
+            Ok(_) => history(state, service, req.uri().query()),
+            Err(e) => e,
+        },
+        (Method::GET, ["audit"]) => match read(&req, state) {
+            Ok(_) => audit_list(state),
+            Err(e) => e,
+        },
+        (Method::PUT, ["circuit-breaker", service, "config"]) => {
+            let service = service.to_string();
+            mutate(req, state, |p, body: ConfigBody| put_config(state, &p, &service, body)).await
+        }
+        (Method::DELETE, ["circuit-breaker", service, "config"]) => {
+            let service = service.to_string();
+            match admin(&req, state) {
+                Ok(p) => delete_config(state, &p, &service),
+                Err(e) => e,
+            }
+        }
+        (Method::POST, ["circuit-breaker", service, "reset"]) => {
+            let service = service.to_string();
+            mutate(req, state, |p, body: ResetBody| reset(state, &p, &service, body)).await
+        }
+        (Method::POST, ["circuit-breaker", service, "force"]) => {
+            let service = service.to_string();
+            mutate(req, state, |p, body: ForceBody| force(state, &p, &service, body)).await
+        }
+        (Method::POST, ["config", "reload"]) => match admin(&req, state) {
+            Ok(p) => reload(state, &p),
+            Err(e) => e,
+        },
+        (_, ["circuit-breaker", "status"] | ["circuit-breaker", _, "history" | "config" | "reset" | "force"] | ["config", "reload"] | ["audit"]) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &format!("{method} is not allowed here"))
+        }
+        _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
+    };
+    Some(resp)
+}
+
+fn auth_error(e: &AuthError) -> Resp {
+    match e {
+        AuthError::Missing => error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string()),
+        AuthError::Invalid(_) => error(StatusCode::UNAUTHORIZED, "invalid_token", &e.to_string()),
+        AuthError::Forbidden(_) => error(StatusCode::FORBIDDEN, "forbidden", &e.to_string()),
+    }
+}
+
+/// Reads are open unless the config asks for a token.
+fn read(req: &Request<Incoming>, state: &AppState) -> Result<Option<Principal>, Resp> {
+    let auth = state.authorizer();
+    if !auth.reads_need_token() {
+        return Ok(None);
+    }
+    auth.verify(bearer(req.headers())).map(Some).map_err(|e| auth_error(&e))
+}
+
+/// Admin role plus the per-caller rate limit.
+fn admin(req: &Request<Incoming>, state: &AppState) -> Result<Principal, Resp> {
+    let p = state.authorizer().admin(bearer(req.headers())).map_err(|e| auth_error(&e))?;
+    if let Err(wait) = state.mutations.check(&p.subject, clock::now()) {
+        let mut resp = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            &format!("too many admin changes by {}; try again in {}s", p.subject, wait.as_secs().max(1)),
+        );
+        resp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
+        return Err(resp);
+    }
+    Ok(p)
+}
+
+/// Auth, rate limit, bounded body, JSON with unknown fields refused.
+async fn mutate<B: DeserializeOwned>(req: Request<Incoming>, state: &Arc<AppState>, f: impl FnOnce(Principal, B) -> Resp) -> Resp {
+    let principal = match admin(&req, state) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let bytes: Bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            let too_big = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
+            return if too_big {
+                error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", &format!("bodies are limited to {MAX_BODY} bytes"))
+            } else {
+                error(StatusCode::BAD_REQUEST, "bad_body", "could not read the request body")
+            };
+        }
+    };
+    match serde_json::from_slice::<B>(&bytes) {
+        Ok(body) => f(principal, body),
+        Err(e) => error(StatusCode::BAD_REQUEST, "bad_body", &format!("invalid JSON body: {e}")),
+    }
+}
+
+fn find(state: &AppState, service: &str) -> Result<Arc<Upstream>, Resp> {
+    state
+        .store
+        .current()
+        .upstreams
+        .get(service)
+        .cloned()
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, "unknown_service", &format!("no upstream named `{service}`")))
+}
+
+fn audit(state: &AppState, who: &Principal, action: &str, service: Option<&str>, reason: &str, before: Value, after: Value) {
+    tracing::info!(target: "fusebox::audit", who = %who.subject, action, service = service.unwrap_or("-"), reason, before = %before, after = %after, "admin {action} by {}", who.subject);
+    let entry = json!({
+        "timestamp": clock::timestamp(),
+        "who": who.subject,
+        "action": action,
+        "service": service,
+        "reason": reason,
+        "before": before,
+        "after": after,
+    });
+    let mut log = state.audit.lock().unwrap_or_else(|e| e.into_inner());
+    if log.len() >= AUDIT_KEEP {
+        log.pop_front();
+    }
+    log.push_back(entry);
+}
+
+fn status(state: &AppState) -> Resp {
+    let gen = state.store.current();
+    let now = clock::now();
+    let overrides = state.store.shared.overrides.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let services: Vec<Value> = gen
+        .sorted_upstreams()
+        .into_iter()
+        .map(|u| {
+            let s = u.circuit.snapshot(now);
+            let mut entry = service_entry(u, &s);
+            entry["config"] = effective_config(u);
+            entry["mode"] = json!(s.mode.as_str());
+            entry["modeUntil"] = json!(s.mode_until.map(|t| clock::rfc3339(clock::wall(t))));
+            entry["override"] = overrides.get(&u.config.name).map_or(Value::Null, override_json);
+            entry
+        })
+        .collect();
+    json_response(StatusCode::OK, &json!({ "success": true, "timestamp": clock::timestamp(), "generation": gen.number, "services": services }))
+}
+
+fn effective_config(u: &Upstream) -> Value {
+    let p = &u.config.breaker;
+    json!({
+        "failureThreshold": p.failure_threshold,
+        "resetTimeoutMs": p.reset_timeout.as_millis() as u64,
+        "minHealthyPeriodMs": p.min_healthy_period.as_millis() as u64,
+        "requestLimit": u.config.max_concurrent_requests,
+    })
+}
+
+fn override_json(o: &RuntimeOverride) -> Value {
+    json!({
+        "failureThreshold": o.failure_threshold,
+        "resetTimeoutMs": o.reset_timeout.as_millis() as u64,
+        "minHealthyPeriodMs": o.min_healthy_period.as_millis() as u64,
+        "requestLimit": o.request_limit,
+        "appliedAt": clock::rfc3339(o.applied_at),
+        "appliedBy": o.applied_by,
+    })
+}
+
+fn put_config(state: &Arc<AppState>, who: &Principal, service: &str, body: ConfigBody) -> Resp {
+    let up = match find(state, service) {
+        Ok(u) => u,
+        Err(e) => return e,
+    };
+    let mut problems = Vec::new();
+    if !(1..=100_000).contains(&body.failure_threshold) {
+        problems.push("failureThreshold must be between 1 and 100000");
+    }
+    if !(1..=86_400_000).contains(&body.reset_timeout_ms) {
+        problems.push("resetTimeoutMs must be between 1 and 86400000");
+    }
+    if body.min_healthy_period_ms > 7 * 86_400_000 {
+        problems.push("minHealthyPeriodMs must be at most 7 days");
+    }
+    if body.request_limit.is_some_and(|l| l == 0 || l > 1_000_000) {
+        problems.push("requestLimit must be between 1 and 1000000");
+    }
+    if !problems.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "invalid_config", &problems.join("; "));
+    }
+    let gen = state.store.current();
+    let Some(base) = gen.config.upstream(service).cloned() else {
+        return error(StatusCode::NOT_FOUND, "unknown_service", &format!("no upstream named `{service}`"));
+    };
+    let before = effective_config(&up);
+    let o = RuntimeOverride {
+        base,
+        failure_threshold: body.failure_threshold,
+        reset_timeout: Duration::from_millis(body.reset_timeout_ms),
+        min_healthy_period: Duration::from_millis(body.min_healthy_period_ms),
+        request_limit: body.request_limit,
+        applied_at: SystemTime::now(),
+        applied_by: who.subject.clone(),
+    };
+    let applied_at = clock::rfc3339(o.applied_at);
+    state.store.shared.overrides.lock().unwrap_or_else(|e| e.into_inner()).insert(service.to_string(), o);
+    state.store.apply((*gen.config).clone(), "admin config override");
+    let after = find(state, service).map(|u| effective_config(&u)).unwrap_or(Value::Null);
+    audit(state, who, "config", Some(service), "runtime override", before, after.clone());
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "success": true,
+            "service": service,
+            "config": {
+                "failureThreshold": body.failure_threshold,
+                "resetTimeoutMs": body.reset_timeout_ms,
+                "minHealthyPeriodMs": body.min_healthy_period_ms,
+                "requestLimit": body.request_limit,
+            },
+            "effective": after,
+            "appliedAt": applied_at,
+        }),
+    )
+}
+
+fn delete_config(state: &Arc<AppState>, who: &Principal, service: &str) -> Resp {
+    let up = match find(state, service) {
+        Ok(u) => u,
+        Err(e) => return e,
+    };
+    let removed = state.store.shared.overrides.lock().unwrap_or_else(|e| e.into_inner()).remove(service);
+    if removed.is_none() {
+        return error(StatusCode::NOT_FOUND, "no_override", &format!("upstream `{service}` has no runtime override"));
+    }
+    let before = effective_config(&up);
+    state.store.apply((*state.store.current().config).clone(), "admin override removed");
+    let after = find(state, service).map(|u| effective_config(&u)).unwrap_or(Value::Null);
+    audit(state, who, "config-delete", Some(service), "runtime override removed", before, after.clone());
+    json_response(StatusCode::OK, &json!({ "success": true, "service": service, "config": after, "removedAt": clock::timestamp() }))
+}
+
+fn reset(state: &AppState, who: &Principal, service: &str, body: ResetBody) -> Resp {
+    let up = match find(state, service) {
+        Ok(u) => u,
+        Err(e) => return e,
+    };
+    if body.reason.trim().is_empty() {
+        return error(StatusCode::BAD_REQUEST, "bad_body", "`reason` must say why");
+    }
+    let now = clock::now();
+    let snap = up.circuit.snapshot(now);
+    if matches!(snap.state, CircuitState::ForcedOpen | CircuitState::ForcedClosed | CircuitState::MetricsOnly) && !body.force {
+        return error(
+            StatusCode::CONFLICT,
+            "conflicting_state",
+            &format!("circuit `{service}` is {} by an operator; send \"force\": true to reset it anyway", snap.state),
+        );
+    }
+    let action = format!("reset by {}: {}", who.subject, body.reason);
+    let report = up.circuit.reset(&action, now);
+    let previous = json!({
+        "state": report.previous.as_str(),
+        "failureCount": report.failure_count,
+        "lastFailure": report.last_failure.map(|t| clock::rfc3339(clock::wall(t))),
+        "totalIncidents": report.total_incidents,
+    });
+    let reset_time = clock::timestamp();
+    let mut after = json!({ "state": up.circuit.snapshot(now).state.as_str() });
+    if let Some(m) = &body.metadata {
+        after["metadata"] = json!(m);
+    }
+    audit(state, who, "reset", Some(service), &body.reason, previous.clone(), after);
+    json_response(
+        StatusCode::OK,
+        &json!({ "success": true, "service": service, "resetTime": reset_time, "previousState": previous }),
+    )
+}
+
+fn force(state: &AppState, who: &Principal, service: &str, body: ForceBody) -> Resp {
+    let up = match find(state, service) {
+        Ok(u) => u,
+        Err(e) => return e,
+    };
+    let Some(mode) = Mode::parse(&body.state) else {
+        return error(StatusCode::BAD_REQUEST, "bad_body", "`state` must be forced-open, forced-closed, metrics-only or auto");
+    };
+    if body.reason.trim().is_empty() {
+        return error(StatusCode::BAD_REQUEST, "bad_body", "`reason` must say why");
+    }
+    let ttl = match body.ttl_ms {
+        Some(0) => return error(StatusCode::BAD_REQUEST, "bad_body", "`ttlMs` must be positive"),
+        Some(ms) if ms > 7 * 86_400_000 => return error(StatusCode::BAD_REQUEST, "bad_body", "`ttlMs` must be at most 7 days"),
+        Some(ms) if mode == Mode::Auto => {
+            let _ = ms;
+            return error(StatusCode::BAD_REQUEST, "bad_body", "`ttlMs` makes no sense with `auto`");
+        }
+        other => other.map(Duration::from_millis),
+    };
+    let now = clock::now();
+    let before = up.circuit.snapshot(now);
+    if before.mode == mode && ttl.is_none() && before.mode_until.is_none() {
+        return error(StatusCode::CONFLICT, "conflicting_state", &format!("circuit `{service}` is already {}", mode.as_str()));
+    }
+    let action = format!("{} by {}: {}", mode.as_str(), who.subject, body.reason);
+    up.circuit.force(mode, ttl, &action, now);
+    let after = up.circuit.snapshot(now);
+    let until = after.mode_until.map(|t| clock::rfc3339(clock::wall(t)));
+    audit(
+        state,
+        who,
+        "force",
+        Some(service),
+        &body.reason,
+        json!({ "state": before.state.as_str(), "mode": before.mode.as_str() }),
+        json!({ "state": after.state.as_str(), "mode": after.mode.as_str(), "until": until }),
+    );
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "success": true,
+            "service": service,
+            "state": after.state.as_str(),
+            "previousState": before.state.as_str(),
+            "until": until,
+            "appliedAt": clock::timestamp(),
+        }),
+    )
+}
+
+fn history(state: &AppState, service: &str, query: Option<&str>) -> Resp {
+    let up = match find(state, service) {
+        Ok(u) => u,
+        Err(e) => return e,
+    };
+    let timeframe = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("timeframe="))
+        .unwrap_or("24h");
+    let span = match timeframe {
+        "1h" => 3600,
+        "24h" => 86_400,
+        "7d" => 7 * 86_400,
+        "30d" => 30 * 86_400,
+        other => {
+            return error(StatusCode::BAD_REQUEST, "bad_timeframe", &format!("timeframe `{other}` is not 1h, 24h, 7d or 30d"));
+        }
+    };
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (periods, ops) = up.circuit.history(|h| (h.periods(now, span), h.operations(now, span)));
+    let entries: Vec<Value> = periods
+        .into_iter()
+        .map(|(p, duration)| {
+            json!({
+                "timestamp": clock::rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(p.start)),
+                "status": p.status,
+                "duration": duration,
+                "incidents": p.incidents,
+            })
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "success": true,
+            "service": service,
+            "timeframe": timeframe,
+            "history": entries,
+            "metrics": {
+                "timeframe": timeframe,
+                "data": {
+                    "requestCount": ops.request_count,
+                    "successCount": ops.success_count,
+                    "failureCount": ops.failure_count,
+                    "avgResponseTime": ops.avg_response_ms,
+                    "p95ResponseTime": ops.p95_response_ms,
+                    "p99ResponseTime": ops.p99_response_ms,
+                },
+            },
+        }),
+    )
+}
+
+fn reload(state: &Arc<AppState>, who: &Principal) -> Resp {
+    if state.store.path().is_none() {
+        return error(StatusCode::CONFLICT, "no_config_file", "fusebox runs on a built-in config; there is no file to reload");
+    }
+    let before = json!({ "generation": state.store.generation() });
+    match state.reload("admin") {
+        Ok(n) => {
+            audit(state, who, "reload", None, "admin reload", before, json!({ "generation": n }));
+            json_response(StatusCode::OK, &json!({ "success": true, "generation": n, "reloadedAt": clock::timestamp() }))
+        }
+        Err(errors) => {
+            let details: Vec<Value> = errors
+                .errors
+                .iter()
+                .map(|e| json!({ "line": e.line, "column": e.column, "path": e.path, "message": e.message }))
+                .collect();
+            audit(state, who, "reload-rejected", None, "admin reload", before, json!({ "errors": details.len() }));
+            json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({
+                    "success": false,
+                    "error": { "code": "invalid_config", "message": errors.to_string(), "details": details },
+                    "generation": state.store.generation(),
+                }),
+            )
+        }
+    }
+}
+
+fn audit_list(state: &AppState) -> Resp {
+    let log = state.audit.lock().unwrap_or_else(|e| e.into_inner());
+    json_response(StatusCode::OK, &json!({ "entries": log.iter().collect::<Vec<_>>() }))
+}

@@ -1,0 +1,200 @@
+//! Per-upstream history kept in memory: operation buckets (per minute for
+//! the last hour, per hour for 30 days) with a latency histogram for
+//! p95/p99, and health periods (status changes, 7-day retention). Memory is
+//! bounded whatever the traffic: at most `MINUTES + HOURS` buckets and
+//! `MAX_PERIODS` periods per upstream. Pure data: time is passed in as Unix
+//! seconds; no clock, lock or I/O here.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+const MINUTES: usize = 60;
+const HOURS: usize = 30 * 24;
+const MAX_PERIODS: usize = 5_000;
+const PERIOD_RETENTION_SECS: u64 = 7 * 24 * 3600;
+
+/// Upper bounds (ms) of the latency histogram buckets; the last is +inf.
+const BOUNDS_MS: [f64; 15] = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 30000.0, f64::INFINITY];
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Bucket {
+    /// Start of the bucket, Unix seconds.
+    start: u64,
+    requests: u64,
+    successes: u64,
+    failures: u64,
+    duration_us: u64,
+    latency: [u32; BOUNDS_MS.len()],
+}
+
+/// A stretch of time with one status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthPeriod {
+    pub start: u64,
+    pub status: &'static str,
+    pub incidents: u32,
+}
+
+/// Aggregates over a timeframe, in the dashboard seed's shape.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OperationMetrics {
+    pub request_count: u64,
+    pub success_count: u64,
+    pub failure_count: u64,
+    pub avg_response_ms: f64,
+    pub p95_response_ms: f64,
+    pub p99_response_ms: f64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    minutes: VecDeque<Bucket>,
+    hours: VecDeque<Bucket>,
+    periods: VecDeque<HealthPeriod>,
+}
+
+impl History {
+    /// A history whose first period (healthy) starts at `t`.
+    pub fn starting(t: u64) -> History {
+        let mut h = History::default();
+        h.status(t, "healthy", false);
+        h
+    }
+
+    /// Records one finished call at Unix second `t`.
+    pub fn record(&mut self, t: u64, failure: bool, duration: Duration) {
+        let us = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+        let ms = duration.as_secs_f64() * 1e3;
+        let slot = BOUNDS_MS.iter().position(|b| ms <= *b).unwrap_or(BOUNDS_MS.len() - 1);
+        for (ring, width, cap) in [(&mut self.minutes, 60, MINUTES), (&mut self.hours, 3600, HOURS)] {
+            let start = t - t % width;
+            if ring.back().is_none_or(|b| b.start != start) {
+                if ring.len() == cap {
+                    ring.pop_front();
+                }
+                ring.push_back(Bucket { start, ..Bucket::default() });
+            }
+            if let Some(b) = ring.back_mut() {
+                b.requests += 1;
+                if failure {
+                    b.failures += 1;
+                } else {
+                    b.successes += 1;
+                }
+                b.duration_us = b.duration_us.saturating_add(us);
+                b.latency[slot] += 1;
+            }
+        }
+    }
+
+    /// Notes the status from Unix second `t` on (no-op if unchanged).
+    pub fn status(&mut self, t: u64, status: &'static str, incident: bool) {
+        if let Some(last) = self.periods.back_mut() {
+            if last.status == status {
+                last.incidents += u32::from(incident);
+                return;
+            }
+        }
+        while self.periods.len() >= MAX_PERIODS || self.periods.front().is_some_and(|p| t.saturating_sub(p.start) > PERIOD_RETENTION_SECS) {
+            if self.periods.pop_front().is_none() {
+                break;
+            }
+        }
+        self.periods.push_back(HealthPeriod { start: t, status, incidents: u32::from(incident) });
+    }
+
+    /// Health periods overlapping `[now - span, now]`, each with its
+    /// duration in ms (the last one runs until `now`).
+    pub fn periods(&self, now: u64, span: u64) -> Vec<(HealthPeriod, u64)> {
+        let from = now.saturating_sub(span);
+        let mut out = Vec::new();
+        for (i, p) in self.periods.iter().enumerate() {
+            let end = self.periods.get(i + 1).map_or(now, |n| n.start);
+            if end >= from {
+                out.push((p.clone(), end.saturating_sub(p.start) * 1000));
+            }
+        }
+        out
+    }
+
+    /// Operation metrics over `[now - span, now]`.
+    pub fn operations(&self, now: u64, span: u64) -> OperationMetrics {
+        let (ring, width) = if span <= 3600 { (&self.minutes, 60) } else { (&self.hours, 3600) };
+        let from = now.saturating_sub(span);
+        let mut total = Bucket::default();
+        for b in ring.iter().filter(|b| b.start + width > from) {
+            total.requests += b.requests;
+            total.successes += b.successes;
+            total.failures += b.failures;
+            total.duration_us = total.duration_us.saturating_add(b.duration_us);
+            for (t, x) in total.latency.iter_mut().zip(b.latency) {
+                *t += x;
+            }
+        }
+        let pct = |q: f64| -> f64 {
+            if total.requests == 0 {
+                return 0.0;
+            }
+            let want = (q * total.requests as f64).ceil() as u64;
+            let mut seen = 0u64;
+            for (i, c) in total.latency.iter().enumerate() {
+                seen += u64::from(*c);
+                if seen >= want {
+                    // The bucket's upper bound; the open last bucket reports its lower one.
+                    return if BOUNDS_MS[i].is_finite() { BOUNDS_MS[i] } else { BOUNDS_MS[i - 1] };
+                }
+            }
+            0.0
+        };
+        OperationMetrics {
+            request_count: total.requests,
+            success_count: total.successes,
+            failure_count: total.failures,
+            avg_response_ms: if total.requests > 0 { total.duration_us as f64 / total.requests as f64 / 1e3 } else { 0.0 },
+            p95_response_ms: pct(0.95),
+            p99_response_ms: pct(0.99),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aggregates_and_percentiles() {
+        let mut h = History::default();
+        let t = 1_800_000_000;
+        for i in 0..100 {
+            let ms = if i < 95 { 3 } else { 700 };
+            h.record(t + i, i % 10 == 0, Duration::from_millis(ms));
+        }
+        let m = h.operations(t + 100, 3600);
+        assert_eq!(m.request_count, 100);
+        assert_eq!(m.failure_count, 10);
+        assert_eq!(m.p95_response_ms, 5.0);
+        assert_eq!(m.p99_response_ms, 1000.0);
+        assert!((m.avg_response_ms - (95.0 * 3.0 + 5.0 * 700.0) / 100.0).abs() < 1e-6);
+        // Older than the hour: not in 1h, still in 24h.
+        assert_eq!(h.operations(t + 7200, 3600).request_count, 0);
+        assert_eq!(h.operations(t + 7200, 86_400).request_count, 100);
+    }
+
+    #[test]
+    fn periods_are_bounded_and_timed() {
+        let mut h = History::default();
+        h.status(100, "healthy", false);
+        h.status(160, "failed", true);
+        h.status(170, "failed", false);
+        h.status(200, "healthy", false);
+        let p = h.periods(260, 3600);
+        assert_eq!(p.len(), 3);
+        assert_eq!(p[1].0.status, "failed");
+        assert_eq!(p[1].1, 40_000);
+        assert_eq!(p[1].0.incidents, 1);
+        for i in 0..(MAX_PERIODS as u64 + 10) {
+            h.status(300 + i, if i % 2 == 0 { "failed" } else { "healthy" }, false);
+        }
+        assert!(h.periods.len() <= MAX_PERIODS);
+    }
+}

@@ -6,6 +6,9 @@
 //! - `GET /health/detailed` — every upstream, config generation, last reload.
 //! - `GET /health/circuit-breakers` — every circuit's state and counters.
 //! - `GET /metrics` — Prometheus text format.
+//! - `GET /api/v2/ws/circuit-breaker` — the state WebSocket (`ws`);
+//!   `GET /health/websocket` its clients, messages and drops.
+//! - `GET /dashboard` — the live dashboard page (`dashboard`).
 //! - `/api/admin/...` — the admin API (`api`), JWT-protected mutations.
 //!
 //! This module owns request routing on that listener; it must not forward
@@ -13,7 +16,9 @@
 
 pub mod api;
 pub mod auth;
+pub mod dashboard;
 pub mod health;
+pub mod ws;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -34,6 +39,9 @@ pub async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Result<Resp
         }
         return Ok(error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"));
     }
+    if req.method() == Method::GET && req.uri().path() == ws::PATH {
+        return Ok(ws::upgrade(req, state));
+    }
     let path = req.uri().path().trim_end_matches('/');
     let path = if path.is_empty() { "/" } else { path };
     let resp = match (req.method(), path) {
@@ -43,6 +51,8 @@ pub async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Result<Resp
         (&Method::GET, "/health/detailed") => health::detailed(&state),
         (&Method::GET, "/health/circuit-breakers") => health::circuit_breakers(&state),
         (&Method::GET, "/metrics") => health::metrics(&state),
+        (&Method::GET, "/health/websocket") => ws::health(&state),
+        (&Method::GET | &Method::HEAD, "/dashboard") => dashboard::page(),
         (_, "/livez" | "/readyz" | "/health" | "/health/detailed" | "/health/circuit-breakers" | "/metrics") => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint only answers GET")
         }

@@ -23,6 +23,8 @@ use crate::admin::auth::{Authorizer, RateLimiter};
 use crate::config::reload::{self, ConfigStore};
 use crate::config::{AuthConfig, Config, ConfigErrors};
 use crate::proxy::probe;
+use crate::tls::{self, CertStore};
+use tokio_rustls::TlsAcceptor;
 use crate::proxy::forward::DataPlane;
 use crate::proxy::server::{self, bind, http_builder};
 use crate::proxy::upstream::CircuitEvent;
@@ -52,6 +54,8 @@ pub struct AppState {
     pub mutations: RateLimiter,
     /// The last admin mutations (bounded), newest last.
     pub audit: Mutex<VecDeque<serde_json::Value>>,
+    /// State WebSocket sessions: closed with 1001 at shutdown.
+    pub ws: admin::ws::Hub,
 }
 
 // === impl AppState ===
@@ -115,14 +119,16 @@ pub struct App {
     data_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
     ticker: JoinHandle<()>,
-    /// Reloads on config file changes while alive.
-    _watcher: Option<notify::RecommendedWatcher>,
+    /// Config and certificate file watchers, alive as long as the app.
+    _watchers: Vec<notify::RecommendedWatcher>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("{0}")]
     Bind(#[from] std::io::Error),
+    #[error("{0}")]
+    Tls(crate::tls::TlsError),
 }
 
 // === impl App ===
@@ -139,6 +145,14 @@ impl App {
             tracing::warn!("!!! auth: none — the admin API and state WebSocket accept anyone who can reach {admin_addr}; configure auth.jwt for production !!!");
         }
         let grace = config.shutdown.grace_period;
+        let tls = match &config.tls {
+            Some(t) => {
+                let certs = CertStore::load(&t.cert_file, &t.key_file).map_err(AppError::Tls)?;
+                let server = tls::server_config(certs.clone()).map_err(AppError::Tls)?;
+                Some((certs, TlsAcceptor::from(server)))
+            }
+            None => None,
+        };
         let (events, _) = broadcast::channel::<CircuitEvent>(EVENT_BUFFER);
         let shared = Shared::new(Metrics::new(), events);
         let store = ConfigStore::new(config, path, shared);
@@ -151,9 +165,25 @@ impl App {
             checkers: Mutex::new(HashSet::new()),
             mutations: RateLimiter::new(MUTATIONS_PER_MINUTE, Duration::from_secs(60)),
             audit: Mutex::new(VecDeque::with_capacity(64)),
+            ws: admin::ws::Hub::new(),
         });
         state.ensure_checkers();
-        let plane = Arc::new(DataPlane { store: state.store.handle(), scheme: "http" });
+        let plane = Arc::new(DataPlane { store: state.store.handle(), scheme: if tls.is_some() { "https" } else { "http" } });
+        let mut watchers = Vec::new();
+        if let Some((certs, _)) = &tls {
+            // cert-manager rewrites both files; watch each and re-read the
+            // pair. Open connections keep the certificate they started with.
+            for file in [certs.cert_file().to_path_buf(), state.store.current().config.tls.as_ref().map_or_else(Default::default, |t| t.key_file.clone())] {
+                let certs = certs.clone();
+                match reload::spawn_watcher(file.clone(), move || match certs.reload() {
+                    Ok(()) => tracing::info!("TLS certificate reloaded"),
+                    Err(e) => tracing::error!(error = %e, "TLS certificate reload failed; keeping the current one"),
+                }) {
+                    Ok(w) => watchers.push(w),
+                    Err(e) => tracing::warn!(file = %file.display(), error = %e, "cannot watch a TLS file; rotations need a restart"),
+                }
+            }
+        }
 
         let (stop_data, mut stop_data_rx) = watch::channel(false);
         let data_task = tokio::spawn(server::serve(
@@ -163,6 +193,7 @@ impl App {
                 let _ = stop_data_rx.wait_for(|s| *s).await;
             },
             grace,
+            tls.map(|(_, acceptor)| acceptor),
         ));
 
         let (stop_admin, mut stop_admin_rx) = watch::channel(false);
@@ -202,7 +233,7 @@ impl App {
             }
         });
 
-        let watcher = match state.store.path().cloned() {
+        let config_watcher = match state.store.path().cloned() {
             Some(path) => {
                 let watch_state = state.clone();
                 match reload::spawn_watcher(path.clone(), move || {
@@ -221,7 +252,8 @@ impl App {
 
         state.ready.store(true, Ordering::Release);
         tracing::info!(data = %data_addr, admin = %admin_addr, "fusebox is ready");
-        Ok(App { state, data_addr, admin_addr, stop_data, stop_admin, data_task, admin_task, ticker, _watcher: watcher })
+        watchers.extend(config_watcher);
+        Ok(App { state, data_addr, admin_addr, stop_data, stop_admin, data_task, admin_task, ticker, _watchers: watchers })
     }
 
     pub fn data_addr(&self) -> SocketAddr {
@@ -242,6 +274,8 @@ impl App {
         let _ = self.stop_data.send(true);
         let _ = self.data_task.await;
         self.ticker.abort();
+        // State WebSocket clients get close 1001 before the admin listener goes.
+        self.state.ws.shutdown(Duration::from_secs(2)).await;
         let _ = self.stop_admin.send(true);
         let _ = self.admin_task.await;
         tracing::info!("fusebox stopped");

@@ -91,6 +91,8 @@ pub struct UpstreamConfig {
     pub timeouts: Timeouts,
     pub max_concurrent_requests: usize,
     pub fallback: Option<Fallback>,
+    /// TLS to the upstream (for `https://` endpoints).
+    pub tls: crate::tls::UpstreamTls,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,7 +5,8 @@
 //! `Config`, live reload), `proxy` (the data path), `breaker` (the pure
 //! state machine), `admin` (health, metrics, admin API on its own
 //! listener), `telemetry` (metrics and logging), `app` (wiring, listeners,
-//! shutdown), `demo` (built-in upstreams and traffic for `fusebox demo`).
+//! shutdown), `demo` (built-in upstreams and traffic for `fusebox demo`),
+//! `watch` (the terminal client of the state WebSocket, `fusebox watch`).
 
 #![forbid(unsafe_code)]
 
@@ -18,6 +19,8 @@ pub mod demo;
 pub mod history;
 pub mod proxy;
 pub mod telemetry;
+pub mod tls;
+pub mod watch;
 
 pub use app::App;
 pub use config::Config;

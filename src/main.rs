@@ -43,6 +43,16 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Option<std::time::Duration>,
     },
+    /// Live view of every circuit from the state WebSocket: a table redrawn
+    /// in place on a terminal, one line per change when piped.
+    Watch {
+        /// The state WebSocket of a running fusebox's admin listener.
+        #[arg(long, default_value = fusebox::watch::DEFAULT_URL)]
+        url: String,
+        /// JWT for `auth.jwt` configs (sent as the WebSocket subprotocol).
+        #[arg(long, env = "FUSEBOX_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -57,6 +67,9 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
+        Command::Watch { url, token } => runtime(1).and_then(|rt| {
+            rt.block_on(fusebox::watch::run(fusebox::watch::WatchOptions { url, token })).map_err(anyhow::Error::from)
+        }),
         Command::Demo { listen, admin, duration } => {
             runtime(0).and_then(|rt| rt.block_on(fusebox::demo::run(listen, admin, duration)).map_err(anyhow::Error::from))
         }
@@ -83,10 +96,17 @@ fn check(path: &PathBuf) -> ExitCode {
     }
 }
 
+/// `workers: 1` runs everything on one thread (no work-stealing overhead,
+/// like one nginx worker); otherwise a multi-thread runtime with `workers`
+/// threads, or one per core for 0.
 fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
+    let mut b = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     b.enable_all();
-    if workers > 0 {
+    if workers > 1 {
         b.worker_threads(workers);
     }
     b.build().context("cannot start the tokio runtime")

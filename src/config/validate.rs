@@ -181,7 +181,14 @@ impl Validator<'_> {
             self.error("workers", "must be between 0 (one per core) and 1024");
         }
         let tls = raw.tls.and_then(|t| match (t.cert_file, t.key_file) {
-            (Some(c), Some(k)) => Some(ListenerTls { cert_file: c.into(), key_file: k.into() }),
+            (Some(c), Some(k)) => {
+                for (key, f) in [("tls.certFile", &c), ("tls.keyFile", &k)] {
+                    if let Err(e) = std::fs::metadata(f) {
+                        self.error(key, format!("cannot read `{f}`: {e}"));
+                    }
+                }
+                Some(ListenerTls { cert_file: c.into(), key_file: k.into() })
+            }
             _ => {
                 self.error("tls", "needs both certFile and keyFile");
                 None
@@ -355,13 +362,35 @@ impl Validator<'_> {
             }
             Fallback { status, headers, body: bytes::Bytes::from(f.body.unwrap_or_default()) }
         });
-        if let Some(tls) = raw.tls {
-            let _ = tls;
-            self.error(&format!("{path}.tls"), "upstream TLS settings are not supported by this build yet");
-        }
-        if endpoints.iter().any(|e| e.scheme == Scheme::HTTPS) {
-            self.error(&format!("{path}.endpoints"), "https endpoints are not supported by this build yet");
-        }
+        let tls = match raw.tls {
+            None => crate::tls::UpstreamTls::default(),
+            Some(t) => {
+                for (key, file) in [("caFile", &t.ca_file), ("certFile", &t.cert_file), ("keyFile", &t.key_file)] {
+                    if let Some(f) = file {
+                        if let Err(e) = std::fs::metadata(f) {
+                            self.error(&format!("{path}.tls.{key}"), format!("cannot read `{f}`: {e}"));
+                        }
+                    }
+                }
+                if let Some(name) = &t.server_name {
+                    if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+                        self.error(&format!("{path}.tls.serverName"), format!("`{name}` is not a DNS name or IP address"));
+                    }
+                }
+                if t.cert_file.is_some() != t.key_file.is_some() {
+                    self.error(&format!("{path}.tls"), "a client certificate needs both certFile and keyFile");
+                }
+                if !endpoints.iter().any(|e| e.scheme == Scheme::HTTPS) {
+                    self.error(&format!("{path}.tls"), "is only used by https:// endpoints, and this upstream has none");
+                }
+                crate::tls::UpstreamTls {
+                    ca_file: t.ca_file.map(PathBuf::from),
+                    server_name: t.server_name,
+                    cert_file: t.cert_file.map(PathBuf::from),
+                    key_file: t.key_file.map(PathBuf::from),
+                }
+            }
+        };
         // Kept even when invalid (the file is rejected anyway), so routes
         // naming it do not report a second, misleading error.
         let _ = before;
@@ -375,6 +404,7 @@ impl Validator<'_> {
             timeouts,
             max_concurrent_requests,
             fallback,
+            tls,
         })
     }
 

@@ -49,7 +49,17 @@ pub struct DataPlane {
 }
 
 /// Entry point for one request on the data listener.
-pub async fn handle(req: Request<Incoming>, plane: Arc<DataPlane>, peer: SocketAddr) -> Result<Response<ProxyBody>, Infallible> {
+/// The client's IP as a header value, made once per connection.
+#[derive(Clone)]
+pub struct PeerIp(HeaderValue);
+
+impl PeerIp {
+    pub fn new(peer: SocketAddr) -> PeerIp {
+        PeerIp(HeaderValue::from_str(&peer.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown")))
+    }
+}
+
+pub async fn handle(req: Request<Incoming>, plane: Arc<DataPlane>, peer: PeerIp) -> Result<Response<ProxyBody>, Infallible> {
     let generation = plane.store.load_full();
     let request_id = request_id(req.headers());
     let log = tracing::enabled!(tracing::Level::DEBUG).then(|| (clock::now(), req.method().clone(), req.uri().path().to_owned()));
@@ -75,7 +85,7 @@ fn route(generation: &Generation, req: &Request<Incoming>) -> Option<Arc<Upstrea
 }
 
 /// Phases 2-5 for a routed request.
-async fn proxy(up: Arc<Upstream>, mut req: Request<Incoming>, peer: SocketAddr, request_id: &HeaderValue, scheme: &'static str) -> Response<ProxyBody> {
+async fn proxy(up: Arc<Upstream>, mut req: Request<Incoming>, peer: PeerIp, request_id: &HeaderValue, scheme: &'static str) -> Response<ProxyBody> {
     // Phase 2: admit.
     let mut guard = match up.circuit.admit(up.config.max_concurrent_requests, clock::now()) {
         Ok(g) => g,
@@ -127,18 +137,18 @@ fn rewrite(
     req: Request<Incoming>,
     endpoint: &Endpoint,
     protocol: Protocol,
-    peer: SocketAddr,
+    peer: PeerIp,
     request_id: &HeaderValue,
     scheme: &'static str,
     upgrade: bool,
 ) -> Result<Request<ProxyBody>, Response<ProxyBody>> {
     let (mut parts, body) = req.into_parts();
     let path_and_query = parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    let original_host = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned));
+    // The client's host: the URI authority (HTTP/2) or the Host header.
+    let original_host = match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => parts.headers.get(header::HOST).cloned(),
+    };
     parts.uri = Uri::builder()
         .scheme(endpoint.scheme.clone())
         .authority(endpoint.authority.clone())
@@ -147,24 +157,15 @@ fn rewrite(
         .map_err(|_| bad_request("cannot build the upstream URI"))?;
     strip_hop_by_hop(&mut parts.headers, upgrade);
     let h = &mut parts.headers;
-    if let Some(host) = &original_host {
+    if let Some(host) = original_host {
         if !h.contains_key(header::HOST) {
-            if let Ok(v) = HeaderValue::from_str(host) {
-                h.insert(header::HOST, v);
-            }
+            h.insert(header::HOST, host.clone());
         }
-        if let Ok(v) = HeaderValue::from_str(host) {
-            h.insert(X_FORWARDED_HOST, v);
-        }
+        h.insert(X_FORWARDED_HOST, host);
     }
-    let ip = peer.ip().to_string();
-    let xff = match h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert(X_FORWARDED_FOR, v);
-    }
+    // An existing x-forwarded-for gets our client appended as another
+    // field line, which is the same list (RFC 9110 5.3).
+    h.append(X_FORWARDED_FOR, peer.0);
     h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
     h.insert(REQUEST_ID, request_id.clone());
     parts.version = match protocol {
@@ -224,8 +225,14 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
-    let id = format!("{:032x}", rand::random::<u128>());
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = rand::random::<u128>();
+    let mut id = [0u8; 32];
+    for b in id.iter_mut().rev() {
+        *b = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 fn describe(e: &hyper_util::client::legacy::Error) -> String {

@@ -14,6 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use super::forward::{self, DataPlane};
 
@@ -35,9 +36,13 @@ pub fn http_builder() -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// Longest a client may take to finish the TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves until `stop` resolves, then stops accepting and gives open
-/// connections `grace` to finish their requests.
-pub async fn serve(listener: TcpListener, plane: Arc<DataPlane>, stop: impl Future<Output = ()>, grace: Duration) {
+/// connections `grace` to finish their requests. With `tls`, every
+/// connection is TLS (ALPN picks h2 or HTTP/1.1).
+pub async fn serve(listener: TcpListener, plane: Arc<DataPlane>, stop: impl Future<Output = ()>, grace: Duration, tls: Option<TlsAcceptor>) {
     let builder = http_builder();
     let graceful = GracefulShutdown::new();
     tokio::pin!(stop);
@@ -57,11 +62,26 @@ pub async fn serve(listener: TcpListener, plane: Arc<DataPlane>, stop: impl Futu
         let _ = stream.set_nodelay(true);
         let plane = plane.clone();
         let builder = builder.clone();
+        let peer_ip = forward::PeerIp::new(peer);
         let watcher = graceful.watcher();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| forward::handle(req, plane.clone(), peer));
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-            if let Err(e) = watcher.watch(conn).await {
+            let svc = service_fn(move |req| forward::handle(req, plane.clone(), peer_ip.clone()));
+            let result = match tls {
+                None => watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc)).await,
+                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc)).await,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                },
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });

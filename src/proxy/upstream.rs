@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -16,6 +17,7 @@ use tokio::sync::broadcast;
 
 use crate::breaker::{Breaker, CallOutcome, Mode, Permit, Policy, Rejection, ResetReport, Snapshot, Transition};
 use crate::clock;
+use crate::tls;
 use crate::config::{LoadBalancing, Protocol, UpstreamConfig};
 use crate::history::History;
 use crate::telemetry::metrics::Outcome;
@@ -23,7 +25,7 @@ use crate::telemetry::UpstreamMetrics;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
-pub type HttpClient = Client<HttpConnector, ProxyBody>;
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 
 /// A transition of one circuit, as published to watchers (WebSocket,
 /// history). Cloned per receiver by the channel, not per client socket.
@@ -276,12 +278,30 @@ impl Upstream {
     }
 }
 
-/// A pooled keep-alive client for one upstream's protocol and timeouts.
+/// A pooled keep-alive client for one upstream's protocol, timeouts and
+/// TLS. A TLS setting that cannot be loaded (unreadable CA file...) is
+/// logged and the upstream gets system roots: its calls then fail and count
+/// against its circuit, which is what an operator sees.
 pub fn build_client(config: &UpstreamConfig) -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(config.timeouts.connect));
     connector.set_nodelay(true);
     connector.set_keepalive(Some(Duration::from_secs(60)));
+    connector.enforce_http(false);
+    let h2 = config.protocol == Protocol::Http2;
+    let tls = tls::client_config(&config.tls).unwrap_or_else(|e| {
+        tracing::error!(upstream = %config.name, error = %e, "upstream TLS config unusable: its https calls will fail");
+        tls::trust_nothing()
+    });
+    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
+    let builder = match &config.tls.server_name {
+        Some(name) => match rustls::pki_types::ServerName::try_from(name.clone()) {
+            Ok(sni) => builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(sni)),
+            Err(_) => builder,
+        },
+        None => builder,
+    };
+    let connector = if h2 { builder.enable_http2().wrap_connector(connector) } else { builder.enable_http1().wrap_connector(connector) };
     let mut builder = Client::builder(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())

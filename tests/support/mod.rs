@@ -146,3 +146,106 @@ pub async fn get_json(client: &TestClient, url: &str) -> serde_json::Value {
     let (_, _, body) = get(client, url).await;
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
+
+// --- added for the breaker/proxy integration tests ---
+
+impl TestUpstream {
+    /// Forgets the highest concurrency seen so far.
+    pub fn reset_max_in_flight(&self) {
+        self.max_in_flight.store(0, Ordering::SeqCst);
+    }
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight.load(Ordering::SeqCst)
+    }
+}
+
+/// Sends a prepared request and collects: (status, headers, body).
+pub async fn send(client: &TestClient, req: Request<Empty<Bytes>>) -> (StatusCode, http::HeaderMap, String) {
+    let resp = client.request(req).await.expect("request reaches fusebox");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Moves tokio's clock (the one fusebox's breaker reads) forward by `d`
+/// without sleeping. Needs the current-thread runtime of `#[tokio::test]`.
+pub async fn advance(d: Duration) {
+    tokio::time::pause();
+    tokio::time::advance(d).await;
+    tokio::time::resume();
+}
+
+/// Every circuit from the admin `/health/circuit-breakers`.
+pub async fn circuits(client: &TestClient, app: &App) -> Vec<serde_json::Value> {
+    let v = get_json(client, &format!("http://{}/health/circuit-breakers", app.admin_addr())).await;
+    v["circuitBreakers"].as_array().cloned().unwrap_or_else(|| panic!("no circuitBreakers array: {v}"))
+}
+
+/// One circuit (by upstream name) from `/health/circuit-breakers`.
+pub async fn circuit(client: &TestClient, app: &App, name: &str) -> serde_json::Value {
+    circuits(client, app)
+        .await
+        .into_iter()
+        .find(|c| c["service"] == name)
+        .unwrap_or_else(|| panic!("no circuit named {name}"))
+}
+
+/// A 127.0.0.1 port where nothing listens (bound, then released).
+pub fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+// --- added for the admin API and metrics tests ---
+
+pub type BodyClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+/// A client that can send request bodies (PUT/POST with JSON).
+pub fn body_client() -> BodyClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Sends `method url` with extra headers and a body (empty: none) and
+/// collects: (status, headers, body).
+pub async fn call(
+    client: &BodyClient,
+    method: http::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> (StatusCode, http::HeaderMap, String) {
+    let body = body.into();
+    let mut req = Request::builder().method(method).uri(url);
+    if !body.is_empty() {
+        req = req.header(http::header::CONTENT_TYPE, "application/json");
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client.request(req.body(Full::new(body)).unwrap()).await.expect("request reaches fusebox");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A fresh, empty directory for one test's files (config, secrets).
+pub fn temp_dir(tag: &str) -> std::path::PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let dir = std::env::temp_dir().join(format!(
+        "fusebox-test-{tag}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Starts fusebox from a config file, so `POST /api/admin/config/reload`
+/// (and the file watcher) re-read it. The file must set both listeners.
+pub async fn fusebox_file(path: &std::path::Path) -> App {
+    let config = fusebox::config::Config::load(path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
+    App::start(config, Some(path.to_path_buf())).await.expect("fusebox starts")
+}

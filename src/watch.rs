@@ -1,0 +1,332 @@
+//! `fusebox watch`: a terminal client of the state WebSocket. On a TTY it
+//! keeps a live table redrawn in place (ANSI, a colour per circuit state);
+//! piped, it prints one plain line per change. It reconnects with
+//! exponential backoff (1 s doubling to 30 s) and gives up only when the
+//! server refuses the token.
+//!
+//! It owns nothing of the proxy: it must only speak the public protocol
+//! (SPEC section 6), exactly as any other client would.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use http::HeaderValue;
+use serde_json::Value;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Default URL: the admin listener's default address.
+pub const DEFAULT_URL: &str = "ws://127.0.0.1:9901/api/v2/ws/circuit-breaker";
+const BACKOFF_START: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The server pings every 5 s; three missed heartbeats mean it is gone.
+const SILENCE: Duration = Duration::from_secs(15);
+/// Redraws of the TTY table at most this often.
+const REDRAW: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    pub url: String,
+    pub token: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("invalid WebSocket URL `{0}`: {1}")]
+    Url(String, String),
+    #[error("the token is not a valid header value")]
+    Token,
+    #[error("the server refused the token: {0}")]
+    Auth(String),
+    #[error("cannot write output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// Watches until the process is stopped (or the server refuses the token),
+/// printing to stdout: a live table on a TTY, plain lines otherwise.
+pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
+    use std::io::IsTerminal;
+    let tty = std::io::stdout().is_terminal();
+    run_with(options, std::io::stdout(), tty).await
+}
+
+/// [`run`] with the output and its kind given (tests pass a buffer).
+pub async fn run_with<W: Write>(options: WatchOptions, out: W, tty: bool) -> Result<(), WatchError> {
+    let mut request = options.url.as_str().into_client_request().map_err(|e| WatchError::Url(options.url.clone(), e.to_string()))?;
+    if let Some(token) = options.token.as_deref().filter(|t| !t.is_empty()) {
+        let value = HeaderValue::from_str(token).map_err(|_| WatchError::Token)?;
+        request.headers_mut().insert(http::header::SEC_WEBSOCKET_PROTOCOL, value);
+    }
+    let mut view = View { out, tty, url: options.url.clone(), services: BTreeMap::new(), last_seq: 0, gaps: 0, status: String::new() };
+    let mut backoff = BACKOFF_START;
+    loop {
+        view.set_status(&format!("connecting to {}", view.url))?;
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request.clone())).await;
+        let reason = match connected {
+            Ok(Ok((ws, _))) => {
+                backoff = BACKOFF_START;
+                view.last_seq = 0;
+                view.set_status("connected")?;
+                match view.follow(ws).await? {
+                    Ended::AuthFailed(message) => return Err(WatchError::Auth(message)),
+                    Ended::Lost(reason) => reason,
+                }
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "connect timed out".to_string(),
+        };
+        view.set_status(&format!("disconnected ({reason}); reconnecting in {}s", backoff.as_secs()))?;
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+enum Ended {
+    AuthFailed(String),
+    Lost(String),
+}
+
+/// One service as last seen.
+struct Row {
+    status: String,
+    state: String,
+    failure_count: u64,
+    total: u64,
+    successful: u64,
+    failed: u64,
+    recovery_attempts: u64,
+    /// When an open circuit goes half-open, on our clock.
+    half_open_at: Option<Instant>,
+    last_transition: Option<String>,
+}
+
+struct View<W: Write> {
+    out: W,
+    tty: bool,
+    url: String,
+    services: BTreeMap<String, Row>,
+    last_seq: u64,
+    gaps: u64,
+    status: String,
+}
+
+// === impl View ===
+
+impl<W: Write> View<W> {
+    async fn follow<S>(&mut self, mut ws: S) -> Result<Ended, WatchError>
+    where
+        S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+    {
+        let mut dirty = false;
+        let mut auth_error: Option<String> = None;
+        let mut redraw = tokio::time::interval(REDRAW);
+        loop {
+            tokio::select! {
+                next = tokio::time::timeout(SILENCE, ws.next()) => {
+                    let msg = match next {
+                        Err(_) => return Ok(Ended::Lost("no heartbeat for 15 s".to_string())),
+                        Ok(None) => return Ok(Ended::Lost("connection closed".to_string())),
+                        Ok(Some(Err(e))) => return Ok(Ended::Lost(e.to_string())),
+                        Ok(Some(Ok(m))) => m,
+                    };
+                    match msg {
+                        Message::Text(text) => {
+                            let Ok(v) = serde_json::from_str::<Value>(&text) else { continue };
+                            if v["type"] == "error" && v["code"] == 4001 {
+                                auth_error = v["message"].as_str().map(str::to_owned);
+                            }
+                            dirty |= self.on_message(&v)?;
+                        }
+                        Message::Close(frame) => {
+                            let code = frame.as_ref().map(|f| u16::from(f.code));
+                            if code == Some(4001) {
+                                return Ok(Ended::AuthFailed(auth_error.unwrap_or_else(|| "authentication failed".to_string())));
+                            }
+                            let why = frame.map_or_else(|| "closed".to_string(), |f| format!("closed {}: {}", u16::from(f.code), f.reason));
+                            return Ok(Ended::Lost(why));
+                        }
+                        _ => {}
+                    }
+                }
+                _ = redraw.tick(), if self.tty && dirty => {
+                    dirty = false;
+                    self.draw()?;
+                }
+            }
+        }
+    }
+
+    /// Applies one server message; true when the table changed.
+    fn on_message(&mut self, v: &Value) -> Result<bool, WatchError> {
+        if let Some(seq) = v["seq"].as_u64() {
+            if self.last_seq != 0 && seq > self.last_seq + 1 {
+                self.gaps += seq - self.last_seq - 1;
+            }
+            self.last_seq = seq;
+        }
+        match v["type"].as_str() {
+            Some("services:state") => {
+                let mut changed = Vec::new();
+                let entries = v["services"].as_array().cloned().unwrap_or_default();
+                let names: Vec<String> = entries.iter().filter_map(|e| e["service"].as_str().map(str::to_owned)).collect();
+                self.services.retain(|k, _| names.contains(k));
+                for e in &entries {
+                    if let Some(name) = self.apply(e, None) {
+                        changed.push(name);
+                    }
+                }
+                if !self.tty {
+                    for name in changed {
+                        self.line(&name, None)?;
+                    }
+                }
+                Ok(true)
+            }
+            Some("service:update") => {
+                let transition = &v["data"]["transition"];
+                let entry = v["services"].get(0).cloned().unwrap_or(Value::Null);
+                let name = self.apply(&entry, Some(transition)).or_else(|| v["service"].as_str().map(str::to_owned));
+                if let (false, Some(name)) = (self.tty, name) {
+                    self.line(&name, Some(transition))?;
+                }
+                Ok(true)
+            }
+            Some("error") if !self.tty => {
+                writeln!(self.out, "# error {}: {}", v["code"], v["message"].as_str().unwrap_or(""))?;
+                Ok(false)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Stores one service entry; returns its name if its state or status
+    /// changed (or it is new).
+    fn apply(&mut self, e: &Value, transition: Option<&Value>) -> Option<String> {
+        let name = e["service"].as_str()?.to_string();
+        let c = &e["circuit"];
+        let o = &e["operations"];
+        let last = transition.filter(|t| t.is_object()).or_else(|| Some(&c["lastTransition"]).filter(|t| t.is_object()));
+        let row = Row {
+            status: e["status"].as_str().unwrap_or("unknown").to_string(),
+            state: c["state"].as_str().unwrap_or("unknown").to_string(),
+            failure_count: c["failureCount"].as_u64().unwrap_or(0),
+            total: o["total"].as_u64().unwrap_or(0),
+            successful: o["successful"].as_u64().unwrap_or(0),
+            failed: o["failed"].as_u64().unwrap_or(0),
+            recovery_attempts: c["recoveryAttempts"].as_u64().unwrap_or(0),
+            half_open_at: c["retryInMs"].as_u64().map(|ms| Instant::now() + Duration::from_millis(ms)),
+            last_transition: last.map(describe_transition),
+        };
+        let changed = self.services.get(&name).map_or(true, |old| old.state != row.state || old.status != row.status);
+        self.services.insert(name.clone(), row);
+        changed.then_some(name)
+    }
+
+    /// One plain line (piped output).
+    fn line(&mut self, name: &str, transition: Option<&Value>) -> Result<(), WatchError> {
+        let Some(r) = self.services.get(name) else { return Ok(()) };
+        let now = crate::clock::timestamp();
+        let what = match transition.filter(|t| t.is_object()) {
+            Some(t) => describe_transition(t),
+            None => format!("state {}", r.state),
+        };
+        writeln!(
+            self.out,
+            "{now} {name} {what} status={} failures={} total={} ok={} failed={} recoveries={}",
+            r.status, r.failure_count, r.total, r.successful, r.failed, r.recovery_attempts
+        )?;
+        self.out.flush()?;
+        Ok(())
+    }
+
+    fn set_status(&mut self, status: &str) -> Result<(), WatchError> {
+        self.status = status.to_string();
+        if self.tty {
+            self.draw()
+        } else {
+            writeln!(self.out, "# {status}")?;
+            self.out.flush()?;
+            Ok(())
+        }
+    }
+
+    /// Redraws the whole table in place.
+    fn draw(&mut self) -> Result<(), WatchError> {
+        let mut s = String::with_capacity(256 + self.services.len() * 160);
+        s.push_str("\x1b[H\x1b[2J");
+        s.push_str(&format!(
+            "\x1b[1mfusebox watch\x1b[0m  {}  {}  services={} seq={} missed={}\n\n",
+            self.url,
+            self.status,
+            self.services.len(),
+            self.last_seq,
+            self.gaps
+        ));
+        let width = self.services.keys().map(|k| k.len()).max().unwrap_or(7).max(7);
+        s.push_str(&format!(
+            "\x1b[2m{:<width$}  {:<13}  {:<9}  {:>5}  {:>8}  {:>8}  {:>6}  {:>6}  {:>7}  LAST TRANSITION\x1b[0m\n",
+            "SERVICE", "STATE", "STATUS", "FAILS", "TOTAL", "FAILED", "FAIL%", "RECOV", "RETRY"
+        ));
+        let now = Instant::now();
+        for (name, r) in &self.services {
+            let rate = if r.total > 0 { r.failed as f64 * 100.0 / r.total as f64 } else { 0.0 };
+            let retry = r
+                .half_open_at
+                .filter(|_| r.state == "open")
+                .map_or_else(|| "-".to_string(), |t| format!("{}s", t.saturating_duration_since(now).as_secs()));
+            s.push_str(&format!(
+                "{name:<width$}  {}{:<13}\x1b[0m  {}{:<9}\x1b[0m  {:>5}  {:>8}  {:>8}  {:>5.1}%  {:>6}  {:>7}  {}\n",
+                state_colour(&r.state),
+                r.state,
+                status_colour(&r.status),
+                r.status,
+                r.failure_count,
+                r.total,
+                r.failed,
+                rate,
+                r.recovery_attempts,
+                retry,
+                r.last_transition.as_deref().unwrap_or("-"),
+            ));
+        }
+        self.out.write_all(s.as_bytes())?;
+        self.out.flush()?;
+        Ok(())
+    }
+}
+
+fn describe_transition(t: &Value) -> String {
+    let shadow = if t["shadow"].as_bool() == Some(true) { " (would, metrics-only)" } else { "" };
+    format!(
+        "{} -> {}{shadow} ({}: {})",
+        t["from"].as_str().unwrap_or("?"),
+        t["to"].as_str().unwrap_or("?"),
+        t["reason"].as_str().unwrap_or("?"),
+        t["detail"].as_str().unwrap_or("")
+    )
+}
+
+fn state_colour(state: &str) -> &'static str {
+    match state {
+        "closed" => "\x1b[32m",
+        "open" => "\x1b[1;31m",
+        "half-open" => "\x1b[33m",
+        "forced-open" => "\x1b[1;35m",
+        "forced-closed" => "\x1b[36m",
+        "metrics-only" => "\x1b[34m",
+        _ => "\x1b[2m",
+    }
+}
+
+fn status_colour(status: &str) -> &'static str {
+    match status {
+        "healthy" => "\x1b[32m",
+        "degraded" => "\x1b[33m",
+        "failed" => "\x1b[31m",
+        _ => "\x1b[2m",
+    }
+}

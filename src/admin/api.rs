@@ -115,7 +115,15 @@ pub async fn handle(req: Request<Incoming>, state: &Arc<AppState>) -> Option<Res
             Err(e) => e,
         },
         (_, ["circuit-breaker", "status"] | ["circuit-breaker", _, "history" | "config" | "reset" | "force"] | ["config", "reload"] | ["audit"]) => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &format!("{method} is not allowed here"))
+            // RFC 9110 15.5.6: a 405 names the methods the resource has.
+            let allow = match parts.as_slice() {
+                ["circuit-breaker", _, "config"] => "PUT, DELETE",
+                ["circuit-breaker", _, "reset" | "force"] | ["config", "reload"] => "POST",
+                _ => "GET",
+            };
+            let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &format!("{method} is not allowed here; use {allow}"));
+            resp.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static(allow));
+            resp
         }
         _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
     };

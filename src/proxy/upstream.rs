@@ -136,10 +136,12 @@ impl Circuit {
     fn publish(&self, transitions: Vec<Transition>) {
         for t in transitions {
             self.version.fetch_add(1, Ordering::Relaxed);
-            if !t.shadow {
+            if t.shadow {
+                self.metrics.shadow_transition(t.from, t.to, t.reason.rule());
+            } else {
                 self.metrics.set_state(t.to);
+                self.metrics.transition(t.from, t.to, t.reason.rule());
             }
-            self.metrics.transition(t.from, t.to, t.reason.rule());
             if t.shadow {
                 tracing::info!(upstream = %self.name, from = %t.from, to = %t.to, rule = t.reason.rule(), "circuit {} would go {} -> {} (metrics-only): {}", self.name, t.from, t.to, t.reason);
             } else {

@@ -28,6 +28,7 @@ pub struct Metrics {
     registry: Registry,
     circuit_state: IntGaugeVec,
     transitions: IntCounterVec,
+    shadow_transitions: IntCounterVec,
     requests: IntCounterVec,
     rejected: IntCounterVec,
     duration: HistogramVec,
@@ -52,6 +53,7 @@ pub struct UpstreamMetrics {
     pub in_flight: IntGauge,
     state: Vec<IntGauge>,
     transitions: IntCounterVec,
+    shadow_transitions: IntCounterVec,
     health_checks: IntCounterVec,
 }
 
@@ -73,6 +75,13 @@ impl Metrics {
         ));
         let transitions = must(IntCounterVec::new(
             Opts::new("fusebox_circuit_transitions_total", "Circuit state transitions, by the rule that caused them."),
+            &["upstream", "from", "to", "reason"],
+        ));
+        let shadow_transitions = must(IntCounterVec::new(
+            Opts::new(
+                "fusebox_circuit_shadow_transitions_total",
+                "Would-be transitions of circuits in metrics-only mode (nothing was rejected).",
+            ),
             &["upstream", "from", "to", "reason"],
         ));
         let requests = must(IntCounterVec::new(
@@ -118,6 +127,7 @@ impl Metrics {
         ));
         reg(Box::new(circuit_state.clone()));
         reg(Box::new(transitions.clone()));
+        reg(Box::new(shadow_transitions.clone()));
         reg(Box::new(requests.clone()));
         reg(Box::new(rejected.clone()));
         reg(Box::new(duration.clone()));
@@ -137,6 +147,7 @@ impl Metrics {
             registry,
             circuit_state,
             transitions,
+            shadow_transitions,
             requests,
             rejected,
             duration,
@@ -185,6 +196,7 @@ impl Metrics {
             in_flight: self.in_flight.with_label_values(&[name]),
             state,
             transitions: self.transitions.clone(),
+            shadow_transitions: self.shadow_transitions.clone(),
             health_checks: self.health_checks.clone(),
         }
     }
@@ -260,6 +272,12 @@ impl UpstreamMetrics {
 
     pub fn transition(&self, from: CircuitState, to: CircuitState, rule: &str) {
         self.transitions.with_label_values(&[&self.name, from.as_str(), to.as_str(), rule]).inc();
+    }
+
+    /// A would-be transition of a circuit in metrics-only mode: kept apart
+    /// from `transition` so alerts on real trips never fire for it.
+    pub fn shadow_transition(&self, from: CircuitState, to: CircuitState, rule: &str) {
+        self.shadow_transitions.with_label_values(&[&self.name, from.as_str(), to.as_str(), rule]).inc();
     }
 
     pub fn health_check(&self, healthy: bool) {

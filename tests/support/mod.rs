@@ -73,7 +73,9 @@ pub async fn upstream(name: &'static str) -> TestUpstream {
     let state = up.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let state = state.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| answer(name, state.clone(), req));
@@ -86,7 +88,11 @@ pub async fn upstream(name: &'static str) -> TestUpstream {
     up
 }
 
-async fn answer(name: &'static str, s: TestUpstream, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    name: &'static str,
+    s: TestUpstream,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     s.hits.fetch_add(1, Ordering::SeqCst);
     let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     s.max_in_flight.fetch_max(now, Ordering::SeqCst);
@@ -98,7 +104,10 @@ async fn answer(name: &'static str, s: TestUpstream, req: Request<Incoming>) -> 
     }
     s.in_flight.fetch_sub(1, Ordering::SeqCst);
     let status = StatusCode::from_u16(s.status.load(Ordering::SeqCst)).unwrap();
-    let mut resp = Response::new(Full::new(Bytes::from(format!("{name} {}", req.uri().path()))));
+    let mut resp = Response::new(Full::new(Bytes::from(format!(
+        "{name} {}",
+        req.uri().path()
+    ))));
     *resp.status_mut() = status;
     Ok(resp)
 }
@@ -116,7 +125,8 @@ pub async fn fusebox(yaml: &str) -> App {
         text.push_str("auth: none\n");
     }
     text.push_str(yaml);
-    let config = fusebox::config::parse(&text).unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
+    let config = fusebox::config::parse(&text)
+        .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
     App::start(config, None).await.expect("fusebox starts")
 }
 
@@ -135,10 +145,18 @@ pub fn client() -> TestClient {
 
 /// GET and collect: (status, headers, body).
 pub async fn get(client: &TestClient, url: &str) -> (StatusCode, http::HeaderMap, String) {
-    let resp = client.get(url.parse().unwrap()).await.expect("request reaches fusebox");
+    let resp = client
+        .get(url.parse().unwrap())
+        .await
+        .expect("request reaches fusebox");
     let status = resp.status();
     let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     (status, headers, String::from_utf8_lossy(&body).into_owned())
 }
 
@@ -160,11 +178,19 @@ impl TestUpstream {
 }
 
 /// Sends a prepared request and collects: (status, headers, body).
-pub async fn send(client: &TestClient, req: Request<Empty<Bytes>>) -> (StatusCode, http::HeaderMap, String) {
+pub async fn send(
+    client: &TestClient,
+    req: Request<Empty<Bytes>>,
+) -> (StatusCode, http::HeaderMap, String) {
     let resp = client.request(req).await.expect("request reaches fusebox");
     let status = resp.status();
     let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     (status, headers, String::from_utf8_lossy(&body).into_owned())
 }
 
@@ -178,8 +204,15 @@ pub async fn advance(d: Duration) {
 
 /// Every circuit from the admin `/health/circuit-breakers`.
 pub async fn circuits(client: &TestClient, app: &App) -> Vec<serde_json::Value> {
-    let v = get_json(client, &format!("http://{}/health/circuit-breakers", app.admin_addr())).await;
-    v["circuitBreakers"].as_array().cloned().unwrap_or_else(|| panic!("no circuitBreakers array: {v}"))
+    let v = get_json(
+        client,
+        &format!("http://{}/health/circuit-breakers", app.admin_addr()),
+    )
+    .await;
+    v["circuitBreakers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("no circuitBreakers array: {v}"))
 }
 
 /// One circuit (by upstream name) from `/health/circuit-breakers`.
@@ -223,17 +256,27 @@ pub async fn call(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = client.request(req.body(Full::new(body)).unwrap()).await.expect("request reaches fusebox");
+    let resp = client
+        .request(req.body(Full::new(body)).unwrap())
+        .await
+        .expect("request reaches fusebox");
     let status = resp.status();
     let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     (status, headers, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// A fresh, empty directory for one test's files (config, secrets).
 pub fn temp_dir(tag: &str) -> std::path::PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
     let dir = std::env::temp_dir().join(format!(
         "fusebox-test-{tag}-{}-{}-{nanos}",
         std::process::id(),
@@ -246,6 +289,9 @@ pub fn temp_dir(tag: &str) -> std::path::PathBuf {
 /// Starts fusebox from a config file, so `POST /api/admin/config/reload`
 /// (and the file watcher) re-read it. The file must set both listeners.
 pub async fn fusebox_file(path: &std::path::Path) -> App {
-    let config = fusebox::config::Config::load(path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
-    App::start(config, Some(path.to_path_buf())).await.expect("fusebox starts")
+    let config =
+        fusebox::config::Config::load(path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
+    App::start(config, Some(path.to_path_buf()))
+        .await
+        .expect("fusebox starts")
 }

@@ -24,7 +24,7 @@ fn circuit(metrics: &Metrics, name: &str) -> Arc<Circuit> {
 
 fn one_call(c: &Arc<Circuit>) {
     let now = Instant::now();
-    if let Ok(mut guard) = c.admit(1_000_000, now) {
+    if let Ok(mut guard) = c.admit(1_000_000, 503, now) {
         black_box(guard.finish(Some(200), false, now));
     }
 }

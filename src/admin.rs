@@ -44,6 +44,17 @@ pub async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Result<Resp
     }
     let path = req.uri().path().trim_end_matches('/');
     let path = if path.is_empty() { "/" } else { path };
+    // With `requireForReads`, detailed health and metrics need a token too
+    // (Prometheus sends one with `authorization: { credentials: ... }`);
+    // probes and the cheap `/health` stay open for kubelets and balancers.
+    if matches!(path, "/health/detailed" | "/health/circuit-breakers" | "/health/websocket" | "/metrics") {
+        let auth = state.authorizer();
+        if auth.reads_need_token() {
+            if let Err(e) = auth.verify(auth::bearer(req.headers())) {
+                return Ok(error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string()));
+            }
+        }
+    }
     let resp = match (req.method(), path) {
         (&Method::GET | &Method::HEAD, "/livez") => health::livez(),
         (&Method::GET | &Method::HEAD, "/readyz") => health::readyz(&state),
@@ -53,8 +64,10 @@ pub async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Result<Resp
         (&Method::GET, "/metrics") => health::metrics(&state),
         (&Method::GET, "/health/websocket") => ws::health(&state),
         (&Method::GET | &Method::HEAD, "/dashboard") => dashboard::page(),
-        (_, "/livez" | "/readyz" | "/health" | "/health/detailed" | "/health/circuit-breakers" | "/metrics") => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint only answers GET")
+        (_, "/livez" | "/readyz" | "/health" | "/health/detailed" | "/health/circuit-breakers" | "/health/websocket" | "/metrics" | "/dashboard") => {
+            let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint only answers GET");
+            resp.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+            resp
         }
         _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
     };

@@ -22,15 +22,15 @@ use tokio::task::JoinHandle;
 use crate::admin::auth::{Authorizer, RateLimiter};
 use crate::config::reload::{self, ConfigStore};
 use crate::config::{AuthConfig, Config, ConfigErrors};
-use crate::proxy::probe;
-use crate::tls::{self, CertStore};
-use tokio_rustls::TlsAcceptor;
 use crate::proxy::forward::DataPlane;
+use crate::proxy::probe;
 use crate::proxy::server::{self, bind, http_builder};
 use crate::proxy::upstream::CircuitEvent;
 use crate::proxy::Shared;
 use crate::telemetry::Metrics;
+use crate::tls::{self, CertStore};
 use crate::{admin, clock};
+use tokio_rustls::TlsAcceptor;
 
 /// How often idle circuits are ticked (open -> half-open on time, expired
 /// trial leases and overrides).
@@ -173,7 +173,10 @@ impl App {
         if let Some((certs, _)) = &tls {
             // cert-manager rewrites both files; watch each and re-read the
             // pair. Open connections keep the certificate they started with.
-            for file in [certs.cert_file().to_path_buf(), state.store.current().config.tls.as_ref().map_or_else(Default::default, |t| t.key_file.clone())] {
+            for file in [
+                certs.cert_file().to_path_buf(),
+                state.store.current().config.tls.as_ref().map_or_else(Default::default, |t| t.key_file.clone()),
+            ] {
                 let certs = certs.clone();
                 match reload::spawn_watcher(file.clone(), move || match certs.reload() {
                     Ok(()) => tracing::info!("TLS certificate reloaded"),

@@ -13,7 +13,6 @@ mod window;
 
 pub use policy::{Policy, StatusRange, StatusSet};
 pub use state::{
-    Breaker, CallOutcome, CircuitState, Mode, Permit, Reason, RejectReason, Rejection, ResetReport,
-    Snapshot, Status, Transition,
+    Breaker, CallOutcome, CircuitState, Mode, Permit, Reason, RejectReason, Rejection, ResetReport, Snapshot, Status, Transition,
 };
 pub use window::{Counts, Window};

@@ -214,12 +214,7 @@ impl fmt::Display for Endpoint {
 
 impl ConfigError {
     pub fn at_root(message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            path: String::new(),
-            line: None,
-            column: None,
-            message: message.into(),
-        }
+        ConfigError { path: String::new(), line: None, column: None, message: message.into() }
     }
 }
 

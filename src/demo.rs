@@ -95,8 +95,14 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr, duration: Option<Duratio
     let config = config::parse(&text)?;
     let app = App::start(config, None).await?;
     let data = app.data_addr();
-    tracing::info!("demo upstreams: catalog (healthy) {healthy}, payments (fails 10 s of every 30 s) {flaky}, search (slow 15 s of every 40 s) {slow}");
-    tracing::info!("try: curl -i http://{data}/payments/charge   |   health: http://{}/health/circuit-breakers   |   metrics: http://{}/metrics", app.admin_addr(), app.admin_addr());
+    tracing::info!(
+        "demo upstreams: catalog (healthy) {healthy}, payments (fails 10 s of every 30 s) {flaky}, search (slow 15 s of every 40 s) {slow}"
+    );
+    tracing::info!(
+        "try: curl -i http://{data}/payments/charge   |   health: http://{}/health/circuit-breakers   |   metrics: http://{}/metrics",
+        app.admin_addr(),
+        app.admin_addr()
+    );
     tracing::info!("dashboard: http://{}/dashboard", app.admin_addr());
     tracing::info!("sending ~10 requests/s to each route; circuit transitions are logged below");
     let traffic = tokio::spawn(traffic(data));
@@ -129,7 +135,11 @@ async fn spawn_upstream(behaviour: Behaviour, started: tokio::time::Instant) -> 
     Ok(addr)
 }
 
-async fn respond(behaviour: Behaviour, started: tokio::time::Instant, _req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn respond(
+    behaviour: Behaviour,
+    started: tokio::time::Instant,
+    _req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let t = started.elapsed().as_secs();
     let (status, delay, body) = match behaviour {
         Behaviour::Healthy => (StatusCode::OK, 5, "catalog: ok\n"),

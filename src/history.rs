@@ -14,7 +14,8 @@ const MAX_PERIODS: usize = 5_000;
 const PERIOD_RETENTION_SECS: u64 = 7 * 24 * 3600;
 
 /// Upper bounds (ms) of the latency histogram buckets; the last is +inf.
-const BOUNDS_MS: [f64; 15] = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 30000.0, f64::INFINITY];
+const BOUNDS_MS: [f64; 15] =
+    [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 30000.0, f64::INFINITY];
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Bucket {

@@ -67,9 +67,8 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
-        Command::Watch { url, token } => runtime(1).and_then(|rt| {
-            rt.block_on(fusebox::watch::run(fusebox::watch::WatchOptions { url, token })).map_err(anyhow::Error::from)
-        }),
+        Command::Watch { url, token } => runtime(1)
+            .and_then(|rt| rt.block_on(fusebox::watch::run(fusebox::watch::WatchOptions { url, token })).map_err(anyhow::Error::from)),
         Command::Demo { listen, admin, duration } => {
             runtime(0).and_then(|rt| rt.block_on(fusebox::demo::run(listen, admin, duration)).map_err(anyhow::Error::from))
         }
@@ -83,7 +82,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &PathBuf) -> ExitCode {
+fn check(path: &std::path::Path) -> ExitCode {
     match Config::load(path) {
         Ok(c) => {
             println!("{}: ok ({} upstreams, {} routes)", path.display(), c.upstreams.len(), c.routes.len());
@@ -100,11 +99,7 @@ fn check(path: &PathBuf) -> ExitCode {
 /// like one nginx worker); otherwise a multi-thread runtime with `workers`
 /// threads, or one per core for 0.
 fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut b = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
+    let mut b = if workers == 1 { tokio::runtime::Builder::new_current_thread() } else { tokio::runtime::Builder::new_multi_thread() };
     b.enable_all();
     if workers > 1 {
         b.worker_threads(workers);

@@ -119,7 +119,9 @@ impl Generation {
                 None => Arc::new(Circuit::new(&uc.name, uc.breaker.clone(), shared.metrics.upstream(&uc.name), shared.events.clone(), now)),
             };
             let client = match prev {
-                Some(p) if p.config.protocol == uc.protocol && p.config.timeouts == uc.timeouts && p.config.tls == uc.tls => p.client.clone(),
+                Some(p) if p.config.protocol == uc.protocol && p.config.timeouts == uc.timeouts && p.config.tls == uc.tls => {
+                    p.client.clone()
+                }
                 _ => build_client(uc),
             };
             upstreams.insert(uc.name.clone(), Arc::new(Upstream::new(uc.clone(), circuit, client)));

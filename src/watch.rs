@@ -55,39 +55,17 @@ pub async fn run(options: WatchOptions) -> Result<(), WatchError> {
 }
 
 /// [`run`] with the output and its kind given (tests pass a buffer).
-pub async fn run_with<W: Write>(
-    options: WatchOptions,
-    out: W,
-    tty: bool,
-) -> Result<(), WatchError> {
-    let mut request = options
-        .url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| WatchError::Url(options.url.clone(), e.to_string()))?;
+pub async fn run_with<W: Write>(options: WatchOptions, out: W, tty: bool) -> Result<(), WatchError> {
+    let mut request = options.url.as_str().into_client_request().map_err(|e| WatchError::Url(options.url.clone(), e.to_string()))?;
     if let Some(token) = options.token.as_deref().filter(|t| !t.is_empty()) {
         let value = HeaderValue::from_str(token).map_err(|_| WatchError::Token)?;
-        request
-            .headers_mut()
-            .insert(http::header::SEC_WEBSOCKET_PROTOCOL, value);
+        request.headers_mut().insert(http::header::SEC_WEBSOCKET_PROTOCOL, value);
     }
-    let mut view = View {
-        out,
-        tty,
-        url: options.url.clone(),
-        services: BTreeMap::new(),
-        last_seq: 0,
-        gaps: 0,
-        status: String::new(),
-    };
+    let mut view = View { out, tty, url: options.url.clone(), services: BTreeMap::new(), last_seq: 0, gaps: 0, status: String::new() };
     let mut backoff = BACKOFF_START;
     loop {
         view.set_status(&format!("connecting to {}", view.url))?;
-        let connected = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            tokio_tungstenite::connect_async(request.clone()),
-        )
-        .await;
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request.clone())).await;
         let reason = match connected {
             Ok(Ok((ws, _))) => {
                 backoff = BACKOFF_START;
@@ -101,10 +79,7 @@ pub async fn run_with<W: Write>(
             Ok(Err(e)) => e.to_string(),
             Err(_) => "connect timed out".to_string(),
         };
-        view.set_status(&format!(
-            "disconnected ({reason}); reconnecting in {}s",
-            backoff.as_secs()
-        ))?;
+        view.set_status(&format!("disconnected ({reason}); reconnecting in {}s", backoff.as_secs()))?;
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
@@ -144,8 +119,7 @@ struct View<W: Write> {
 impl<W: Write> View<W> {
     async fn follow<S>(&mut self, mut ws: S) -> Result<Ended, WatchError>
     where
-        S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
-            + Unpin,
+        S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
     {
         let mut dirty = false;
         let mut auth_error: Option<String> = None;
@@ -205,10 +179,7 @@ impl<W: Write> View<W> {
             Some("services:state") => {
                 let mut changed = Vec::new();
                 let entries = v["services"].as_array().cloned().unwrap_or_default();
-                let names: Vec<String> = entries
-                    .iter()
-                    .filter_map(|e| e["service"].as_str().map(str::to_owned))
-                    .collect();
+                let names: Vec<String> = entries.iter().filter_map(|e| e["service"].as_str().map(str::to_owned)).collect();
                 self.services.retain(|k, _| names.contains(k));
                 for e in &entries {
                     if let Some(name) = self.apply(e, None) {
@@ -225,21 +196,14 @@ impl<W: Write> View<W> {
             Some("service:update") => {
                 let transition = &v["data"]["transition"];
                 let entry = v["services"].get(0).cloned().unwrap_or(Value::Null);
-                let name = self
-                    .apply(&entry, Some(transition))
-                    .or_else(|| v["service"].as_str().map(str::to_owned));
+                let name = self.apply(&entry, Some(transition)).or_else(|| v["service"].as_str().map(str::to_owned));
                 if let (false, Some(name)) = (self.tty, name) {
                     self.line(&name, Some(transition))?;
                 }
                 Ok(true)
             }
             Some("error") if !self.tty => {
-                writeln!(
-                    self.out,
-                    "# error {}: {}",
-                    v["code"],
-                    v["message"].as_str().unwrap_or("")
-                )?;
+                writeln!(self.out, "# error {}: {}", v["code"], v["message"].as_str().unwrap_or(""))?;
                 Ok(false)
             }
             _ => Ok(false),
@@ -252,9 +216,7 @@ impl<W: Write> View<W> {
         let name = e["service"].as_str()?.to_string();
         let c = &e["circuit"];
         let o = &e["operations"];
-        let last = transition
-            .filter(|t| t.is_object())
-            .or_else(|| Some(&c["lastTransition"]).filter(|t| t.is_object()));
+        let last = transition.filter(|t| t.is_object()).or_else(|| Some(&c["lastTransition"]).filter(|t| t.is_object()));
         let row = Row {
             status: e["status"].as_str().unwrap_or("unknown").to_string(),
             state: c["state"].as_str().unwrap_or("unknown").to_string(),
@@ -263,14 +225,10 @@ impl<W: Write> View<W> {
             successful: o["successful"].as_u64().unwrap_or(0),
             failed: o["failed"].as_u64().unwrap_or(0),
             recovery_attempts: c["recoveryAttempts"].as_u64().unwrap_or(0),
-            half_open_at: c["retryInMs"]
-                .as_u64()
-                .map(|ms| Instant::now() + Duration::from_millis(ms)),
+            half_open_at: c["retryInMs"].as_u64().map(|ms| Instant::now() + Duration::from_millis(ms)),
             last_transition: last.map(describe_transition),
         };
-        let changed = self.services.get(&name).map_or(true, |old| {
-            old.state != row.state || old.status != row.status
-        });
+        let changed = self.services.get(&name).is_none_or(|old| old.state != row.state || old.status != row.status);
         self.services.insert(name.clone(), row);
         changed.then_some(name)
     }
@@ -317,28 +275,18 @@ impl<W: Write> View<W> {
             self.last_seq,
             self.gaps
         ));
-        let width = self
-            .services
-            .keys()
-            .map(|k| k.len())
-            .max()
-            .unwrap_or(7)
-            .max(7);
+        let width = self.services.keys().map(|k| k.len()).max().unwrap_or(7).max(7);
         s.push_str(&format!(
             "\x1b[2m{:<width$}  {:<13}  {:<9}  {:>5}  {:>8}  {:>8}  {:>6}  {:>6}  {:>7}  LAST TRANSITION\x1b[0m\n",
             "SERVICE", "STATE", "STATUS", "FAILS", "TOTAL", "FAILED", "FAIL%", "RECOV", "RETRY"
         ));
         let now = Instant::now();
         for (name, r) in &self.services {
-            let rate = if r.total > 0 {
-                r.failed as f64 * 100.0 / r.total as f64
-            } else {
-                0.0
-            };
-            let retry = r.half_open_at.filter(|_| r.state == "open").map_or_else(
-                || "-".to_string(),
-                |t| format!("{}s", t.saturating_duration_since(now).as_secs()),
-            );
+            let rate = if r.total > 0 { r.failed as f64 * 100.0 / r.total as f64 } else { 0.0 };
+            let retry = r
+                .half_open_at
+                .filter(|_| r.state == "open")
+                .map_or_else(|| "-".to_string(), |t| format!("{}s", t.saturating_duration_since(now).as_secs()));
             s.push_str(&format!(
                 "{name:<width$}  {}{:<13}\x1b[0m  {}{:<9}\x1b[0m  {:>5}  {:>8}  {:>8}  {:>5.1}%  {:>6}  {:>7}  {}\n",
                 state_colour(&r.state),
@@ -361,11 +309,7 @@ impl<W: Write> View<W> {
 }
 
 fn describe_transition(t: &Value) -> String {
-    let shadow = if t["shadow"].as_bool() == Some(true) {
-        " (would, metrics-only)"
-    } else {
-        ""
-    };
+    let shadow = if t["shadow"].as_bool() == Some(true) { " (would, metrics-only)" } else { "" };
     format!(
         "{} -> {}{shadow} ({}: {})",
         t["from"].as_str().unwrap_or("?"),

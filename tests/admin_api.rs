@@ -12,8 +12,7 @@ use http::{HeaderMap, Method, StatusCode};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use support::{
-    advance, body_client, call, circuit, client, fusebox, fusebox_file, get, temp_dir, upstream,
-    BodyClient, TestClient, TestUpstream,
+    advance, body_client, call, circuit, client, fusebox, fusebox_file, get, temp_dir, upstream, BodyClient, TestClient, TestUpstream,
 };
 
 const SECRET: &str = "fusebox-test-secret-7f3a9c21e4b8d605";
@@ -32,22 +31,15 @@ struct Env {
 fn auth_yaml(dir: &Path, extra: &str) -> String {
     let secret = dir.join("jwt.secret");
     std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
-    format!(
-        "auth: {{ jwt: {{ hs256SecretFile: {}, adminRole: admin{extra} }} }}\n",
-        secret.display()
-    )
+    format!("auth: {{ jwt: {{ hs256SecretFile: {}, adminRole: admin{extra} }} }}\n", secret.display())
 }
 
 /// Upstream `api` (routed at `/`) with breaker keys, and optionally
 /// `other` (routed at `/other/`).
 fn upstreams_yaml(api: &str, breaker: &str, other: Option<&str>) -> String {
-    let mut y = format!(
-        "upstreams:\n  api:\n    endpoints: [{api}]\n    breaker: {{ jitter: 0, {breaker} }}\n"
-    );
+    let mut y = format!("upstreams:\n  api:\n    endpoints: [{api}]\n    breaker: {{ jitter: 0, {breaker} }}\n");
     if let Some(o) = other {
-        y.push_str(&format!(
-            "  other:\n    endpoints: [{o}]\n    breaker: {{ jitter: 0, {breaker} }}\n"
-        ));
+        y.push_str(&format!("  other:\n    endpoints: [{o}]\n    breaker: {{ jitter: 0, {breaker} }}\n"));
     }
     y.push_str("routes:\n");
     if other.is_some() {
@@ -63,12 +55,7 @@ impl Env {
         let dir = temp_dir("admin");
         let yaml = format!("{}{body}", auth_yaml(&dir, auth_extra));
         let app = fusebox(&yaml).await;
-        Env {
-            app,
-            c: client(),
-            bc: body_client(),
-            dir,
-        }
+        Env { app, c: client(), bc: body_client(), dir }
     }
 
     /// fusebox from a config file (reloadable); `body` is the part after
@@ -78,12 +65,7 @@ impl Env {
         let path = dir.join("fusebox.yaml");
         std::fs::write(&path, file_text(&dir, body)).unwrap();
         let app = fusebox_file(&path).await;
-        Env {
-            app,
-            c: client(),
-            bc: body_client(),
-            dir,
-        }
+        Env { app, c: client(), bc: body_client(), dir }
     }
 
     fn config_path(&self) -> PathBuf {
@@ -99,38 +81,17 @@ impl Env {
     }
 
     /// An admin API call: (status, headers, JSON body).
-    async fn api(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (StatusCode, HeaderMap, Value) {
+    async fn api(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, HeaderMap, Value) {
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         self.api_raw(method, path, token, &body).await
     }
 
     /// An admin API call with a raw body.
-    async fn api_raw(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: &str,
-    ) -> (StatusCode, HeaderMap, Value) {
+    async fn api_raw(&self, method: Method, path: &str, token: Option<&str>, body: &str) -> (StatusCode, HeaderMap, Value) {
         let auth = token.map(|t| format!("Bearer {t}"));
-        let headers: Vec<(&str, &str)> =
-            auth.iter().map(|a| ("authorization", a.as_str())).collect();
-        let (status, h, text) = call(
-            &self.bc,
-            method,
-            &self.admin_url(path),
-            &headers,
-            body.to_owned(),
-        )
-        .await;
-        let v = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("admin answer is not JSON ({e}): {status} {text}"));
+        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        let (status, h, text) = call(&self.bc, method, &self.admin_url(path), &headers, body.to_owned()).await;
+        let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("admin answer is not JSON ({e}): {status} {text}"));
         (status, h, v)
     }
 
@@ -145,9 +106,7 @@ impl Env {
 
     /// One service from `GET /api/admin/circuit-breaker/status`.
     async fn service(&self, name: &str) -> Value {
-        let (s, _, v) = self
-            .api(Method::GET, "/api/admin/circuit-breaker/status", None, None)
-            .await;
+        let (s, _, v) = self.api(Method::GET, "/api/admin/circuit-breaker/status", None, None).await;
         assert_eq!(s, StatusCode::OK, "{v}");
         v["services"]
             .as_array()
@@ -173,36 +132,22 @@ impl Env {
             }
             tokio::task::yield_now().await;
         }
-        panic!(
-            "circuit {name} never reached {state}: {}",
-            self.circuit(name).await
-        );
+        panic!("circuit {name} never reached {state}: {}", self.circuit(name).await);
     }
 }
 
 /// The whole config file of a file-backed fusebox.
 fn file_text(dir: &Path, body: &str) -> String {
-    format!(
-        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\n{}{body}",
-        auth_yaml(dir, "")
-    )
+    format!("listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\n{}{body}", auth_yaml(dir, ""))
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
 /// A token signed with `alg` and `secret`.
 fn sign(alg: Algorithm, secret: &str, claims: &Value) -> String {
-    encode(
-        &Header::new(alg),
-        claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
+    encode(&Header::new(alg), claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
 }
 
 /// An HS256 token with `claims` plus `exp` in 10 minutes.
@@ -226,11 +171,7 @@ fn b64url(data: &[u8]) -> String {
     const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..=chunk.len() {
             out.push(ABC[(n >> (18 - 6 * i)) as usize & 63] as char);
@@ -243,22 +184,15 @@ fn b64url(data: &[u8]) -> String {
 fn assert_error(got: StatusCode, v: &Value, want: StatusCode, code: &str) {
     assert_eq!(got, want, "{v}");
     assert_eq!(v["error"]["code"], code, "{v}");
-    let msg = v["error"]["message"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no message: {v}"));
+    let msg = v["error"]["message"].as_str().unwrap_or_else(|| panic!("no message: {v}"));
     assert!(!msg.is_empty(), "{v}");
 }
 
 /// RFC 3339 UTC with milliseconds, e.g. `2026-11-22T05:30:00.123Z`.
 fn assert_timestamp(v: &Value) {
-    let s = v
-        .as_str()
-        .unwrap_or_else(|| panic!("not a timestamp string: {v}"));
+    let s = v.as_str().unwrap_or_else(|| panic!("not a timestamp string: {v}"));
     let b = s.as_bytes();
-    assert!(
-        s.len() == 24 && b[10] == b'T' && b[19] == b'.' && s.ends_with('Z') && s.starts_with("20"),
-        "not RFC 3339: {s}"
-    );
+    assert!(s.len() == 24 && b[10] == b'T' && b[19] == b'.' && s.ends_with('Z') && s.starts_with("20"), "not RFC 3339: {s}");
 }
 
 fn num(v: &Value) -> f64 {
@@ -276,11 +210,7 @@ async fn send_n(env: &Env, path: &str, n: usize, status: StatusCode) {
 /// Asserts the fail-fast answer of fusebox naming `state`.
 fn assert_fast_503(s: StatusCode, h: &HeaderMap, body: &str, state: &str) {
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert_eq!(
-        h.get("x-fusebox-circuit").and_then(|v| v.to_str().ok()),
-        Some(state),
-        "{h:?} {body}"
-    );
+    assert_eq!(h.get("x-fusebox-circuit").and_then(|v| v.to_str().ok()), Some(state), "{h:?} {body}");
     assert!(h.contains_key("retry-after"), "{h:?}");
 }
 
@@ -291,11 +221,7 @@ async fn trip(env: &Env, up: &TestUpstream, n: usize) {
     send_n(env, "/x", n, StatusCode::INTERNAL_SERVER_ERROR).await;
     let (s, h, b) = env.data("/x").await;
     assert_fast_503(s, &h, &b, "open");
-    assert_eq!(
-        up.hits(),
-        before + n,
-        "the refused request never reached the upstream"
-    );
+    assert_eq!(up.hits(), before + n, "the refused request never reached the upstream");
 }
 
 const STATUS: &str = "/api/admin/circuit-breaker/status";
@@ -312,11 +238,7 @@ async fn status_has_the_seed_shape_and_counts_real_traffic() {
     let api = upstream("api").await;
     let other = upstream("other").await;
     api.set_delay(Duration::from_millis(20));
-    let env = Env::start(
-        &upstreams_yaml(&api.url(), "failureThreshold: 5", Some(&other.url())),
-        "",
-    )
-    .await;
+    let env = Env::start(&upstreams_yaml(&api.url(), "failureThreshold: 5", Some(&other.url())), "").await;
 
     send_n(&env, "/x", 4, StatusCode::OK).await;
     api.set_status(500);
@@ -328,21 +250,11 @@ async fn status_has_the_seed_shape_and_counts_real_traffic() {
     assert_eq!(h.get("content-type").unwrap(), "application/json");
     assert_eq!(v["success"], true, "{v}");
     let services = v["services"].as_array().expect("services[]");
-    let names: Vec<&str> = services
-        .iter()
-        .map(|e| e["service"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        names,
-        ["api", "other"],
-        "every configured upstream, sorted: {v}"
-    );
+    let names: Vec<&str> = services.iter().map(|e| e["service"].as_str().unwrap()).collect();
+    assert_eq!(names, ["api", "other"], "every configured upstream, sorted: {v}");
 
     let a = &services[0];
-    assert_eq!(
-        a["status"], "degraded",
-        "closed with failures in the window: {a}"
-    );
+    assert_eq!(a["status"], "degraded", "closed with failures in the window: {a}");
     assert_eq!(a["circuit"]["state"], "closed", "{a}");
     assert_eq!(a["circuit"]["failureCount"], 2, "{a}");
     assert_timestamp(&a["circuit"]["lastFailure"]);
@@ -351,10 +263,7 @@ async fn status_has_the_seed_shape_and_counts_real_traffic() {
     assert_eq!(a["operations"]["successful"], 4, "{a}");
     assert_eq!(a["operations"]["failed"], 2, "{a}");
     assert_eq!(a["operations"]["successRate"], 66.67, "{a}");
-    assert_eq!(
-        a["operations"]["lastOperation"], a["circuit"]["lastFailure"],
-        "the last operation was the last failure: {a}"
-    );
+    assert_eq!(a["operations"]["lastOperation"], a["circuit"]["lastFailure"], "the last operation was the last failure: {a}");
     let avg = num(&a["performance"]["averageOperationTimeMs"]);
     let last = num(&a["performance"]["lastOperationTimeMs"]);
     assert!((20.0..5000.0).contains(&avg), "upstream takes 20ms: {a}");
@@ -397,11 +306,7 @@ async fn status_has_the_seed_shape_and_counts_real_traffic() {
 #[tokio::test]
 async fn put_config_override_drives_the_data_path_until_deleted() {
     let up = upstream("api").await;
-    let env = Env::start(
-        &upstreams_yaml(&up.url(), "failureThreshold: 10, resetTimeout: 60s", None),
-        "",
-    )
-    .await;
+    let env = Env::start(&upstreams_yaml(&up.url(), "failureThreshold: 10, resetTimeout: 60s", None), "").await;
     let t = admin_token("ops");
 
     let (s, _, v) = env
@@ -435,11 +340,7 @@ async fn put_config_override_drives_the_data_path_until_deleted() {
     // for the overridden 30s.
     trip(&env, &up, 2).await;
     let (_, h, _) = env.data("/x").await;
-    assert_eq!(
-        h.get("retry-after").unwrap(),
-        "30",
-        "resetTimeoutMs is honoured"
-    );
+    assert_eq!(h.get("retry-after").unwrap(), "30", "resetTimeoutMs is honoured");
     assert_eq!(up.hits(), 2);
 
     // DELETE restores the YAML values; a second DELETE has nothing to do.
@@ -450,17 +351,13 @@ async fn put_config_override_drives_the_data_path_until_deleted() {
     assert_eq!(a["override"], Value::Null, "{a}");
     assert_eq!(a["config"]["failureThreshold"], 10, "{a}");
     assert_eq!(a["config"]["resetTimeoutMs"], 60000, "{a}");
-    assert_eq!(
-        a["config"]["minHealthyPeriodMs"], 120000,
-        "the 2m default: {a}"
-    );
+    assert_eq!(a["config"]["minHealthyPeriodMs"], 120000, "the 2m default: {a}");
     assert_eq!(a["config"]["requestLimit"], 1000, "the default: {a}");
     let (s, _, v) = env.api(Method::DELETE, API_CONFIG, Some(&t), None).await;
     assert_error(s, &v, StatusCode::NOT_FOUND, "no_override");
 
     // After a reset the YAML threshold (10) applies again: 9 failures pass.
-    env.post(API_RESET, &t, json!({ "reason": "back to YAML" }))
-        .await;
+    env.post(API_RESET, &t, json!({ "reason": "back to YAML" })).await;
     send_n(&env, "/x", 9, StatusCode::INTERNAL_SERVER_ERROR).await;
     assert_eq!(env.circuit("api").await["state"], "closed");
     send_n(&env, "/x", 1, StatusCode::INTERNAL_SERVER_ERROR).await;
@@ -470,12 +367,7 @@ async fn put_config_override_drives_the_data_path_until_deleted() {
 
     // requestLimit is optional.
     let (s, _, v) = env
-        .api(
-            Method::PUT,
-            API_CONFIG,
-            Some(&t),
-            Some(json!({ "failureThreshold": 4, "resetTimeoutMs": 1000, "minHealthyPeriodMs": 0 })),
-        )
+        .api(Method::PUT, API_CONFIG, Some(&t), Some(json!({ "failureThreshold": 4, "resetTimeoutMs": 1000, "minHealthyPeriodMs": 0 })))
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(env.service("api").await["config"]["requestLimit"], 1000);
@@ -490,8 +382,7 @@ async fn put_config_override_drives_the_data_path_until_deleted() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    env.post(API_RESET, &t, json!({ "reason": "bulkhead test" }))
-        .await;
+    env.post(API_RESET, &t, json!({ "reason": "bulkhead test" })).await;
     up.set_status(200);
     up.set_delay(Duration::from_millis(300));
     let slow = tokio::spawn({
@@ -526,50 +417,28 @@ async fn put_config_refuses_invalid_values_and_unknown_fields() {
     for (body, code) in [
         (with("failureThreshold", json!(0)), "invalid_config"),
         (with("resetTimeoutMs", json!(0)), "invalid_config"),
-        (
-            with("minHealthyPeriodMs", json!(8u64 * 86_400_000)),
-            "invalid_config",
-        ),
+        (with("minHealthyPeriodMs", json!(8u64 * 86_400_000)), "invalid_config"),
         (with("requestLimit", json!(0)), "invalid_config"),
         (with("failureTreshold", json!(2)), "bad_body"),
         (with("failureThreshold", json!(-1)), "bad_body"),
         (with("failureThreshold", json!("2")), "bad_body"),
-        (
-            json!({ "failureThreshold": 2, "minHealthyPeriodMs": 0 }),
-            "bad_body",
-        ),
+        (json!({ "failureThreshold": 2, "minHealthyPeriodMs": 0 }), "bad_body"),
     ] {
-        let (s, _, v) = env
-            .api(Method::PUT, API_CONFIG, Some(&t), Some(body.clone()))
-            .await;
+        let (s, _, v) = env.api(Method::PUT, API_CONFIG, Some(&t), Some(body.clone())).await;
         assert_error(s, &v, StatusCode::BAD_REQUEST, code);
         if body.get("failureTreshold").is_some() {
             let msg = v["error"]["message"].as_str().unwrap();
-            assert!(
-                msg.contains("failureTreshold"),
-                "names the unknown field: {msg}"
-            );
+            assert!(msg.contains("failureTreshold"), "names the unknown field: {msg}");
         }
     }
-    let (s, _, v) = env
-        .api_raw(
-            Method::PUT,
-            API_CONFIG,
-            Some(&t),
-            "{\"failureThreshold\": 2",
-        )
-        .await;
+    let (s, _, v) = env.api_raw(Method::PUT, API_CONFIG, Some(&t), "{\"failureThreshold\": 2").await;
     assert_error(s, &v, StatusCode::BAD_REQUEST, "bad_body");
 
     // Nothing was applied.
     let a = env.service("api").await;
     assert_eq!(a["override"], Value::Null, "{a}");
     assert_eq!(a["config"]["failureThreshold"], 3, "{a}");
-    assert_eq!(
-        env.app.state.store.generation(),
-        1,
-        "no new generation was published"
-    );
+    assert_eq!(env.app.state.store.generation(), 1, "no new generation was published");
 }
 
 #[tokio::test]
@@ -606,10 +475,7 @@ async fn override_survives_a_reload_of_the_same_file_and_dies_with_a_yaml_change
     let a = env.service("api").await;
     assert_eq!(a["override"]["failureThreshold"], 2, "{a}");
     assert_eq!(a["config"]["failureThreshold"], 2, "{a}");
-    assert_eq!(
-        env.service("other").await["override"]["failureThreshold"],
-        4
-    );
+    assert_eq!(env.service("other").await["override"]["failureThreshold"], 4);
     trip(&env, &api, 2).await;
 
     // Editing `api` in the YAML drops its override (and only its).
@@ -620,15 +486,9 @@ async fn override_survives_a_reload_of_the_same_file_and_dies_with_a_yaml_change
     assert_eq!(a["override"], Value::Null, "the YAML of api changed: {a}");
     assert_eq!(a["config"]["failureThreshold"], 6, "{a}");
     assert_eq!(a["config"]["resetTimeoutMs"], 60000, "{a}");
-    assert_eq!(
-        a["circuit"]["state"], "open",
-        "breaker state survives the reload: {a}"
-    );
+    assert_eq!(a["circuit"]["state"], "open", "breaker state survives the reload: {a}");
     let o = env.service("other").await;
-    assert_eq!(
-        o["override"]["failureThreshold"], 4,
-        "other's YAML is unchanged: {o}"
-    );
+    assert_eq!(o["override"]["failureThreshold"], 4, "other's YAML is unchanged: {o}");
     assert_eq!(o["config"]["failureThreshold"], 4, "{o}");
 }
 
@@ -637,11 +497,7 @@ async fn override_survives_a_reload_of_the_same_file_and_dies_with_a_yaml_change
 #[tokio::test]
 async fn reset_closes_an_open_circuit() {
     let up = upstream("api").await;
-    let env = Env::start(
-        &upstreams_yaml(&up.url(), "failureThreshold: 2, resetTimeout: 60s", None),
-        "",
-    )
-    .await;
+    let env = Env::start(&upstreams_yaml(&up.url(), "failureThreshold: 2, resetTimeout: 60s", None), "").await;
     let t = admin_token("oncall");
     trip(&env, &up, 2).await;
     let a = env.service("api").await;
@@ -689,11 +545,7 @@ async fn reset_closes_an_open_circuit() {
 #[tokio::test]
 async fn reset_during_half_open_closes_it() {
     let up = upstream("api").await;
-    let env = Env::start(
-        &upstreams_yaml(&up.url(), "failureThreshold: 1, resetTimeout: 5s", None),
-        "",
-    )
-    .await;
+    let env = Env::start(&upstreams_yaml(&up.url(), "failureThreshold: 1, resetTimeout: 5s", None), "").await;
     let t = admin_token("oncall");
     trip(&env, &up, 1).await;
 
@@ -701,9 +553,7 @@ async fn reset_during_half_open_closes_it() {
     env.wait_state("api", "half-open").await;
     assert_eq!(up.hits(), 1, "half-open by time alone: no trial was sent");
 
-    let (s, _, v) = env
-        .post(API_RESET, &t, json!({ "reason": "skip the probe" }))
-        .await;
+    let (s, _, v) = env.post(API_RESET, &t, json!({ "reason": "skip the probe" })).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["previousState"]["totalIncidents"], 1, "{v}");
     let cb = env.circuit("api").await;
@@ -722,13 +572,7 @@ async fn reset_of_a_forced_circuit_needs_force() {
     let up = upstream("api").await;
     let env = Env::start(&upstreams_yaml(&up.url(), "failureThreshold: 3", None), "").await;
     let t = admin_token("oncall");
-    let (s, _, v) = env
-        .post(
-            API_FORCE,
-            &t,
-            json!({ "state": "forced-open", "reason": "maintenance" }),
-        )
-        .await;
+    let (s, _, v) = env.post(API_FORCE, &t, json!({ "state": "forced-open", "reason": "maintenance" })).await;
     assert_eq!(s, StatusCode::OK, "{v}");
 
     let (s, _, v) = env.post(API_RESET, &t, json!({ "reason": "done" })).await;
@@ -736,9 +580,7 @@ async fn reset_of_a_forced_circuit_needs_force() {
     let (s, h, b) = env.data("/x").await;
     assert_fast_503(s, &h, &b, "forced-open");
 
-    let (s, _, v) = env
-        .post(API_RESET, &t, json!({ "reason": "done", "force": true }))
-        .await;
+    let (s, _, v) = env.post(API_RESET, &t, json!({ "reason": "done", "force": true })).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["success"], true, "{v}");
     let a = env.service("api").await;
@@ -758,13 +600,7 @@ async fn forced_open_fails_fast_without_touching_the_upstream() {
     let t = admin_token("oncall");
     send_n(&env, "/x", 1, StatusCode::OK).await;
 
-    let (s, _, v) = env
-        .post(
-            API_FORCE,
-            &t,
-            json!({ "state": "forced-open", "reason": "drain api" }),
-        )
-        .await;
+    let (s, _, v) = env.post(API_FORCE, &t, json!({ "state": "forced-open", "reason": "drain api" })).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["success"], true, "{v}");
     assert_eq!(v["service"], "api", "{v}");
@@ -780,26 +616,16 @@ async fn forced_open_fails_fast_without_touching_the_upstream() {
     assert_eq!(a["status"], "failed", "{a}");
 
     // Same mode twice is a conflict.
-    let (s, _, v) = env
-        .post(
-            API_FORCE,
-            &t,
-            json!({ "state": "forced-open", "reason": "again" }),
-        )
-        .await;
+    let (s, _, v) = env.post(API_FORCE, &t, json!({ "state": "forced-open", "reason": "again" })).await;
     assert_error(s, &v, StatusCode::CONFLICT, "conflicting_state");
 
     // Back to auto: traffic flows.
-    let (s, _, v) = env
-        .post(API_FORCE, &t, json!({ "state": "auto", "reason": "done" }))
-        .await;
+    let (s, _, v) = env.post(API_FORCE, &t, json!({ "state": "auto", "reason": "done" })).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["state"], "closed", "{v}");
     send_n(&env, "/x", 1, StatusCode::OK).await;
     assert_eq!(up.hits(), 2);
-    let (s, _, v) = env
-        .post(API_FORCE, &t, json!({ "state": "auto", "reason": "again" }))
-        .await;
+    let (s, _, v) = env.post(API_FORCE, &t, json!({ "state": "auto", "reason": "again" })).await;
     assert_error(s, &v, StatusCode::CONFLICT, "conflicting_state");
 }
 
@@ -808,13 +634,7 @@ async fn forced_closed_lets_a_failing_upstream_through() {
     let up = upstream("api").await;
     let env = Env::start(&upstreams_yaml(&up.url(), "failureThreshold: 2", None), "").await;
     let t = admin_token("oncall");
-    let (s, _, v) = env
-        .post(
-            API_FORCE,
-            &t,
-            json!({ "state": "forced-closed", "reason": "we know" }),
-        )
-        .await;
+    let (s, _, v) = env.post(API_FORCE, &t, json!({ "state": "forced-closed", "reason": "we know" })).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     up.set_status(500);
     for _ in 0..6 {
@@ -822,22 +642,13 @@ async fn forced_closed_lets_a_failing_upstream_through() {
         assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{b}");
         assert!(h.get("x-fusebox-circuit").is_none(), "{h:?}");
     }
-    assert_eq!(
-        up.hits(),
-        6,
-        "3x the failure threshold reached the upstream"
-    );
+    assert_eq!(up.hits(), 6, "3x the failure threshold reached the upstream");
     let a = env.service("api").await;
     assert_eq!(a["circuit"]["state"], "forced-closed", "{a}");
-    assert_eq!(
-        a["operations"]["failed"], 6,
-        "failures are still counted: {a}"
-    );
+    assert_eq!(a["operations"]["failed"], 6, "failures are still counted: {a}");
 
     // Auto again: the machine starts afresh and trips at its threshold.
-    let (s, _, v) = env
-        .post(API_FORCE, &t, json!({ "state": "auto", "reason": "over" }))
-        .await;
+    let (s, _, v) = env.post(API_FORCE, &t, json!({ "state": "auto", "reason": "over" })).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     trip(&env, &up, 2).await;
     assert_eq!(up.hits(), 8);
@@ -846,19 +657,9 @@ async fn forced_closed_lets_a_failing_upstream_through() {
 #[tokio::test]
 async fn metrics_only_never_rejects_but_reports_the_would_be_trip() {
     let up = upstream("api").await;
-    let env = Env::start(
-        &upstreams_yaml(&up.url(), "failureThreshold: 2, resetTimeout: 60s", None),
-        "",
-    )
-    .await;
+    let env = Env::start(&upstreams_yaml(&up.url(), "failureThreshold: 2, resetTimeout: 60s", None), "").await;
     let t = admin_token("tuner");
-    let (s, _, v) = env
-        .post(
-            API_FORCE,
-            &t,
-            json!({ "state": "metrics-only", "reason": "tune" }),
-        )
-        .await;
+    let (s, _, v) = env.post(API_FORCE, &t, json!({ "state": "metrics-only", "reason": "tune" })).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["state"], "metrics-only", "{v}");
 
@@ -874,19 +675,11 @@ async fn metrics_only_never_rejects_but_reports_the_would_be_trip() {
     assert_eq!(lt["from"], "closed", "{cb}");
     assert_eq!(lt["to"], "open", "{cb}");
     assert_eq!(lt["reason"], "consecutive", "{cb}");
-    assert_eq!(
-        lt["shadow"], true,
-        "the trip is reported as a would-be trip: {cb}"
-    );
-    assert!(
-        lt["detail"].as_str().unwrap().contains("2 consecutive"),
-        "{cb}"
-    );
+    assert_eq!(lt["shadow"], true, "the trip is reported as a would-be trip: {cb}");
+    assert!(lt["detail"].as_str().unwrap().contains("2 consecutive"), "{cb}");
 
     // Leaving shadow mode starts the automatic machine afresh (closed).
-    let (s, _, v) = env
-        .post(API_FORCE, &t, json!({ "state": "auto", "reason": "tuned" }))
-        .await;
+    let (s, _, v) = env.post(API_FORCE, &t, json!({ "state": "auto", "reason": "tuned" })).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["state"], "closed", "{v}");
     trip(&env, &up, 2).await;
@@ -897,13 +690,7 @@ async fn force_ttl_returns_to_auto() {
     let up = upstream("api").await;
     let env = Env::start(&upstreams_yaml(&up.url(), "failureThreshold: 3", None), "").await;
     let t = admin_token("oncall");
-    let (s, _, v) = env
-        .post(
-            API_FORCE,
-            &t,
-            json!({ "state": "forced-open", "reason": "5 minute window", "ttlMs": 3000 }),
-        )
-        .await;
+    let (s, _, v) = env.post(API_FORCE, &t, json!({ "state": "forced-open", "reason": "5 minute window", "ttlMs": 3000 })).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_timestamp(&v["until"]);
     let a = env.service("api").await;
@@ -911,11 +698,7 @@ async fn force_ttl_returns_to_auto() {
     assert_timestamp(&a["modeUntil"]);
     let (s, h, b) = env.data("/x").await;
     assert_fast_503(s, &h, &b, "forced-open");
-    assert_eq!(
-        h.get("retry-after").unwrap(),
-        "3",
-        "seconds until the override ends"
-    );
+    assert_eq!(h.get("retry-after").unwrap(), "3", "seconds until the override ends");
 
     advance(Duration::from_millis(2_900)).await;
     let (s, h, b) = env.data("/x").await;
@@ -958,11 +741,7 @@ async fn force_refuses_bad_bodies() {
 #[tokio::test]
 async fn history_shows_the_failed_period_and_counts_traffic() {
     let up = upstream("api").await;
-    let env = Env::start(
-        &upstreams_yaml(&up.url(), "failureThreshold: 3, resetTimeout: 60s", None),
-        "",
-    )
-    .await;
+    let env = Env::start(&upstreams_yaml(&up.url(), "failureThreshold: 3, resetTimeout: 60s", None), "").await;
     send_n(&env, "/x", 4, StatusCode::OK).await;
     trip(&env, &up, 3).await;
     let (s, h, b) = env.data("/x").await;
@@ -972,9 +751,7 @@ async fn history_shows_the_failed_period_and_counts_traffic() {
     let (s, _, v) = env.api(Method::GET, &path("1h"), None, None).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["service"], "api", "{v}");
-    let entries = v["history"]
-        .as_array()
-        .unwrap_or_else(|| panic!("history[]: {v}"));
+    let entries = v["history"].as_array().unwrap_or_else(|| panic!("history[]: {v}"));
     assert!(!entries.is_empty(), "{v}");
     for e in entries {
         assert_timestamp(&e["timestamp"]);
@@ -983,18 +760,12 @@ async fn history_shows_the_failed_period_and_counts_traffic() {
         assert!(e["incidents"].as_u64().is_some(), "{e}");
     }
     let last = entries.last().unwrap();
-    assert_eq!(
-        last["status"], "failed",
-        "the current period is the trip: {v}"
-    );
+    assert_eq!(last["status"], "failed", "the current period is the trip: {v}");
     assert_eq!(last["incidents"], 1, "{v}");
     assert_ne!(entries[0]["status"], "failed", "{v}");
 
     let data = &v["metrics"]["data"];
-    assert_eq!(
-        data["requestCount"], 7,
-        "rejected requests are not operations: {v}"
-    );
+    assert_eq!(data["requestCount"], 7, "rejected requests are not operations: {v}");
     assert_eq!(data["successCount"], 4, "{v}");
     assert_eq!(data["failureCount"], 3, "{v}");
     let avg = num(&data["avgResponseTime"]);
@@ -1010,25 +781,14 @@ async fn history_shows_the_failed_period_and_counts_traffic() {
         assert_eq!(v["metrics"]["data"]["requestCount"], 7, "{tf}: {v}");
         assert_eq!(v["metrics"]["data"]["failureCount"], 3, "{tf}: {v}");
         let h = v["history"].as_array().unwrap();
-        assert!(
-            h.iter()
-                .any(|e| e["status"] == "failed" && e["incidents"] == 1),
-            "{tf}: {v}"
-        );
+        assert!(h.iter().any(|e| e["status"] == "failed" && e["incidents"] == 1), "{tf}: {v}");
     }
 
     for bad in ["2h", "1H", "", "1h;drop"] {
         let (s, _, v) = env.api(Method::GET, &path(bad), None, None).await;
         assert_error(s, &v, StatusCode::BAD_REQUEST, "bad_timeframe");
     }
-    let (s, _, v) = env
-        .api(
-            Method::GET,
-            "/api/admin/circuit-breaker/nope/history?timeframe=1h",
-            None,
-            None,
-        )
-        .await;
+    let (s, _, v) = env.api(Method::GET, "/api/admin/circuit-breaker/nope/history?timeframe=1h", None, None).await;
     assert_error(s, &v, StatusCode::NOT_FOUND, "unknown_service");
 }
 
@@ -1043,16 +803,8 @@ async fn mutations_need_a_valid_admin_token() {
         let env = &env;
         let reset = reset.clone();
         async move {
-            let headers: Vec<(&str, &str)> =
-                auth.iter().map(|a| ("authorization", a.as_str())).collect();
-            let (s, _, text) = call(
-                &env.bc,
-                Method::POST,
-                &env.admin_url(API_RESET),
-                &headers,
-                reset.to_string(),
-            )
-            .await;
+            let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+            let (s, _, text) = call(&env.bc, Method::POST, &env.admin_url(API_RESET), &headers, reset.to_string()).await;
             (s, serde_json::from_str::<Value>(&text).unwrap())
         }
     };
@@ -1078,21 +830,12 @@ async fn mutations_need_a_valid_admin_token() {
     let viewer = viewer_token("mallory");
     let parts: Vec<&str> = viewer.split('.').collect();
     let claims = json!({ "sub": "mallory", "role": "admin", "exp": unix_now() + 600 });
-    let forged = format!(
-        "{}.{}.{}",
-        parts[0],
-        b64url(claims.to_string().as_bytes()),
-        parts[2]
-    );
+    let forged = format!("{}.{}.{}", parts[0], b64url(claims.to_string().as_bytes()), parts[2]);
     let (s, v) = try_with(bearer(&forged)).await;
     assert_error(s, &v, StatusCode::UNAUTHORIZED, "invalid_token");
 
     // alg: none.
-    let none = format!(
-        "{}.{}.",
-        b64url(br#"{"alg":"none","typ":"JWT"}"#),
-        b64url(claims.to_string().as_bytes())
-    );
+    let none = format!("{}.{}.", b64url(br#"{"alg":"none","typ":"JWT"}"#), b64url(claims.to_string().as_bytes()));
     let (s, v) = try_with(bearer(&none)).await;
     assert_error(s, &v, StatusCode::UNAUTHORIZED, "invalid_token");
 
@@ -1120,10 +863,7 @@ async fn mutations_need_a_valid_admin_token() {
     // Valid, but not an admin.
     let (s, v) = try_with(bearer(&viewer)).await;
     assert_error(s, &v, StatusCode::FORBIDDEN, "forbidden");
-    assert!(
-        v["error"]["message"].as_str().unwrap().contains("admin"),
-        "{v}"
-    );
+    assert!(v["error"]["message"].as_str().unwrap().contains("admin"), "{v}");
     let roleless = token(json!({ "sub": "nobody" }));
     let (s, v) = try_with(bearer(&roleless)).await;
     assert_error(s, &v, StatusCode::FORBIDDEN, "forbidden");
@@ -1137,12 +877,7 @@ async fn mutations_need_a_valid_admin_token() {
 
     // Only the accepted calls were audited.
     let (_, _, audit) = env.api(Method::GET, AUDIT, None, None).await;
-    let who: Vec<&str> = audit["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["who"].as_str().unwrap())
-        .collect();
+    let who: Vec<&str> = audit["entries"].as_array().unwrap().iter().map(|e| e["who"].as_str().unwrap()).collect();
     assert_eq!(who, ["late", "alice", "bob"], "{audit}");
     assert_eq!(up.hits(), 0);
 }
@@ -1150,38 +885,16 @@ async fn mutations_need_a_valid_admin_token() {
 #[tokio::test]
 async fn role_claim_and_admin_role_are_configurable() {
     let up = upstream("api").await;
-    let env = Env::start(
-        &upstreams_yaml(&up.url(), "failureThreshold: 3", None),
-        ", roleClaim: groups",
-    )
-    .await;
+    let env = Env::start(&upstreams_yaml(&up.url(), "failureThreshold: 3", None), ", roleClaim: groups").await;
     let reset = || json!({ "reason": "role claim" });
-    let (s, _, v) = env
-        .post(
-            API_RESET,
-            &token(json!({ "sub": "g1", "groups": ["dev", "admin"] })),
-            reset(),
-        )
-        .await;
+    let (s, _, v) = env.post(API_RESET, &token(json!({ "sub": "g1", "groups": ["dev", "admin"] })), reset()).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let (s, _, v) = env
-        .post(
-            API_RESET,
-            &token(json!({ "sub": "g2", "groups": "admin" })),
-            reset(),
-        )
-        .await;
+    let (s, _, v) = env.post(API_RESET, &token(json!({ "sub": "g2", "groups": "admin" })), reset()).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     // The claim was renamed: `role` no longer counts.
     let (s, _, v) = env.post(API_RESET, &admin_token("g3"), reset()).await;
     assert_error(s, &v, StatusCode::FORBIDDEN, "forbidden");
-    let (s, _, v) = env
-        .post(
-            API_RESET,
-            &token(json!({ "sub": "g4", "groups": ["dev"] })),
-            reset(),
-        )
-        .await;
+    let (s, _, v) = env.post(API_RESET, &token(json!({ "sub": "g4", "groups": ["dev"] })), reset()).await;
     assert_error(s, &v, StatusCode::FORBIDDEN, "forbidden");
 
     // A custom admin role name.
@@ -1198,41 +911,19 @@ async fn role_claim_and_admin_role_are_configurable() {
     let bc = body_client();
     let url = format!("http://{}{API_RESET}", app.admin_addr());
     let body = reset().to_string();
-    let ops = format!(
-        "Bearer {}",
-        token(json!({ "sub": "o", "roles": ["fusebox-operators"] }))
-    );
-    let (s, _, b) = call(
-        &bc,
-        Method::POST,
-        &url,
-        &[("authorization", &ops)],
-        body.clone(),
-    )
-    .await;
+    let ops = format!("Bearer {}", token(json!({ "sub": "o", "roles": ["fusebox-operators"] })));
+    let (s, _, b) = call(&bc, Method::POST, &url, &[("authorization", &ops)], body.clone()).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     let adm = format!("Bearer {}", admin_token("a"));
     let (s, _, b) = call(&bc, Method::POST, &url, &[("authorization", &adm)], body).await;
-    assert_eq!(
-        s,
-        StatusCode::FORBIDDEN,
-        "`admin` is not the configured role: {b}"
-    );
+    assert_eq!(s, StatusCode::FORBIDDEN, "`admin` is not the configured role: {b}");
 }
 
 #[tokio::test]
 async fn require_for_reads_protects_the_read_endpoints() {
     let up = upstream("api").await;
-    let env = Env::start(
-        &upstreams_yaml(&up.url(), "failureThreshold: 3", None),
-        ", requireForReads: true",
-    )
-    .await;
-    let reads = [
-        STATUS,
-        "/api/admin/circuit-breaker/api/history?timeframe=1h",
-        AUDIT,
-    ];
+    let env = Env::start(&upstreams_yaml(&up.url(), "failureThreshold: 3", None), ", requireForReads: true").await;
+    let reads = [STATUS, "/api/admin/circuit-breaker/api/history?timeframe=1h", AUDIT];
     let viewer = viewer_token("reader");
     let mut tampered = viewer.clone();
     tampered.push('x');
@@ -1242,14 +933,8 @@ async fn require_for_reads_protects_the_read_endpoints() {
         let (s, _, v) = env.api(Method::GET, path, Some(&tampered), None).await;
         assert_error(s, &v, StatusCode::UNAUTHORIZED, "invalid_token");
         let (s, _, v) = env.api(Method::GET, path, Some(&viewer), None).await;
-        assert_eq!(
-            s,
-            StatusCode::OK,
-            "a valid token of any role may read {path}: {v}"
-        );
-        let (s, _, v) = env
-            .api(Method::GET, path, Some(&admin_token("root")), None)
-            .await;
+        assert_eq!(s, StatusCode::OK, "a valid token of any role may read {path}: {v}");
+        let (s, _, v) = env.api(Method::GET, path, Some(&admin_token("root")), None).await;
         assert_eq!(s, StatusCode::OK, "{path}: {v}");
     }
     // Mutations still need the admin role.
@@ -1263,41 +948,19 @@ async fn mutations_are_rate_limited_per_caller() {
     let env = Env::start(&upstreams_yaml(&up.url(), "failureThreshold: 3", None), "").await;
     let busy = admin_token("busy");
     for i in 0..10 {
-        let (s, _, v) = env
-            .post(API_RESET, &busy, json!({ "reason": format!("reset {i}") }))
-            .await;
+        let (s, _, v) = env.post(API_RESET, &busy, json!({ "reason": format!("reset {i}") })).await;
         assert_eq!(s, StatusCode::OK, "mutation {i}: {v}");
     }
-    let (s, h, v) = env
-        .post(API_RESET, &busy, json!({ "reason": "one too many" }))
-        .await;
+    let (s, h, v) = env.post(API_RESET, &busy, json!({ "reason": "one too many" })).await;
     assert_error(s, &v, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
-    let retry: u64 = h
-        .get("retry-after")
-        .expect("Retry-After on 429")
-        .to_str()
-        .unwrap()
-        .parse()
-        .expect("Retry-After in seconds");
+    let retry: u64 = h.get("retry-after").expect("Retry-After on 429").to_str().unwrap().parse().expect("Retry-After in seconds");
     assert!((1..=60).contains(&retry), "retry-after {retry}");
     // Per caller, not per endpoint: another kind of mutation is limited too.
-    let (s, _, v) = env
-        .post(
-            API_FORCE,
-            &busy,
-            json!({ "state": "forced-open", "reason": "x" }),
-        )
-        .await;
+    let (s, _, v) = env.post(API_FORCE, &busy, json!({ "state": "forced-open", "reason": "x" })).await;
     assert_error(s, &v, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
-    assert_eq!(
-        env.service("api").await["mode"],
-        "auto",
-        "the limited call did nothing"
-    );
+    assert_eq!(env.service("api").await["mode"], "auto", "the limited call did nothing");
     // Another caller, and reads, are not affected.
-    let (s, _, v) = env
-        .post(API_RESET, &admin_token("calm"), json!({ "reason": "mine" }))
-        .await;
+    let (s, _, v) = env.post(API_RESET, &admin_token("calm"), json!({ "reason": "mine" })).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let (s, _, _) = env.api(Method::GET, STATUS, None, None).await;
     assert_eq!(s, StatusCode::OK);
@@ -1315,24 +978,12 @@ async fn mutations_are_rate_limited_per_caller() {
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let env = Env {
-        c: client(),
-        bc: body_client(),
-        ..env
-    };
+    let env = Env { c: client(), bc: body_client(), ..env };
 
     let (_, _, audit) = env.api(Method::GET, AUDIT, None, None).await;
     let entries = audit["entries"].as_array().unwrap();
-    assert_eq!(
-        entries.iter().filter(|e| e["who"] == "busy").count(),
-        11,
-        "{audit}"
-    );
-    assert_eq!(
-        entries.iter().filter(|e| e["who"] == "calm").count(),
-        1,
-        "{audit}"
-    );
+    assert_eq!(entries.iter().filter(|e| e["who"] == "busy").count(), 11, "{audit}");
+    assert_eq!(entries.iter().filter(|e| e["who"] == "calm").count(), 1, "{audit}");
 }
 
 #[tokio::test]
@@ -1342,38 +993,17 @@ async fn unknown_service_path_and_method() {
     let t = admin_token("ops");
     let cfg = json!({ "failureThreshold": 2, "resetTimeoutMs": 1000, "minHealthyPeriodMs": 0 });
     for (method, path, body) in [
-        (
-            Method::POST,
-            "/api/admin/circuit-breaker/nope/reset",
-            json!({ "reason": "x" }),
-        ),
-        (
-            Method::POST,
-            "/api/admin/circuit-breaker/nope/force",
-            json!({ "state": "forced-open", "reason": "x" }),
-        ),
-        (
-            Method::PUT,
-            "/api/admin/circuit-breaker/nope/config",
-            cfg.clone(),
-        ),
-        (
-            Method::DELETE,
-            "/api/admin/circuit-breaker/nope/config",
-            Value::Null,
-        ),
+        (Method::POST, "/api/admin/circuit-breaker/nope/reset", json!({ "reason": "x" })),
+        (Method::POST, "/api/admin/circuit-breaker/nope/force", json!({ "state": "forced-open", "reason": "x" })),
+        (Method::PUT, "/api/admin/circuit-breaker/nope/config", cfg.clone()),
+        (Method::DELETE, "/api/admin/circuit-breaker/nope/config", Value::Null),
     ] {
         let body = (!body.is_null()).then_some(body);
         let (s, _, v) = env.api(method.clone(), path, Some(&t), body).await;
         assert_error(s, &v, StatusCode::NOT_FOUND, "unknown_service");
-        assert!(
-            v["error"]["message"].as_str().unwrap().contains("nope"),
-            "{method} {path}: {v}"
-        );
+        assert!(v["error"]["message"].as_str().unwrap().contains("nope"), "{method} {path}: {v}");
     }
-    let (s, _, v) = env
-        .api(Method::GET, "/api/admin/no/such/thing", Some(&t), None)
-        .await;
+    let (s, _, v) = env.api(Method::GET, "/api/admin/no/such/thing", Some(&t), None).await;
     assert_error(s, &v, StatusCode::NOT_FOUND, "not_found");
 
     for (method, path, allow) in [
@@ -1382,22 +1012,14 @@ async fn unknown_service_path_and_method() {
         (Method::PATCH, API_CONFIG, "PUT, DELETE"),
         (Method::POST, API_CONFIG, "PUT, DELETE"),
         (Method::POST, STATUS, "GET"),
-        (
-            Method::DELETE,
-            "/api/admin/circuit-breaker/api/history",
-            "GET",
-        ),
+        (Method::DELETE, "/api/admin/circuit-breaker/api/history", "GET"),
         (Method::GET, RELOAD, "POST"),
         (Method::PUT, AUDIT, "GET"),
     ] {
         let (s, h, v) = env.api(method.clone(), path, Some(&t), None).await;
         assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}: {v}");
         assert_error(s, &v, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
-        assert_eq!(
-            h.get("allow").map(|v| v.to_str().unwrap()),
-            Some(allow),
-            "{method} {path}"
-        );
+        assert_eq!(h.get("allow").map(|v| v.to_str().unwrap()), Some(allow), "{method} {path}");
     }
     // Nothing above changed the circuit.
     let a = env.service("api").await;
@@ -1420,38 +1042,21 @@ async fn reload_of_an_invalid_file_reports_line_and_column_and_keeps_serving() {
     let generation = env.app.state.store.generation();
     // The file: listen (1), admin (2), auth (3), upstreams (4), api (5),
     // endpoints (6), breaker (7), routes (8), the route (9).
-    let bad = good
-        .replace("failureThreshold: 3", "failureThreshold: 0")
-        .replace("upstream: api }", "upstream: nope }");
+    let bad = good.replace("failureThreshold: 3", "failureThreshold: 0").replace("upstream: api }", "upstream: nope }");
     std::fs::write(env.config_path(), file_text(&env.dir, &bad)).unwrap();
 
     let (s, _, v) = env.post(RELOAD, &t, json!({})).await;
     assert_error(s, &v, StatusCode::BAD_REQUEST, "invalid_config");
-    let details = v["error"]["details"]
-        .as_array()
-        .unwrap_or_else(|| panic!("details[]: {v}"));
+    let details = v["error"]["details"].as_array().unwrap_or_else(|| panic!("details[]: {v}"));
     assert_eq!(details.len(), 2, "every error is reported: {v}");
     for d in details {
         assert!(d["line"].as_u64().is_some_and(|l| l > 0), "{d}");
         assert!(d["column"].as_u64().is_some_and(|c| c > 0), "{d}");
         assert!(d["message"].as_str().is_some_and(|m| !m.is_empty()), "{d}");
     }
-    let at = |needle: &str| {
-        details
-            .iter()
-            .find(|d| d["path"] == needle)
-            .unwrap_or_else(|| panic!("no error about {needle}: {v}"))
-    };
-    assert_eq!(
-        at("upstreams.api.breaker.failureThreshold")["line"],
-        7,
-        "{v}"
-    );
-    assert_eq!(
-        at("upstreams.api.breaker.failureThreshold")["column"],
-        27,
-        "the key: {v}"
-    );
+    let at = |needle: &str| details.iter().find(|d| d["path"] == needle).unwrap_or_else(|| panic!("no error about {needle}: {v}"));
+    assert_eq!(at("upstreams.api.breaker.failureThreshold")["line"], 7, "{v}");
+    assert_eq!(at("upstreams.api.breaker.failureThreshold")["column"], 27, "the key: {v}");
     assert_eq!(at("routes[0].upstream")["line"], 9, "{v}");
 
     // The running config keeps serving, unchanged.
@@ -1463,12 +1068,7 @@ async fn reload_of_an_invalid_file_reports_line_and_column_and_keeps_serving() {
     let (_, _, d) = get(&env.c, &env.admin_url("/health/detailed")).await;
     let d: Value = serde_json::from_str(&d).unwrap();
     assert_eq!(d["config"]["lastReload"]["ok"], false, "{d}");
-    assert!(
-        d["config"]["lastReload"]["errors"][0]["line"]
-            .as_u64()
-            .is_some(),
-        "{d}"
-    );
+    assert!(d["config"]["lastReload"]["errors"][0]["line"].as_u64().is_some(), "{d}");
 
     // A YAML syntax slip: one error, also located.
     let typo = good.replace("failureThreshold: 3", "failureTreshold: 3");
@@ -1478,17 +1078,10 @@ async fn reload_of_an_invalid_file_reports_line_and_column_and_keeps_serving() {
     let d = &v["error"]["details"][0];
     assert_eq!(d["line"], 7, "{v}");
     assert!(d["column"].as_u64().is_some_and(|c| c > 0), "{v}");
-    assert!(
-        d["message"].as_str().unwrap().contains("failureThreshold"),
-        "suggests the key: {v}"
-    );
+    assert!(d["message"].as_str().unwrap().contains("failureThreshold"), "suggests the key: {v}");
 
     // Fixed file: a new generation.
-    std::fs::write(
-        env.config_path(),
-        file_text(&env.dir, &good.replace(": 3 }", ": 4 }")),
-    )
-    .unwrap();
+    std::fs::write(env.config_path(), file_text(&env.dir, &good.replace(": 3 }", ": 4 }"))).unwrap();
     let (s, _, v) = env.post(RELOAD, &t, json!({})).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert!(v["generation"].as_u64().unwrap() > generation, "{v}");
@@ -1504,11 +1097,7 @@ async fn reload_of_an_invalid_file_reports_line_and_column_and_keeps_serving() {
             e["action"].as_str().unwrap()
         })
         .collect();
-    assert_eq!(
-        actions,
-        ["reload-rejected", "reload-rejected", "reload"],
-        "{audit}"
-    );
+    assert_eq!(actions, ["reload-rejected", "reload-rejected", "reload"], "{audit}");
 }
 
 // --- audit ---
@@ -1517,13 +1106,7 @@ async fn reload_of_an_invalid_file_reports_line_and_column_and_keeps_serving() {
 async fn audit_lists_every_mutation_with_who_what_and_why() {
     let up = upstream("api").await;
     let env = Env::start(&upstreams_yaml(&up.url(), "failureThreshold: 3", None), "").await;
-    let (s, _, v) = env
-        .post(
-            API_FORCE,
-            &admin_token("alice"),
-            json!({ "state": "forced-open", "reason": "maintenance window" }),
-        )
-        .await;
+    let (s, _, v) = env.post(API_FORCE, &admin_token("alice"), json!({ "state": "forced-open", "reason": "maintenance window" })).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let (s, _, v) = env
         .post(
@@ -1542,33 +1125,17 @@ async fn audit_lists_every_mutation_with_who_what_and_why() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let (s, _, v) = env
-        .api(Method::DELETE, API_CONFIG, Some(&admin_token("dave")), None)
-        .await;
+    let (s, _, v) = env.api(Method::DELETE, API_CONFIG, Some(&admin_token("dave")), None).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     // Refused attempts are not mutations.
-    let (s, _, _) = env
-        .post(API_RESET, &viewer_token("eve"), json!({ "reason": "x" }))
-        .await;
+    let (s, _, _) = env.post(API_RESET, &viewer_token("eve"), json!({ "reason": "x" })).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
 
     let (s, _, v) = env.api(Method::GET, AUDIT, None, None).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let entries = v["entries"].as_array().unwrap();
-    let got: Vec<(&str, &str)> = entries
-        .iter()
-        .map(|e| (e["who"].as_str().unwrap(), e["action"].as_str().unwrap()))
-        .collect();
-    assert_eq!(
-        got,
-        [
-            ("alice", "force"),
-            ("bob", "reset"),
-            ("carol", "config"),
-            ("dave", "config-delete")
-        ],
-        "{v}"
-    );
+    let got: Vec<(&str, &str)> = entries.iter().map(|e| (e["who"].as_str().unwrap(), e["action"].as_str().unwrap())).collect();
+    assert_eq!(got, [("alice", "force"), ("bob", "reset"), ("carol", "config"), ("dave", "config-delete")], "{v}");
     for e in entries {
         assert_timestamp(&e["timestamp"]);
         assert_eq!(e["service"], "api", "{e}");
@@ -1578,10 +1145,7 @@ async fn audit_lists_every_mutation_with_who_what_and_why() {
     assert_eq!(entries[0]["after"]["state"], "forced-open", "{v}");
     assert_eq!(entries[1]["reason"], "maintenance over", "{v}");
     assert_eq!(entries[1]["before"]["state"], "forced-open", "{v}");
-    assert_eq!(
-        entries[1]["after"]["metadata"]["triggeredBy"], "pager",
-        "{v}"
-    );
+    assert_eq!(entries[1]["after"]["metadata"]["triggeredBy"], "pager", "{v}");
     assert_eq!(entries[2]["after"]["failureThreshold"], 2, "{v}");
     assert_eq!(entries[3]["after"]["failureThreshold"], 3, "{v}");
 }

@@ -9,9 +9,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use http::StatusCode;
 use serde_json::Value;
-use support::{
-    advance, circuit, client, fusebox, get, one_upstream, upstream, TestClient, TestUpstream,
-};
+use support::{advance, circuit, client, fusebox, get, one_upstream, upstream, TestClient, TestUpstream};
 
 const RESET: Duration = Duration::from_secs(2);
 const MS10: Duration = Duration::from_millis(10);
@@ -30,19 +28,9 @@ fn json(body: &str) -> Value {
 /// Asserts the fail-fast answer of an open circuit and returns its body.
 fn assert_open_503(status: StatusCode, headers: &http::HeaderMap, body: &str, rule: &str) -> Value {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "body: {body}");
-    assert_eq!(
-        headers
-            .get("x-fusebox-circuit")
-            .map(|v| v.to_str().unwrap()),
-        Some("open")
-    );
-    let retry: u64 = headers
-        .get("retry-after")
-        .expect("retry-after header")
-        .to_str()
-        .unwrap()
-        .parse()
-        .expect("retry-after is integer seconds");
+    assert_eq!(headers.get("x-fusebox-circuit").map(|v| v.to_str().unwrap()), Some("open"));
+    let retry: u64 =
+        headers.get("retry-after").expect("retry-after header").to_str().unwrap().parse().expect("retry-after is integer seconds");
     assert!(retry > 0, "retry-after must be > 0, got {retry}");
     let v = json(body);
     assert_eq!(v["upstream"], "api", "{v}");
@@ -55,11 +43,7 @@ fn assert_open_503(status: StatusCode, headers: &http::HeaderMap, body: &str, ru
 async fn burst(c: &TestClient, url: &str, n: usize) -> Vec<(StatusCode, Option<String>)> {
     let reqs = (0..n).map(|_| async {
         let (s, h, _) = get(c, url).await;
-        (
-            s,
-            h.get("x-fusebox-circuit")
-                .map(|v| v.to_str().unwrap().to_string()),
-        )
+        (s, h.get("x-fusebox-circuit").map(|v| v.to_str().unwrap().to_string()))
     });
     join_all(reqs).await
 }
@@ -79,21 +63,13 @@ async fn trip(c: &TestClient, base: &str, up: &TestUpstream, threshold: usize) {
 async fn trips_after_exactly_failure_threshold_and_fails_fast() {
     let up = upstream("api").await;
     up.set_status(500);
-    let app = fusebox(&one_upstream(
-        &up.url(),
-        "failureThreshold: 3, resetTimeout: 2s",
-    ))
-    .await;
+    let app = fusebox(&one_upstream(&up.url(), "failureThreshold: 3, resetTimeout: 2s")).await;
     let c = client();
     let base = format!("http://{}", app.data_addr());
 
     for i in 1..=3 {
         let (s, h, body) = get(&c, &format!("{base}/x")).await;
-        assert_eq!(
-            s,
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "request {i} is the upstream's 500"
-        );
+        assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "request {i} is the upstream's 500");
         assert!(h.get("x-fusebox-circuit").is_none());
         assert_eq!(body, "api /x");
         assert_eq!(up.hits(), i, "request {i} reached the upstream");
@@ -119,11 +95,7 @@ async fn trips_after_exactly_failure_threshold_and_fails_fast() {
 /// upstream, the rest are refused at once; trial success closes.
 async fn half_open_admits_exactly(trials: usize) {
     let up = upstream("api").await;
-    let app = fusebox(&one_upstream(
-        &up.url(),
-        &format!("failureThreshold: 3, resetTimeout: 2s, halfOpenRequests: {trials}"),
-    ))
-    .await;
+    let app = fusebox(&one_upstream(&up.url(), &format!("failureThreshold: 3, resetTimeout: 2s, halfOpenRequests: {trials}"))).await;
     let c = client();
     let base = format!("http://{}", app.data_addr());
     trip(&c, &base, &up, 3).await;
@@ -142,28 +114,12 @@ async fn half_open_admits_exactly(trials: usize) {
     let started = tokio::time::Instant::now();
     let results = burst(&c, &format!("{base}/x"), 20).await;
     let ok = results.iter().filter(|(s, _)| *s == StatusCode::OK).count();
-    let refused: Vec<_> = results
-        .iter()
-        .filter(|(s, _)| *s == StatusCode::SERVICE_UNAVAILABLE)
-        .collect();
+    let refused: Vec<_> = results.iter().filter(|(s, _)| *s == StatusCode::SERVICE_UNAVAILABLE).collect();
     assert_eq!(ok, trials, "trials admitted: {results:?}");
     assert_eq!(refused.len(), 20 - trials, "{results:?}");
-    assert!(
-        refused
-            .iter()
-            .all(|(_, h)| h.as_deref() == Some("half-open")),
-        "refusals name the half-open state: {results:?}"
-    );
-    assert_eq!(
-        up.hits(),
-        3 + trials,
-        "only the trials reached the upstream"
-    );
-    assert_eq!(
-        up.max_in_flight(),
-        trials,
-        "at most halfOpenRequests trials in flight at once"
-    );
+    assert!(refused.iter().all(|(_, h)| h.as_deref() == Some("half-open")), "refusals name the half-open state: {results:?}");
+    assert_eq!(up.hits(), 3 + trials, "only the trials reached the upstream");
+    assert_eq!(up.max_in_flight(), trials, "at most halfOpenRequests trials in flight at once");
     assert!(started.elapsed() < Duration::from_secs(2));
 
     // The trials succeeded: closed, traffic flows.
@@ -190,11 +146,7 @@ async fn half_open_admits_exactly_three_trials() {
 #[tokio::test]
 async fn failed_trial_reopens_with_doubled_period() {
     let up = upstream("api").await;
-    let app = fusebox(&one_upstream(
-        &up.url(),
-        "failureThreshold: 3, resetTimeout: 2s, maxResetTimeout: 1m",
-    ))
-    .await;
+    let app = fusebox(&one_upstream(&up.url(), "failureThreshold: 3, resetTimeout: 2s, maxResetTimeout: 1m")).await;
     let c = client();
     let base = format!("http://{}", app.data_addr());
     trip(&c, &base, &up, 3).await;
@@ -202,11 +154,7 @@ async fn failed_trial_reopens_with_doubled_period() {
     // Half-open: the trial fails (the upstream's 500 passes through).
     advance(RESET + MS10).await;
     let (s, _, body) = get(&c, &format!("{base}/x")).await;
-    assert_eq!(
-        s,
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "the trial reached the upstream: {body}"
-    );
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "the trial reached the upstream: {body}");
     assert_eq!(up.hits(), 4);
 
     // Reopened for 2 * resetTimeout.
@@ -228,28 +176,19 @@ async fn failed_trial_reopens_with_doubled_period() {
     advance(RESET).await;
     up.set_status(200);
     let (s, _, body) = get(&c, &format!("{base}/x")).await;
-    assert_eq!(
-        s,
-        StatusCode::OK,
-        "trial admitted after the doubled period: {body}"
-    );
+    assert_eq!(s, StatusCode::OK, "trial admitted after the doubled period: {body}");
     assert_eq!(up.hits(), 5);
     let cb = circuit(&c, &app, "api").await;
     assert_eq!(cb["state"], "closed", "{cb}");
-    assert_eq!(
-        cb["recoveryAttempts"], 0,
-        "a successful recovery resets the backoff: {cb}"
-    );
+    assert_eq!(cb["recoveryAttempts"], 0, "a successful recovery resets the backoff: {cb}");
 }
 
 #[tokio::test]
 async fn failure_rate_trips_before_consecutive() {
     let up = upstream("api").await;
-    let app = fusebox(&one_upstream(
-        &up.url(),
-        "failureThreshold: 100, failureRateThreshold: 50, minimumRequestCount: 10, resetTimeout: 2s",
-    ))
-    .await;
+    let app =
+        fusebox(&one_upstream(&up.url(), "failureThreshold: 100, failureRateThreshold: 50, minimumRequestCount: 10, resetTimeout: 2s"))
+            .await;
     let c = client();
     let base = format!("http://{}", app.data_addr());
     for i in 1..=10 {
@@ -271,11 +210,9 @@ async fn failure_rate_trips_before_consecutive() {
 async fn slow_call_rate_trips() {
     let up = upstream("api").await;
     up.set_delay(Duration::from_millis(100));
-    let app = fusebox(&one_upstream(
-        &up.url(),
-        "slowCallDuration: 50ms, slowCallRateThreshold: 50, minimumRequestCount: 4, resetTimeout: 2s",
-    ))
-    .await;
+    let app =
+        fusebox(&one_upstream(&up.url(), "slowCallDuration: 50ms, slowCallRateThreshold: 50, minimumRequestCount: 4, resetTimeout: 2s"))
+            .await;
     let c = client();
     let base = format!("http://{}", app.data_addr());
     for i in 1..=4 {
@@ -291,12 +228,7 @@ async fn slow_call_rate_trips() {
 async fn request_timeouts_count_as_failures() {
     let up = upstream("api").await;
     up.set_delay(Duration::from_millis(500));
-    let app = fusebox(&yaml_with(
-        &up.url(),
-        "failureThreshold: 3, resetTimeout: 2s",
-        "    timeouts: { request: 100ms }\n",
-    ))
-    .await;
+    let app = fusebox(&yaml_with(&up.url(), "failureThreshold: 3, resetTimeout: 2s", "    timeouts: { request: 100ms }\n")).await;
     let c = client();
     let base = format!("http://{}", app.data_addr());
     for i in 1..=3 {
@@ -304,10 +236,7 @@ async fn request_timeouts_count_as_failures() {
         let (s, _, body) = get(&c, &format!("{base}/x")).await;
         assert_eq!(s, StatusCode::GATEWAY_TIMEOUT, "call {i}: {body}");
         assert_eq!(json(&body)["error"]["code"], "upstream_timeout");
-        assert!(
-            started.elapsed() < Duration::from_millis(450),
-            "answered at the timeout, not after the upstream"
-        );
+        assert!(started.elapsed() < Duration::from_millis(450), "answered at the timeout, not after the upstream");
     }
     let (s, h, body) = get(&c, &format!("{base}/x")).await;
     assert_open_503(s, &h, &body, "consecutive");
@@ -317,11 +246,7 @@ async fn request_timeouts_count_as_failures() {
 #[tokio::test]
 async fn connection_refused_counts_as_failure() {
     let port = support::closed_port();
-    let app = fusebox(&one_upstream(
-        &format!("http://127.0.0.1:{port}"),
-        "failureThreshold: 3, resetTimeout: 2s",
-    ))
-    .await;
+    let app = fusebox(&one_upstream(&format!("http://127.0.0.1:{port}"), "failureThreshold: 3, resetTimeout: 2s")).await;
     let c = client();
     let base = format!("http://{}", app.data_addr());
     for i in 1..=3 {
@@ -337,11 +262,7 @@ async fn connection_refused_counts_as_failure() {
 async fn client_errors_never_open_the_circuit() {
     let up = upstream("api").await;
     up.set_status(404);
-    let app = fusebox(&one_upstream(
-        &up.url(),
-        "failureThreshold: 3, resetTimeout: 2s",
-    ))
-    .await;
+    let app = fusebox(&one_upstream(&up.url(), "failureThreshold: 3, resetTimeout: 2s")).await;
     let c = client();
     let base = format!("http://{}", app.data_addr());
     for i in 1..=30 {
@@ -360,47 +281,26 @@ async fn client_errors_never_open_the_circuit() {
 async fn bulkhead_refuses_above_max_concurrent_without_tripping() {
     let up = upstream("api").await;
     up.set_delay(Duration::from_millis(300));
-    let app = fusebox(&yaml_with(
-        &up.url(),
-        "failureThreshold: 1, resetTimeout: 2s",
-        "    maxConcurrentRequests: 2\n",
-    ))
-    .await;
+    let app = fusebox(&yaml_with(&up.url(), "failureThreshold: 1, resetTimeout: 2s", "    maxConcurrentRequests: 2\n")).await;
     let c = client();
     let url = format!("http://{}/x", app.data_addr());
 
     let reqs = (0..6).map(|_| get(&c, &url));
     let results = join_all(reqs).await;
-    let ok = results
-        .iter()
-        .filter(|(s, _, _)| *s == StatusCode::OK)
-        .count();
-    let overloaded: Vec<_> = results
-        .iter()
-        .filter(|(s, _, _)| *s == StatusCode::SERVICE_UNAVAILABLE)
-        .collect();
+    let ok = results.iter().filter(|(s, _, _)| *s == StatusCode::OK).count();
+    let overloaded: Vec<_> = results.iter().filter(|(s, _, _)| *s == StatusCode::SERVICE_UNAVAILABLE).collect();
     assert_eq!(ok, 2, "{results:?}");
     assert_eq!(overloaded.len(), 4, "{results:?}");
     for (_, h, body) in &overloaded {
-        assert_eq!(
-            h.get("x-fusebox-overloaded").map(|v| v.to_str().unwrap()),
-            Some("true"),
-            "{body}"
-        );
-        assert!(
-            h.get("x-fusebox-circuit").is_none(),
-            "an overload is not a circuit refusal"
-        );
+        assert_eq!(h.get("x-fusebox-overloaded").map(|v| v.to_str().unwrap()), Some("true"), "{body}");
+        assert!(h.get("x-fusebox-circuit").is_none(), "an overload is not a circuit refusal");
         assert_eq!(json(body)["error"]["code"], "overloaded");
     }
     assert_eq!(up.hits(), 2);
     assert_eq!(up.max_in_flight(), 2);
 
     let cb = circuit(&c, &app, "api").await;
-    assert_eq!(
-        cb["state"], "closed",
-        "overload is not an upstream failure: {cb}"
-    );
+    assert_eq!(cb["state"], "closed", "overload is not an upstream failure: {cb}");
     assert_eq!(cb["failureCount"], 0, "{cb}");
     up.set_delay(Duration::ZERO);
     for _ in 0..3 {

@@ -32,11 +32,7 @@ fn example_config_checks_ok() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/fusebox.yaml");
     let out = check(&path);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout: {stdout}\nstderr: {stderr}"
-    );
+    assert_eq!(out.status.code(), Some(0), "stdout: {stdout}\nstderr: {stderr}");
     assert!(stdout.contains("ok (2 upstreams, 3 routes)"), "{stdout}");
 }
 
@@ -59,14 +55,8 @@ routes:
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("line 6, column 7"), "{stderr}");
     assert!(stderr.contains("unknown key `failureTreshold`"), "{stderr}");
-    assert!(
-        stderr.contains("did you mean `failureThreshold`"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("upstreams.api.breaker.failureTreshold"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("did you mean `failureThreshold`"), "{stderr}");
+    assert!(stderr.contains("upstreams.api.breaker.failureTreshold"), "{stderr}");
 }
 
 #[test]
@@ -90,48 +80,18 @@ routes:
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("8 error(s)"), "{stderr}");
     let expected = [
-        (
-            "line 4, column 40",
-            "upstreams.api.endpoints[1]: `not a url` is not a URL",
-        ),
-        (
-            "line 5, column 5",
-            "upstreams.api.loadBalancing: `random` is not round-robin or least-request",
-        ),
-        (
-            "line 6, column 16",
-            "upstreams.api.breaker.failureThreshold: must be at least 1",
-        ),
-        (
-            "line 6, column 37",
-            "upstreams.api.breaker.jitter: is a fraction in [0, 1)",
-        ),
-        (
-            "line 6, column 50",
-            "upstreams.api.breaker.resetTimeout: `soon` is not a duration",
-        ),
-        (
-            "line 7, column 5",
-            "upstreams.api.timeouts: timeouts must be greater than zero",
-        ),
-        (
-            "line 9, column 16",
-            "routes[0].match.pathPrefix: `nope` must start with `/`",
-        ),
-        (
-            "line 10, column 33",
-            "routes[1].upstream: no upstream named `apj` (did you mean `api`?)",
-        ),
+        ("line 4, column 40", "upstreams.api.endpoints[1]: `not a url` is not a URL"),
+        ("line 5, column 5", "upstreams.api.loadBalancing: `random` is not round-robin or least-request"),
+        ("line 6, column 16", "upstreams.api.breaker.failureThreshold: must be at least 1"),
+        ("line 6, column 37", "upstreams.api.breaker.jitter: is a fraction in [0, 1)"),
+        ("line 6, column 50", "upstreams.api.breaker.resetTimeout: `soon` is not a duration"),
+        ("line 7, column 5", "upstreams.api.timeouts: timeouts must be greater than zero"),
+        ("line 9, column 16", "routes[0].match.pathPrefix: `nope` must start with `/`"),
+        ("line 10, column 33", "routes[1].upstream: no upstream named `apj` (did you mean `api`?)"),
     ];
     for (position, message) in expected {
-        let line = stderr
-            .lines()
-            .find(|l| l.contains(message))
-            .unwrap_or_else(|| panic!("missing error {message:?} in:\n{stderr}"));
-        assert!(
-            line.contains(position),
-            "{message:?} should be at {position}: {line}"
-        );
+        let line = stderr.lines().find(|l| l.contains(message)).unwrap_or_else(|| panic!("missing error {message:?} in:\n{stderr}"));
+        assert!(line.contains(position), "{message:?} should be at {position}: {line}");
     }
 }
 

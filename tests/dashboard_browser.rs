@@ -47,16 +47,8 @@ impl Driver {
             match lines.next() {
                 Some(Ok(line)) => {
                     // "ChromeDriver was started successfully on port 36589."
-                    if let Some(rest) = line
-                        .split("on port ")
-                        .nth(1)
-                        .filter(|_| line.contains("started successfully"))
-                    {
-                        break rest
-                            .trim_end_matches('.')
-                            .trim()
-                            .parse::<u16>()
-                            .map_err(|e| format!("bad port in {line:?}: {e}"))?;
+                    if let Some(rest) = line.split("on port ").nth(1).filter(|_| line.contains("started successfully")) {
+                        break rest.trim_end_matches('.').trim().parse::<u16>().map_err(|e| format!("bad port in {line:?}: {e}"))?;
                     }
                 }
                 _ => {
@@ -89,11 +81,7 @@ fn jwt_config(upstream: &str, dir: &Path) -> String {
 }
 
 fn admin_token() -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 3600;
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &json!({ "sub": "browser-test", "role": "admin", "exp": exp }),
@@ -154,41 +142,15 @@ async fn dashboard_shows_a_trip_and_a_reset_in_chromium() {
 
 async fn scenario(b: &Client, app: &fusebox::App, up: &TestUpstream) -> Result<(), String> {
     let err = |what: &'static str| move |e: fantoccini::error::CmdError| format!("{what}: {e}");
-    b.goto(&format!("http://{}/dashboard", app.admin_addr()))
-        .await
-        .map_err(err("open /dashboard"))?;
+    b.goto(&format!("http://{}/dashboard", app.admin_addr())).await.map_err(err("open /dashboard"))?;
 
     // Without a token the server answers 4001: the login shows.
-    b.wait()
-        .at_most(WAIT)
-        .for_element(Locator::Css("#overlay.show"))
-        .await
-        .map_err(err("login overlay"))?;
-    b.find(Locator::Id("token"))
-        .await
-        .map_err(err("token input"))?
-        .send_keys(&admin_token())
-        .await
-        .map_err(err("type token"))?;
-    b.find(Locator::Id("login"))
-        .await
-        .map_err(err("login button"))?
-        .click()
-        .await
-        .map_err(err("click login"))?;
+    b.wait().at_most(WAIT).for_element(Locator::Css("#overlay.show")).await.map_err(err("login overlay"))?;
+    b.find(Locator::Id("token")).await.map_err(err("token input"))?.send_keys(&admin_token()).await.map_err(err("type token"))?;
+    b.find(Locator::Id("login")).await.map_err(err("login button"))?.click().await.map_err(err("click login"))?;
 
-    b.wait()
-        .at_most(WAIT)
-        .for_element(Locator::Css(&card("closed")))
-        .await
-        .map_err(err("closed card after login"))?;
-    let conn = b
-        .find(Locator::Id("conn"))
-        .await
-        .map_err(err("conn"))?
-        .text()
-        .await
-        .map_err(err("conn text"))?;
+    b.wait().at_most(WAIT).for_element(Locator::Css(&card("closed"))).await.map_err(err("closed card after login"))?;
+    let conn = b.find(Locator::Id("conn")).await.map_err(err("conn"))?.text().await.map_err(err("conn text"))?;
     if conn != "connected" {
         return Err(format!("connection indicator says {conn:?}"));
     }
@@ -199,52 +161,33 @@ async fn scenario(b: &Client, app: &fusebox::App, up: &TestUpstream) -> Result<(
     for _ in 0..3 {
         get(&c, &format!("http://{}/x", app.data_addr())).await;
     }
-    b.wait()
-        .at_most(WAIT)
-        .for_element(Locator::Css(&card("open")))
-        .await
-        .map_err(err("open card"))?;
-    let eta = b
-        .find(Locator::Css("section.card[data-service='api'] .eta"))
-        .await
-        .map_err(err("eta"))?
-        .text()
-        .await
-        .map_err(err("eta text"))?;
+    b.wait().at_most(WAIT).for_element(Locator::Css(&card("open"))).await.map_err(err("open card"))?;
+    let eta =
+        b.find(Locator::Css("section.card[data-service='api'] .eta")).await.map_err(err("eta"))?.text().await.map_err(err("eta text"))?;
     if !eta.starts_with("half-open in") {
         return Err(format!("no countdown to half-open: {eta:?}"));
     }
     let transitions = b
-        .find(Locator::Css(
-            "section.card[data-service='api'] ul.transitions",
-        ))
+        .find(Locator::Css("section.card[data-service='api'] ul.transitions"))
         .await
         .map_err(err("transitions"))?
         .text()
         .await
         .map_err(err("transitions text"))?;
     if !transitions.contains("closed → open") || !transitions.contains("3 consecutive failures") {
-        return Err(format!(
-            "transition with its reason not shown: {transitions:?}"
-        ));
+        return Err(format!("transition with its reason not shown: {transitions:?}"));
     }
     save(b, "dashboard-open.png").await?;
 
     // Reset (the upstream is healthy again) closes it.
     up.set_status(200);
-    b.find(Locator::Css(
-        "section.card[data-service='api'] button[data-action='reset']",
-    ))
-    .await
-    .map_err(err("reset button"))?
-    .click()
-    .await
-    .map_err(err("click reset"))?;
-    let closed = b
-        .wait()
-        .at_most(WAIT)
-        .for_element(Locator::Css(&card("closed")))
-        .await;
+    b.find(Locator::Css("section.card[data-service='api'] button[data-action='reset']"))
+        .await
+        .map_err(err("reset button"))?
+        .click()
+        .await
+        .map_err(err("click reset"))?;
+    let closed = b.wait().at_most(WAIT).for_element(Locator::Css(&card("closed"))).await;
     save(b, "dashboard.png").await?;
     closed.map_err(|e| {
         format!("the card did not close after reset ({e}); is POST /api/admin/circuit-breaker/{{service}}/reset implemented?")
@@ -253,12 +196,7 @@ async fn scenario(b: &Client, app: &fusebox::App, up: &TestUpstream) -> Result<(
 }
 
 async fn save(b: &Client, name: &str) -> Result<(), String> {
-    let png = b
-        .screenshot()
-        .await
-        .map_err(|e| format!("screenshot: {e}"))?;
-    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "target", name]
-        .iter()
-        .collect();
+    let png = b.screenshot().await.map_err(|e| format!("screenshot: {e}"))?;
+    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "target", name].iter().collect();
     std::fs::write(&path, png).map_err(|e| format!("write {}: {e}", path.display()))
 }

@@ -10,19 +10,9 @@ use std::time::Duration;
 
 use http::{Method, Request, StatusCode};
 use prometheus_parse::{Sample, Scrape, Value as PValue};
-use support::{
-    body_client, call, client, fusebox, fusebox_file, get, one_upstream, send, temp_dir, upstream,
-    TestClient,
-};
+use support::{body_client, call, client, fusebox, fusebox_file, get, one_upstream, send, temp_dir, upstream, TestClient};
 
-const STATES: [&str; 6] = [
-    "closed",
-    "open",
-    "half-open",
-    "forced-open",
-    "forced-closed",
-    "metrics-only",
-];
+const STATES: [&str; 6] = ["closed", "open", "half-open", "forced-open", "forced-closed", "metrics-only"];
 
 /// One scrape: the raw text and its parse.
 struct Metrics {
@@ -49,23 +39,13 @@ fn number(s: &Sample) -> f64 {
 impl Metrics {
     /// Samples of `metric` carrying every label of `labels`.
     fn find(&self, metric: &str, labels: &[(&str, &str)]) -> Vec<&Sample> {
-        self.scrape
-            .samples
-            .iter()
-            .filter(|s| {
-                s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
-            })
-            .collect()
+        self.scrape.samples.iter().filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))).collect()
     }
 
     /// The value of the one series of `metric` with `labels`.
     fn one(&self, metric: &str, labels: &[(&str, &str)]) -> f64 {
         let found = self.find(metric, labels);
-        assert_eq!(
-            found.len(),
-            1,
-            "exactly one {metric}{labels:?} expected, got {found:?}"
-        );
+        assert_eq!(found.len(), 1, "exactly one {metric}{labels:?} expected, got {found:?}");
         number(found[0])
     }
 
@@ -78,15 +58,8 @@ impl Metrics {
     /// every other state present at 0).
     fn state(&self, upstream: &str) -> String {
         let series = self.find("fusebox_circuit_state", &[("upstream", upstream)]);
-        let got: BTreeSet<&str> = series
-            .iter()
-            .map(|s| s.labels.get("state").unwrap())
-            .collect();
-        assert_eq!(
-            got,
-            STATES.into_iter().collect(),
-            "one series per state: {series:?}"
-        );
+        let got: BTreeSet<&str> = series.iter().map(|s| s.labels.get("state").unwrap()).collect();
+        assert_eq!(got, STATES.into_iter().collect(), "one series per state: {series:?}");
         let on: Vec<&str> = series
             .iter()
             .filter(|s| {
@@ -103,32 +76,17 @@ impl Metrics {
     /// `fusebox_request_duration_seconds` of `upstream`: (count, sum,
     /// the +Inf bucket).
     fn duration(&self, upstream: &str) -> (f64, f64, f64) {
-        let count = self.one(
-            "fusebox_request_duration_seconds_count",
-            &[("upstream", upstream)],
-        );
-        let sum = self.one(
-            "fusebox_request_duration_seconds_sum",
-            &[("upstream", upstream)],
-        );
-        let hist = self.find(
-            "fusebox_request_duration_seconds",
-            &[("upstream", upstream)],
-        );
+        let count = self.one("fusebox_request_duration_seconds_count", &[("upstream", upstream)]);
+        let sum = self.one("fusebox_request_duration_seconds_sum", &[("upstream", upstream)]);
+        let hist = self.find("fusebox_request_duration_seconds", &[("upstream", upstream)]);
         assert_eq!(hist.len(), 1, "{hist:?}");
-        let PValue::Histogram(buckets) = &hist[0].value else {
-            panic!("not a histogram: {hist:?}")
-        };
+        let PValue::Histogram(buckets) = &hist[0].value else { panic!("not a histogram: {hist:?}") };
         let mut last = 0.0;
         for b in buckets {
             assert!(b.count >= last, "buckets are cumulative: {buckets:?}");
             last = b.count;
         }
-        let inf = buckets
-            .iter()
-            .find(|b| b.less_than == f64::INFINITY)
-            .expect("+Inf bucket")
-            .count;
+        let inf = buckets.iter().find(|b| b.less_than == f64::INFINITY).expect("+Inf bucket").count;
         (count, sum, inf)
     }
 
@@ -142,10 +100,7 @@ impl Metrics {
             .map(|n| {
                 ["_bucket", "_sum", "_count"]
                     .iter()
-                    .find_map(|sfx| {
-                        n.strip_suffix(sfx)
-                            .filter(|base| base.ends_with("_seconds"))
-                    })
+                    .find_map(|sfx| n.strip_suffix(sfx).filter(|base| base.ends_with("_seconds")))
                     .unwrap_or(n)
             })
             .collect();
@@ -159,14 +114,7 @@ impl Metrics {
 }
 
 fn requests(m: &Metrics, outcome: &str, class: &str) -> f64 {
-    m.one(
-        "fusebox_requests_total",
-        &[
-            ("upstream", "api"),
-            ("outcome", outcome),
-            ("code_class", class),
-        ],
-    )
+    m.one("fusebox_requests_total", &[("upstream", "api"), ("outcome", outcome), ("code_class", class)])
 }
 
 async fn send_n(c: &TestClient, url: &str, n: usize, want: StatusCode) {
@@ -179,11 +127,7 @@ async fn send_n(c: &TestClient, url: &str, n: usize, want: StatusCode) {
 #[tokio::test]
 async fn requests_states_transitions_and_rejections_follow_real_traffic() {
     let up = upstream("api").await;
-    let app = fusebox(&one_upstream(
-        &up.url(),
-        "failureThreshold: 3, resetTimeout: 60s",
-    ))
-    .await;
+    let app = fusebox(&one_upstream(&up.url(), "failureThreshold: 3, resetTimeout: 60s")).await;
     let c = client();
     let url = format!("http://{}/x", app.data_addr());
 
@@ -192,19 +136,10 @@ async fn requests_states_transitions_and_rejections_follow_real_traffic() {
     assert_eq!(m.state("api"), "closed");
     assert_eq!(m.sum("fusebox_requests_total", &[("upstream", "api")]), 0.0);
     assert_eq!(m.one("fusebox_config_generation", &[]), 1.0);
-    assert_eq!(
-        m.one("fusebox_config_reloads_total", &[("result", "success")]),
-        0.0
-    );
-    assert_eq!(
-        m.one("fusebox_config_reloads_total", &[("result", "failure")]),
-        0.0
-    );
+    assert_eq!(m.one("fusebox_config_reloads_total", &[("result", "success")]), 0.0);
+    assert_eq!(m.one("fusebox_config_reloads_total", &[("result", "failure")]), 0.0);
     assert!(m.one("fusebox_config_last_reload_success_timestamp_seconds", &[]) > 1.6e9);
-    assert_eq!(
-        m.one("fusebox_in_flight_requests", &[("upstream", "api")]),
-        0.0
-    );
+    assert_eq!(m.one("fusebox_in_flight_requests", &[("upstream", "api")]), 0.0);
     assert_eq!(m.one("fusebox_websocket_clients", &[]), 0.0);
 
     // 7 successes, and a 404 (a success by default).
@@ -226,20 +161,9 @@ async fn requests_states_transitions_and_rejections_follow_real_traffic() {
     let m = scrape(&c, &app).await;
     assert_eq!(requests(&m, "failure", "5xx"), 3.0);
     assert_eq!(m.state("api"), "open");
-    let closed_open = [
-        ("upstream", "api"),
-        ("from", "closed"),
-        ("to", "open"),
-        ("reason", "consecutive"),
-    ];
-    assert_eq!(
-        m.one("fusebox_circuit_transitions_total", &closed_open),
-        1.0
-    );
-    assert_eq!(
-        m.sum("fusebox_circuit_transitions_total", &[("upstream", "api")]),
-        1.0
-    );
+    let closed_open = [("upstream", "api"), ("from", "closed"), ("to", "open"), ("reason", "consecutive")];
+    assert_eq!(m.one("fusebox_circuit_transitions_total", &closed_open), 1.0);
+    assert_eq!(m.sum("fusebox_circuit_transitions_total", &[("upstream", "api")]), 1.0);
     assert_eq!(m.sum("fusebox_rejected_total", &[("upstream", "api")]), 0.0);
 
     // 4 rejected at once: counted as rejections, not as upstream calls.
@@ -250,55 +174,18 @@ async fn requests_states_transitions_and_rejections_follow_real_traffic() {
     }
     assert_eq!(up.hits(), 11);
     let m = scrape(&c, &app).await;
-    assert_eq!(
-        m.one(
-            "fusebox_rejected_total",
-            &[("upstream", "api"), ("reason", "circuit_open")]
-        ),
-        4.0
-    );
-    assert_eq!(
-        m.one(
-            "fusebox_rejected_total",
-            &[("upstream", "api"), ("reason", "half_open_full")]
-        ),
-        0.0
-    );
-    assert_eq!(
-        m.one(
-            "fusebox_rejected_total",
-            &[("upstream", "api"), ("reason", "overloaded")]
-        ),
-        0.0
-    );
+    assert_eq!(m.one("fusebox_rejected_total", &[("upstream", "api"), ("reason", "circuit_open")]), 4.0);
+    assert_eq!(m.one("fusebox_rejected_total", &[("upstream", "api"), ("reason", "half_open_full")]), 0.0);
+    assert_eq!(m.one("fusebox_rejected_total", &[("upstream", "api"), ("reason", "overloaded")]), 0.0);
     assert_eq!(requests(&m, "rejected", "5xx"), 4.0);
     assert_eq!(requests(&m, "success", "2xx"), 7.0);
     assert_eq!(requests(&m, "failure", "5xx"), 3.0);
-    assert_eq!(
-        m.sum(
-            "fusebox_requests_total",
-            &[("upstream", "api"), ("outcome", "timeout")]
-        ),
-        0.0
-    );
-    assert_eq!(
-        m.sum("fusebox_requests_total", &[("upstream", "api")]),
-        15.0
-    );
+    assert_eq!(m.sum("fusebox_requests_total", &[("upstream", "api"), ("outcome", "timeout")]), 0.0);
+    assert_eq!(m.sum("fusebox_requests_total", &[("upstream", "api")]), 15.0);
     let (count, _, inf) = m.duration("api");
-    assert_eq!(
-        (count, inf),
-        (11.0, 11.0),
-        "rejections are not upstream calls"
-    );
-    assert_eq!(
-        m.one("fusebox_in_flight_requests", &[("upstream", "api")]),
-        0.0
-    );
-    assert_eq!(
-        m.one("fusebox_circuit_transitions_total", &closed_open),
-        1.0
-    );
+    assert_eq!((count, inf), (11.0, 11.0), "rejections are not upstream calls");
+    assert_eq!(m.one("fusebox_in_flight_requests", &[("upstream", "api")]), 0.0);
+    assert_eq!(m.one("fusebox_circuit_transitions_total", &closed_open), 1.0);
     assert_eq!(m.state("api"), "open");
     m.assert_documented();
 
@@ -333,10 +220,7 @@ async fn overloaded_rejections_and_in_flight_are_counted() {
     }
     assert_eq!(up.in_flight.load(std::sync::atomic::Ordering::SeqCst), 1);
     let m = scrape(&c, &app).await;
-    assert_eq!(
-        m.one("fusebox_in_flight_requests", &[("upstream", "api")]),
-        1.0
-    );
+    assert_eq!(m.one("fusebox_in_flight_requests", &[("upstream", "api")]), 1.0);
 
     for _ in 0..2 {
         let (s, h, _) = get(&c, &url).await;
@@ -347,32 +231,13 @@ async fn overloaded_rejections_and_in_flight_are_counted() {
     assert_eq!(up.hits(), 1);
 
     let m = scrape(&c, &app).await;
-    assert_eq!(
-        m.one(
-            "fusebox_rejected_total",
-            &[("upstream", "api"), ("reason", "overloaded")]
-        ),
-        2.0
-    );
-    assert_eq!(
-        m.one(
-            "fusebox_rejected_total",
-            &[("upstream", "api"), ("reason", "circuit_open")]
-        ),
-        0.0
-    );
+    assert_eq!(m.one("fusebox_rejected_total", &[("upstream", "api"), ("reason", "overloaded")]), 2.0);
+    assert_eq!(m.one("fusebox_rejected_total", &[("upstream", "api"), ("reason", "circuit_open")]), 0.0);
     assert_eq!(requests(&m, "rejected", "5xx"), 2.0);
     assert_eq!(requests(&m, "success", "2xx"), 1.0);
-    assert_eq!(
-        m.state("api"),
-        "closed",
-        "overload is not an upstream failure"
-    );
+    assert_eq!(m.state("api"), "closed", "overload is not an upstream failure");
     assert_eq!(m.duration("api").0, 1.0);
-    assert_eq!(
-        m.one("fusebox_in_flight_requests", &[("upstream", "api")]),
-        0.0
-    );
+    assert_eq!(m.one("fusebox_in_flight_requests", &[("upstream", "api")]), 0.0);
 }
 
 #[tokio::test]
@@ -407,10 +272,7 @@ async fn label_values_come_only_from_config_names() {
         let (s, _, body) = send(&c, req).await;
         assert_eq!(s, StatusCode::OK, "{body}");
     }
-    for req in [
-        weird("/zzq-unrouted", None, "GET"),
-        weird("/zzq", Some("evil-zzq.example:1234"), "POST"),
-    ] {
+    for req in [weird("/zzq-unrouted", None, "GET"), weird("/zzq", Some("evil-zzq.example:1234"), "POST")] {
         let (s, _, body) = send(&c, req).await;
         assert_eq!(s, StatusCode::NOT_FOUND, "no route: {body}");
     }
@@ -419,20 +281,14 @@ async fn label_values_come_only_from_config_names() {
     let m = scrape(&c, &app).await;
     let lower = m.text.to_lowercase();
     for needle in ["zzq", "evil", "script", "%3c", "<"] {
-        assert!(
-            !lower.contains(needle),
-            "request data `{needle}` leaked into /metrics"
-        );
+        assert!(!lower.contains(needle), "request data `{needle}` leaked into /metrics");
     }
     assert_eq!(requests(&m, "success", "2xx"), n_routed as f64);
 
     let allowed: HashMap<&str, Vec<&str>> = HashMap::from([
         ("upstream", vec!["api"]),
         ("outcome", vec!["success", "failure", "rejected", "timeout"]),
-        (
-            "code_class",
-            vec!["1xx", "2xx", "3xx", "4xx", "5xx", "none"],
-        ),
+        ("code_class", vec!["1xx", "2xx", "3xx", "4xx", "5xx", "none"]),
         ("state", STATES.to_vec()),
         ("from", STATES.to_vec()),
         ("to", STATES.to_vec()),
@@ -457,14 +313,8 @@ async fn label_values_come_only_from_config_names() {
     assert!(!m.scrape.samples.is_empty());
     for s in &m.scrape.samples {
         for (k, v) in s.labels.iter() {
-            let ok = allowed
-                .get(k.as_str())
-                .unwrap_or_else(|| panic!("unexpected label {k} on {s:?}"));
-            assert!(
-                ok.contains(&v.as_str()),
-                "label {k}={v:?} on {} is not a config or fixed name",
-                s.metric
-            );
+            let ok = allowed.get(k.as_str()).unwrap_or_else(|| panic!("unexpected label {k} on {s:?}"));
+            assert!(ok.contains(&v.as_str()), "label {k}={v:?} on {} is not a config or fixed name", s.metric);
         }
     }
 }
@@ -474,10 +324,8 @@ async fn config_reloads_and_generation_are_exported() {
     let up = upstream("api").await;
     let dir = temp_dir("metrics-reload");
     let path = dir.join("fusebox.yaml");
-    let text = format!(
-        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nauth: none\n{}",
-        one_upstream(&up.url(), "failureThreshold: 3")
-    );
+    let text =
+        format!("listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nauth: none\n{}", one_upstream(&up.url(), "failureThreshold: 3"));
     std::fs::write(&path, &text).unwrap();
     let app = fusebox_file(&path).await;
     let c = client();
@@ -494,14 +342,8 @@ async fn config_reloads_and_generation_are_exported() {
     let (s, _, body) = call(&bc, Method::POST, &reload, &[], "").await;
     assert_eq!(s, StatusCode::OK, "{body}");
     let m = scrape(&c, &app).await;
-    assert_eq!(
-        m.one("fusebox_config_reloads_total", &[("result", "success")]),
-        1.0
-    );
-    assert_eq!(
-        m.one("fusebox_config_reloads_total", &[("result", "failure")]),
-        0.0
-    );
+    assert_eq!(m.one("fusebox_config_reloads_total", &[("result", "success")]), 1.0);
+    assert_eq!(m.one("fusebox_config_reloads_total", &[("result", "failure")]), 0.0);
     assert_eq!(m.one("fusebox_config_generation", &[]), 2.0);
     assert!(m.one("fusebox_config_last_reload_success_timestamp_seconds", &[]) >= started);
 
@@ -512,14 +354,8 @@ async fn config_reloads_and_generation_are_exported() {
     let (s, _, body) = call(&bc, Method::POST, &reload, &[], "").await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
     let m = scrape(&c, &app).await;
-    assert_eq!(
-        m.one("fusebox_config_reloads_total", &[("result", "failure")]),
-        1.0
-    );
-    assert_eq!(
-        m.one("fusebox_config_reloads_total", &[("result", "success")]),
-        1.0
-    );
+    assert_eq!(m.one("fusebox_config_reloads_total", &[("result", "failure")]), 1.0);
+    assert_eq!(m.one("fusebox_config_reloads_total", &[("result", "success")]), 1.0);
     assert_eq!(m.one("fusebox_config_last_reload_successful", &[]), 0.0);
     assert_eq!(m.one("fusebox_config_generation", &[]), 2.0);
     let (s, _, _) = get(&c, &format!("http://{}/x", app.data_addr())).await;
@@ -530,14 +366,8 @@ async fn config_reloads_and_generation_are_exported() {
     let (s, _, body) = call(&bc, Method::POST, &reload, &[], "").await;
     assert_eq!(s, StatusCode::OK, "{body}");
     let m = scrape(&c, &app).await;
-    assert_eq!(
-        m.one("fusebox_config_reloads_total", &[("result", "success")]),
-        2.0
-    );
-    assert_eq!(
-        m.one("fusebox_config_reloads_total", &[("result", "failure")]),
-        1.0
-    );
+    assert_eq!(m.one("fusebox_config_reloads_total", &[("result", "success")]), 2.0);
+    assert_eq!(m.one("fusebox_config_reloads_total", &[("result", "failure")]), 1.0);
     assert_eq!(m.one("fusebox_config_last_reload_successful", &[]), 1.0);
     assert_eq!(m.one("fusebox_config_generation", &[]), 3.0);
     assert_eq!(m.state("api"), "closed");
@@ -546,35 +376,15 @@ async fn config_reloads_and_generation_are_exported() {
 #[tokio::test]
 async fn metrics_only_would_be_trips_are_not_counted_as_real_trips() {
     let up = upstream("api").await;
-    let app = fusebox(&one_upstream(
-        &up.url(),
-        "failureThreshold: 2, resetTimeout: 60s",
-    ))
-    .await;
+    let app = fusebox(&one_upstream(&up.url(), "failureThreshold: 2, resetTimeout: 60s")).await;
     let c = client();
     let bc = body_client();
-    let force = format!(
-        "http://{}/api/admin/circuit-breaker/api/force",
-        app.admin_addr()
-    );
-    let (s, _, body) = call(
-        &bc,
-        Method::POST,
-        &force,
-        &[],
-        r#"{"state":"metrics-only","reason":"tune"}"#,
-    )
-    .await;
+    let force = format!("http://{}/api/admin/circuit-breaker/api/force", app.admin_addr());
+    let (s, _, body) = call(&bc, Method::POST, &force, &[], r#"{"state":"metrics-only","reason":"tune"}"#).await;
     assert_eq!(s, StatusCode::OK, "{body}");
 
     up.set_status(500);
-    send_n(
-        &c,
-        &format!("http://{}/x", app.data_addr()),
-        4,
-        StatusCode::INTERNAL_SERVER_ERROR,
-    )
-    .await;
+    send_n(&c, &format!("http://{}/x", app.data_addr()), 4, StatusCode::INTERNAL_SERVER_ERROR).await;
     let m = scrape(&c, &app).await;
     assert_eq!(m.state("api"), "metrics-only");
     assert_eq!(requests(&m, "failure", "5xx"), 4.0);
@@ -582,38 +392,15 @@ async fn metrics_only_would_be_trips_are_not_counted_as_real_trips() {
     assert_eq!(
         m.one(
             "fusebox_circuit_transitions_total",
-            &[
-                ("upstream", "api"),
-                ("from", "closed"),
-                ("to", "metrics-only"),
-                ("reason", "operator")
-            ]
+            &[("upstream", "api"), ("from", "closed"), ("to", "metrics-only"), ("reason", "operator")]
         ),
         1.0
     );
     // The circuit never opened: a would-be trip must not look like a real
     // one to alerts on `fusebox_circuit_transitions_total{from="closed",to="open"}`.
-    assert_eq!(
-        m.sum(
-            "fusebox_circuit_transitions_total",
-            &[("upstream", "api"), ("from", "closed"), ("to", "open")]
-        ),
-        0.0,
-        "{}",
-        m.text
-    );
+    assert_eq!(m.sum("fusebox_circuit_transitions_total", &[("upstream", "api"), ("from", "closed"), ("to", "open")]), 0.0, "{}", m.text);
     // It is counted as what it is: a would-be trip, with its rule.
-    let shadow = [
-        ("upstream", "api"),
-        ("from", "closed"),
-        ("to", "open"),
-        ("reason", "consecutive"),
-    ];
-    assert_eq!(
-        m.one("fusebox_circuit_shadow_transitions_total", &shadow),
-        1.0,
-        "{}",
-        m.text
-    );
+    let shadow = [("upstream", "api"), ("from", "closed"), ("to", "open"), ("reason", "consecutive")];
+    assert_eq!(m.one("fusebox_circuit_shadow_transitions_total", &shadow), 1.0, "{}", m.text);
     m.assert_documented();
 }

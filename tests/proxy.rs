@@ -81,10 +81,7 @@ routes:
         let v = json(&body);
         assert_eq!(v["error"]["code"], "no_route", "{v}");
     }
-    let req = get_req(&format!("{base}/x"))
-        .header("host", "c.internal")
-        .body(Empty::new())
-        .unwrap();
+    let req = get_req(&format!("{base}/x")).header("host", "c.internal").body(Empty::new()).unwrap();
     let (s, _, body) = send(&c, req).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(json(&body)["error"]["code"], "no_route");
@@ -129,16 +126,10 @@ async fn sets_forwarded_headers_and_request_id_and_strips_hop_by_hop() {
     assert_eq!(up.header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
     assert_eq!(up.header("x-forwarded-proto").as_deref(), Some("http"));
     assert_eq!(up.header("x-forwarded-host"), Some(data.to_string()));
-    let id = up
-        .header("x-request-id")
-        .expect("upstream sees x-request-id");
+    let id = up.header("x-request-id").expect("upstream sees x-request-id");
     assert_eq!(id.len(), 32, "{id}");
     assert!(id.chars().all(|ch| ch.is_ascii_hexdigit()), "{id}");
-    assert_eq!(
-        h.get("x-request-id").unwrap().to_str().unwrap(),
-        id,
-        "the response carries the same id"
-    );
+    assert_eq!(h.get("x-request-id").unwrap().to_str().unwrap(), id, "the response carries the same id");
 
     // A second generated id differs.
     let (_, h2, _) = get(&c, &format!("http://{data}/h")).await;
@@ -167,15 +158,8 @@ async fn sets_forwarded_headers_and_request_id_and_strips_hop_by_hop() {
         .map(|v| v.to_str().unwrap().to_string())
         .collect();
     assert_eq!(xff.join(", "), "203.0.113.9, 127.0.0.1");
-    assert_eq!(
-        up.header("x-forwarded-host").as_deref(),
-        Some("shop.example:8443")
-    );
-    assert_eq!(
-        up.header("host").as_deref(),
-        Some("shop.example:8443"),
-        "Host is passed through"
-    );
+    assert_eq!(up.header("x-forwarded-host").as_deref(), Some("shop.example:8443"));
+    assert_eq!(up.header("host").as_deref(), Some("shop.example:8443"), "Host is passed through");
 
     // Hop-by-hop headers stay on this hop.
     let req = get_req(&format!("http://{data}/h"))
@@ -190,13 +174,7 @@ async fn sets_forwarded_headers_and_request_id_and_strips_hop_by_hop() {
     let (s, _, _) = send(&c, req).await;
     assert_eq!(s, StatusCode::OK);
     let seen = up.last_headers.lock().unwrap().clone().unwrap();
-    for name in [
-        "connection",
-        "keep-alive",
-        "x-custom-hop",
-        "proxy-authorization",
-        "te",
-    ] {
+    for name in ["connection", "keep-alive", "x-custom-hop", "proxy-authorization", "te"] {
         assert!(!seen.contains_key(name), "{name} was forwarded: {seen:?}");
     }
     assert_eq!(seen.get("x-end-to-end").unwrap(), "kept");
@@ -245,23 +223,10 @@ async fn least_request_prefers_the_fast_endpoint() {
         }
     });
     let statuses = join_all(reqs).await;
-    assert!(
-        statuses.iter().all(|s| *s == StatusCode::OK),
-        "{statuses:?}"
-    );
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
     assert_eq!(slow.hits() + fast.hits(), 10);
-    assert!(
-        fast.hits() > slow.hits(),
-        "fast {} vs slow {}",
-        fast.hits(),
-        slow.hits()
-    );
-    assert!(
-        fast.hits() >= 7,
-        "fast {} vs slow {}",
-        fast.hits(),
-        slow.hits()
-    );
+    assert!(fast.hits() > slow.hits(), "fast {} vs slow {}", fast.hits(), slow.hits());
+    assert!(fast.hits() >= 7, "fast {} vs slow {}", fast.hits(), slow.hits());
 }
 
 // --- streaming ---
@@ -278,10 +243,7 @@ impl Body for ChanBody {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         self.rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
     }
 }
@@ -297,10 +259,7 @@ fn fire(s: &Signal) {
 /// `POST /upload` counts the request body frame by frame (reporting the first
 /// bytes on `first_in`) and answers the count; `GET /download` streams TOTAL
 /// bytes, holding all but the first chunk until `go_on` fires.
-async fn streaming_upstream(
-    first_in: Signal,
-    go_on: Arc<Mutex<Option<oneshot::Receiver<()>>>>,
-) -> String {
+async fn streaming_upstream(first_in: Signal, go_on: Arc<Mutex<Option<oneshot::Receiver<()>>>>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -313,45 +272,43 @@ async fn streaming_upstream(
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let (first_in, go_on) = (first_in.clone(), go_on.clone());
                     async move {
-                        let resp: Response<BoxBody<Bytes, Infallible>> =
-                            if req.uri().path() == "/upload" {
-                                let mut body = req.into_body();
-                                let mut n = 0usize;
-                                while let Some(frame) = body.frame().await {
-                                    let Ok(frame) = frame else { break };
-                                    if let Some(d) = frame.data_ref() {
-                                        n += d.len();
-                                        if n > 0 {
-                                            fire(&first_in);
-                                        }
+                        let resp: Response<BoxBody<Bytes, Infallible>> = if req.uri().path() == "/upload" {
+                            let mut body = req.into_body();
+                            let mut n = 0usize;
+                            while let Some(frame) = body.frame().await {
+                                let Ok(frame) = frame else { break };
+                                if let Some(d) = frame.data_ref() {
+                                    n += d.len();
+                                    if n > 0 {
+                                        fire(&first_in);
                                     }
                                 }
-                                Response::new(Full::new(Bytes::from(n.to_string())).boxed())
-                            } else {
-                                let (tx, rx) = mpsc::channel(4);
-                                let gate = go_on.lock().unwrap().take();
-                                tokio::spawn(async move {
-                                    let chunk = Bytes::from(vec![b'd'; CHUNK]);
+                            }
+                            Response::new(Full::new(Bytes::from(n.to_string())).boxed())
+                        } else {
+                            let (tx, rx) = mpsc::channel(4);
+                            let gate = go_on.lock().unwrap().take();
+                            tokio::spawn(async move {
+                                let chunk = Bytes::from(vec![b'd'; CHUNK]);
+                                if tx.send(chunk.clone()).await.is_err() {
+                                    return;
+                                }
+                                if let Some(gate) = gate {
+                                    let _ = gate.await;
+                                }
+                                for _ in 1..TOTAL / CHUNK {
                                     if tx.send(chunk.clone()).await.is_err() {
                                         return;
                                     }
-                                    if let Some(gate) = gate {
-                                        let _ = gate.await;
-                                    }
-                                    for _ in 1..TOTAL / CHUNK {
-                                        if tx.send(chunk.clone()).await.is_err() {
-                                            return;
-                                        }
-                                    }
-                                });
-                                Response::new(ChanBody { rx }.boxed())
-                            };
+                                }
+                            });
+                            Response::new(ChanBody { rx }.boxed())
+                        };
                         Ok::<_, Infallible>(resp)
                     }
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let _ =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
             });
         }
     });
@@ -362,25 +319,16 @@ async fn streaming_upstream(
 async fn streams_100mb_both_ways_without_buffering() {
     let (first_in_tx, first_in_rx) = oneshot::channel();
     let (go_on_tx, go_on_rx) = oneshot::channel();
-    let url = streaming_upstream(
-        Arc::new(Mutex::new(Some(first_in_tx))),
-        Arc::new(Mutex::new(Some(go_on_rx))),
-    )
-    .await;
+    let url = streaming_upstream(Arc::new(Mutex::new(Some(first_in_tx))), Arc::new(Mutex::new(Some(go_on_rx)))).await;
     let app = fusebox(&one_upstream(&url, "failureThreshold: 3")).await;
     let started = tokio::time::Instant::now();
 
     // Upload: the upstream must see the first chunk before the rest exists.
     let upload_client: Client<_, ChanBody> = Client::builder(TokioExecutor::new()).build_http();
     let (tx, rx) = mpsc::channel::<Bytes>(8);
-    let req = Request::post(format!("http://{}/upload", app.data_addr()))
-        .body(ChanBody { rx })
-        .unwrap();
+    let req = Request::post(format!("http://{}/upload", app.data_addr())).body(ChanBody { rx }).unwrap();
     let call = tokio::spawn(async move {
-        let resp = upload_client
-            .request(req)
-            .await
-            .expect("upload reaches fusebox");
+        let resp = upload_client.request(req).await.expect("upload reaches fusebox");
         let status = resp.status();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8_lossy(&body).into_owned())
@@ -397,28 +345,15 @@ async fn streams_100mb_both_ways_without_buffering() {
     drop(tx);
     let (status, body) = call.await.unwrap();
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(
-        body.parse::<usize>().unwrap(),
-        TOTAL,
-        "upstream counted every byte"
-    );
+    assert_eq!(body.parse::<usize>().unwrap(), TOTAL, "upstream counted every byte");
 
     // Download: the client must see the first chunk before the upstream
     // produces the rest.
     let c = client();
-    let resp = tokio::time::timeout(
-        Duration::from_secs(5),
-        c.get(
-            format!("http://{}/download", app.data_addr())
-                .parse()
-                .unwrap(),
-        ),
-    )
-    .await
-    .expect(
-        "response headers arrive before the upstream finished its body (streaming, not buffering)",
-    )
-    .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), c.get(format!("http://{}/download", app.data_addr()).parse().unwrap()))
+        .await
+        .expect("response headers arrive before the upstream finished its body (streaming, not buffering)")
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let mut body = resp.into_body();
     let first = tokio::time::timeout(Duration::from_secs(5), async {
@@ -467,44 +402,24 @@ routes:
     ))
     .await;
 
-    let h2c: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http();
-    let resp = h2c
-        .get(format!("http://{}/one/x", app.data_addr()).parse().unwrap())
-        .await
-        .expect("h2c to fusebox");
+    let h2c: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    let resp = h2c.get(format!("http://{}/one/x", app.data_addr()).parse().unwrap()).await.expect("h2c to fusebox");
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.version(), Version::HTTP_2);
     assert!(resp.headers().contains_key("x-request-id"));
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"h1 /one/x");
-    assert_eq!(
-        *h1.last_version.lock().unwrap(),
-        Some(Version::HTTP_11),
-        "HTTP/1.1 upstream spoken to in HTTP/1.1"
-    );
-    assert_eq!(
-        h1.header("x-forwarded-host"),
-        Some(app.data_addr().to_string()),
-        "authority becomes x-forwarded-host"
-    );
+    assert_eq!(*h1.last_version.lock().unwrap(), Some(Version::HTTP_11), "HTTP/1.1 upstream spoken to in HTTP/1.1");
+    assert_eq!(h1.header("x-forwarded-host"), Some(app.data_addr().to_string()), "authority becomes x-forwarded-host");
 
     let c = client();
     let (s, _, body) = get(&c, &format!("http://{}/two/y", app.data_addr())).await;
     assert_eq!(s, StatusCode::OK, "{body}");
     assert_eq!(body, "h2 /two/y");
-    assert_eq!(
-        *h2.last_version.lock().unwrap(),
-        Some(Version::HTTP_2),
-        "protocol: http2 upstream gets HTTP/2"
-    );
+    assert_eq!(*h2.last_version.lock().unwrap(), Some(Version::HTTP_2), "protocol: http2 upstream gets HTTP/2");
 
     // h2c in, h2 out.
-    let resp = h2c
-        .get(format!("http://{}/two/z", app.data_addr()).parse().unwrap())
-        .await
-        .unwrap();
+    let resp = h2c.get(format!("http://{}/two/z", app.data_addr()).parse().unwrap()).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(h2.hits(), 2);
 }
@@ -521,11 +436,7 @@ async fn websocket_upgrade_is_spliced_both_ways() {
                 let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
                     return;
                 };
-                if ws
-                    .send(Message::Text("hello from upstream".into()))
-                    .await
-                    .is_err()
-                {
+                if ws.send(Message::Text("hello from upstream".into())).await.is_err() {
                     return;
                 }
                 while let Some(Ok(msg)) = ws.next().await {
@@ -539,29 +450,15 @@ async fn websocket_upgrade_is_spliced_both_ways() {
             });
         }
     });
-    let app = fusebox(&one_upstream(
-        &format!("http://{ws_addr}"),
-        "failureThreshold: 3",
-    ))
-    .await;
+    let app = fusebox(&one_upstream(&format!("http://{ws_addr}"), "failureThreshold: 3")).await;
 
     let stream = TcpStream::connect(app.data_addr()).await.unwrap();
     let (mut ws, resp) =
-        tokio_tungstenite::client_async(format!("ws://{}/ws", app.data_addr()), stream)
-            .await
-            .expect("WebSocket handshake through fusebox");
+        tokio_tungstenite::client_async(format!("ws://{}/ws", app.data_addr()), stream).await.expect("WebSocket handshake through fusebox");
     assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
-    assert_eq!(
-        next(&mut ws).await,
-        Message::Text("hello from upstream".into()),
-        "upstream -> client"
-    );
+    assert_eq!(next(&mut ws).await, Message::Text("hello from upstream".into()), "upstream -> client");
     ws.send(Message::Text("ping 1".into())).await.unwrap();
-    assert_eq!(
-        next(&mut ws).await,
-        Message::Text("ping 1".into()),
-        "client -> upstream -> client"
-    );
+    assert_eq!(next(&mut ws).await, Message::Text("ping 1".into()), "client -> upstream -> client");
     ws.send(Message::Binary(vec![0, 1, 2, 255])).await.unwrap();
     assert_eq!(next(&mut ws).await, Message::Binary(vec![0, 1, 2, 255]));
 
@@ -574,21 +471,14 @@ async fn websocket_upgrade_is_spliced_both_ways() {
 }
 
 async fn next(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>) -> Message {
-    tokio::time::timeout(Duration::from_secs(5), ws.next())
-        .await
-        .expect("message in time")
-        .expect("stream open")
-        .expect("message ok")
+    tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("message in time").expect("stream open").expect("message ok")
 }
 
 // --- bad client input ---
 
 /// Writes `bytes` raw to the data port and reads the answer until the
 /// server closes (or 5s pass). A reset after a partial read keeps what came.
-async fn raw_exchange(
-    addr: std::net::SocketAddr,
-    bytes: Vec<u8>,
-) -> Result<String, std::io::Error> {
+async fn raw_exchange(addr: std::net::SocketAddr, bytes: Vec<u8>) -> Result<String, std::io::Error> {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut rd, mut wr) = stream.into_split();
     let writer = tokio::spawn(async move {
@@ -622,9 +512,7 @@ async fn malformed_and_oversized_requests_are_refused_without_touching_breakers(
     let app = fusebox(&one_upstream(&up.url(), "failureThreshold: 1")).await;
     let c = client();
 
-    let answer = raw_exchange(app.data_addr(), b"GARBAGE\r\n\r\n".to_vec())
-        .await
-        .expect("a 400, not a reset");
+    let answer = raw_exchange(app.data_addr(), b"GARBAGE\r\n\r\n".to_vec()).await.expect("a 400, not a reset");
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
 
     let mut big = b"GET /x HTTP/1.1\r\nHost: localhost\r\nX-Big: ".to_vec();
@@ -655,11 +543,7 @@ async fn malformed_and_oversized_requests_are_refused_without_touching_breakers(
 async fn upstream_500_passes_through_until_the_circuit_opens() {
     let up = upstream("api").await;
     up.set_status(500);
-    let app = fusebox(&one_upstream(
-        &up.url(),
-        "failureThreshold: 3, resetTimeout: 30s",
-    ))
-    .await;
+    let app = fusebox(&one_upstream(&up.url(), "failureThreshold: 3, resetTimeout: 30s")).await;
     let c = client();
     let url = format!("http://{}/boom", app.data_addr());
     for i in 1..=3 {

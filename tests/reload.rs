@@ -241,7 +241,8 @@ async fn restart_only_changes_are_refused_but_the_rest_applies() {
 async fn environment_references_are_expanded_and_unset_ones_are_errors() {
     let a = upstream("a").await;
     std::env::set_var("FUSEBOX_TEST_RELOAD_UPSTREAM", a.url());
-    let text = "upstreams:\n  a:\n    endpoints: [\"${FUSEBOX_TEST_RELOAD_UPSTREAM}\"]\nroutes:\n  - { match: { pathPrefix: / }, upstream: a }\n";
+    let text =
+        "upstreams:\n  a:\n    endpoints: [\"${FUSEBOX_TEST_RELOAD_UPSTREAM}\"]\nroutes:\n  - { match: { pathPrefix: / }, upstream: a }\n";
     let config = fusebox::config::parse(text).unwrap();
     assert_eq!(format!("{}", config.upstreams[0].endpoints[0]), a.url());
     let err = fusebox::config::parse(&text.replace("RELOAD_UPSTREAM", "NEVER_SET_ANYWHERE")).unwrap_err();

@@ -3,6 +3,10 @@
 //! the drain delay, and the process exits 0 within the grace period; a
 //! second signal exits at once.
 
+// This test talks to a separate process on the wall clock: tokio time is
+// never paused here, and std time is what the child sees too.
+#![allow(clippy::disallowed_methods)]
+
 mod support;
 
 use std::io::{BufRead, BufReader};

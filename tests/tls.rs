@@ -101,9 +101,8 @@ async fn tls_upstream(leaf: &Leaf, client_ca: Option<&Ca>) -> std::net::SocketAd
         Some(ca) => builder.with_client_cert_verifier(rustls::server::WebPkiClientVerifier::builder(Arc::new(ca.roots())).build().unwrap()),
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder
-        .with_single_cert(vec![leaf.der.clone()], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf.key_der.clone())))
-        .unwrap();
+    let mut config =
+        builder.with_single_cert(vec![leaf.der.clone()], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf.key_der.clone()))).unwrap();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

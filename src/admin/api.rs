@@ -114,14 +114,21 @@ pub async fn handle(req: Request<Incoming>, state: &Arc<AppState>) -> Option<Res
             Ok(p) => reload(state, &p),
             Err(e) => e,
         },
-        (_, ["circuit-breaker", "status"] | ["circuit-breaker", _, "history" | "config" | "reset" | "force"] | ["config", "reload"] | ["audit"]) => {
+        (
+            _,
+            ["circuit-breaker", "status"]
+            | ["circuit-breaker", _, "history" | "config" | "reset" | "force"]
+            | ["config", "reload"]
+            | ["audit"],
+        ) => {
             // RFC 9110 15.5.6: a 405 names the methods the resource has.
             let allow = match parts.as_slice() {
                 ["circuit-breaker", _, "config"] => "PUT, DELETE",
                 ["circuit-breaker", _, "reset" | "force"] | ["config", "reload"] => "POST",
                 _ => "GET",
             };
-            let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &format!("{method} is not allowed here; use {allow}"));
+            let mut resp =
+                error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &format!("{method} is not allowed here; use {allow}"));
             resp.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static(allow));
             resp
         }
@@ -230,7 +237,10 @@ fn status(state: &AppState) -> Resp {
             entry
         })
         .collect();
-    json_response(StatusCode::OK, &json!({ "success": true, "timestamp": clock::timestamp(), "generation": gen.number, "services": services }))
+    json_response(
+        StatusCode::OK,
+        &json!({ "success": true, "timestamp": clock::timestamp(), "generation": gen.number, "services": services }),
+    )
 }
 
 fn effective_config(u: &Upstream) -> Value {
@@ -358,10 +368,7 @@ fn reset(state: &AppState, who: &Principal, service: &str, body: ResetBody) -> R
         after["metadata"] = json!(m);
     }
     audit(state, who, "reset", Some(service), &body.reason, previous.clone(), after);
-    json_response(
-        StatusCode::OK,
-        &json!({ "success": true, "service": service, "resetTime": reset_time, "previousState": previous }),
-    )
+    json_response(StatusCode::OK, &json!({ "success": true, "service": service, "resetTime": reset_time, "previousState": previous }))
 }
 
 fn force(state: &AppState, who: &Principal, service: &str, body: ForceBody) -> Resp {
@@ -420,11 +427,7 @@ fn history(state: &AppState, service: &str, query: Option<&str>) -> Resp {
         Ok(u) => u,
         Err(e) => return e,
     };
-    let timeframe = query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .find_map(|kv| kv.strip_prefix("timeframe="))
-        .unwrap_or("24h");
+    let timeframe = query.into_iter().flat_map(|q| q.split('&')).find_map(|kv| kv.strip_prefix("timeframe=")).unwrap_or("24h");
     let span = match timeframe {
         "1h" => 3600,
         "24h" => 86_400,
@@ -480,11 +483,8 @@ fn reload(state: &Arc<AppState>, who: &Principal) -> Resp {
             json_response(StatusCode::OK, &json!({ "success": true, "generation": n, "reloadedAt": clock::timestamp() }))
         }
         Err(errors) => {
-            let details: Vec<Value> = errors
-                .errors
-                .iter()
-                .map(|e| json!({ "line": e.line, "column": e.column, "path": e.path, "message": e.message }))
-                .collect();
+            let details: Vec<Value> =
+                errors.errors.iter().map(|e| json!({ "line": e.line, "column": e.column, "path": e.path, "message": e.message })).collect();
             audit(state, who, "reload-rejected", None, "admin reload", before, json!({ "errors": details.len() }));
             json_response(
                 StatusCode::BAD_REQUEST,

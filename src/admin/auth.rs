@@ -38,11 +38,19 @@ pub struct Authorizer {
     mode: Mode,
 }
 
+// One per config generation: the size difference is irrelevant.
+#[allow(clippy::large_enum_variant)]
 enum Mode {
     Open,
     /// The configured key could not be used: every token is refused.
     DenyAll,
-    Jwt { key: DecodingKey, validation: Validation, admin_role: String, role_claim: Option<String>, require_for_reads: bool },
+    Jwt {
+        key: DecodingKey,
+        validation: Validation,
+        admin_role: String,
+        role_claim: Option<String>,
+        require_for_reads: bool,
+    },
 }
 
 // === impl Authorizer ===

@@ -23,10 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use http::header::{
-    CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
-    SEC_WEBSOCKET_VERSION, UPGRADE,
-};
+use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
@@ -155,18 +152,10 @@ pub fn upgrade(mut req: Request<Incoming>, state: Arc<AppState>) -> Response<Pro
         Err(resp) => return resp,
     };
     if state.ws.is_closing() {
-        return super::error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "fusebox is shutting down",
-        );
+        return super::error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "fusebox is shutting down");
     }
     if state.store.shared.metrics.websocket_clients.get() >= MAX_CLIENTS {
-        return super::error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_clients",
-            "too many WebSocket clients",
-        );
+        return super::error(StatusCode::SERVICE_UNAVAILABLE, "too_many_clients", "too many WebSocket clients");
     }
     let offered = offered_protocols(req.headers());
     let query_token = query_param(req.uri().query(), "token");
@@ -177,12 +166,7 @@ pub fn upgrade(mut req: Request<Incoming>, state: Arc<AppState>) -> Response<Pro
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(ws_config()),
-                )
-                .await;
+                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config())).await;
                 run(ws, state, access, closing).await;
             }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade did not complete"),
@@ -205,11 +189,7 @@ pub fn upgrade(mut req: Request<Incoming>, state: Arc<AppState>) -> Response<Pro
 }
 
 fn ws_config() -> WebSocketConfig {
-    WebSocketConfig {
-        max_message_size: Some(MAX_MESSAGE_BYTES),
-        max_frame_size: Some(MAX_MESSAGE_BYTES),
-        ..WebSocketConfig::default()
-    }
+    WebSocketConfig { max_message_size: Some(MAX_MESSAGE_BYTES), max_frame_size: Some(MAX_MESSAGE_BYTES), ..WebSocketConfig::default() }
 }
 
 /// The `Sec-WebSocket-Key` of a valid RFC 6455 upgrade request, or the
@@ -226,48 +206,22 @@ fn handshake_key(req: &Request<Incoming>) -> Result<String, Response<ProxyBody>>
         ));
     }
     if req.version() != Version::HTTP_11 {
-        return Err(super::error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "the WebSocket handshake needs HTTP/1.1",
-        ));
+        return Err(super::error(StatusCode::BAD_REQUEST, "bad_request", "the WebSocket handshake needs HTTP/1.1"));
     }
-    if h.get(SEC_WEBSOCKET_VERSION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        != Some("13")
-    {
-        let mut resp = super::error(
-            StatusCode::UPGRADE_REQUIRED,
-            "unsupported_version",
-            "only WebSocket version 13 is supported",
-        );
-        resp.headers_mut()
-            .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    if h.get(SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()).map(str::trim) != Some("13") {
+        let mut resp = super::error(StatusCode::UPGRADE_REQUIRED, "unsupported_version", "only WebSocket version 13 is supported");
+        resp.headers_mut().insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
         return Err(resp);
     }
-    match h
-        .get(SEC_WEBSOCKET_KEY)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-    {
+    match h.get(SEC_WEBSOCKET_KEY).and_then(|v| v.to_str().ok()).map(str::trim) {
         Some(k) if !k.is_empty() => Ok(k.to_string()),
-        _ => Err(super::error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "missing Sec-WebSocket-Key",
-        )),
+        _ => Err(super::error(StatusCode::BAD_REQUEST, "bad_request", "missing Sec-WebSocket-Key")),
     }
 }
 
 /// Whether a comma-separated header holds `token` (case-insensitive).
 fn has_token(headers: &HeaderMap, name: http::header::HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+    headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// The subprotocols the client offered, in order (at most [`MAX_OFFERED`]).
@@ -326,11 +280,7 @@ enum Access {
 /// Finds the caller: the first offered subprotocol that verifies as a token
 /// (echoed), else `?token=`. The subprotocol echoed otherwise is the first
 /// offered one, so browsers keep the connection long enough to read why.
-fn authenticate(
-    authorizer: &Authorizer,
-    offered: &[String],
-    query: Option<&str>,
-) -> (Access, Option<String>) {
+fn authenticate(authorizer: &Authorizer, offered: &[String], query: Option<&str>) -> (Access, Option<String>) {
     let first = offered.first().cloned();
     let mut first_error = None;
     for p in offered {
@@ -345,10 +295,7 @@ fn authenticate(
         Ok(principal) => (Access::Granted(principal), first),
         Err(e) => {
             let message = match (query, first_error) {
-                (None, None) => {
-                    "authentication failed: send a JWT as the WebSocket subprotocol or as ?token="
-                        .to_string()
-                }
+                (None, None) => "authentication failed: send a JWT as the WebSocket subprotocol or as ?token=".to_string(),
                 // Only subprotocols were offered: say why the first failed.
                 (None, Some(first)) => format!("authentication failed: {first}"),
                 (Some(_), _) => format!("authentication failed: {e}"),
@@ -437,13 +384,7 @@ async fn run(ws: Ws, state: Arc<AppState>, access: Access, mut closing: watch::R
     let (out, rx) = mpsc::channel(QUEUE);
     let (close_tx, close_rx) = oneshot::channel();
     let epoch = Arc::new(AtomicU64::new(0));
-    let mut writer = tokio::spawn(write_loop(
-        sink,
-        rx,
-        close_rx,
-        epoch.clone(),
-        metrics.clone(),
-    ));
+    let mut writer = tokio::spawn(write_loop(sink, rx, close_rx, epoch.clone(), metrics.clone()));
     let now = Instant::now();
     let mut session = Session {
         state,
@@ -456,10 +397,7 @@ async fn run(ws: Ws, state: Arc<AppState>, access: Access, mut closing: watch::R
         snapshot_retry: now,
         pending: HashMap::new(),
         last_sent: HashMap::new(),
-        rate: RateWindow {
-            start: now,
-            count: 0,
-        },
+        rate: RateWindow { start: now, count: 0 },
         last_activity: now,
         probes: 0,
     };
@@ -473,9 +411,7 @@ async fn run(ws: Ws, state: Arc<AppState>, access: Access, mut closing: watch::R
             session.principal = Some(principal);
             session.send(json!({ "type": "connection:status", "status": "connected", "timestamp": clock::timestamp() }));
             session.send_snapshot();
-            session
-                .serve(&mut stream, &mut events, &mut closing, &mut writer)
-                .await
+            session.serve(&mut stream, &mut events, &mut closing, &mut writer).await
         }
     };
     finish(end, stream, writer, session, close_tx).await;
@@ -506,11 +442,7 @@ async fn finish(
         End::TooBig => (close_frame(1009, "message larger than 16 KiB"), true),
     };
     let epoch = session.epoch.load(Ordering::Acquire);
-    if let Err(TrySendError::Full(item)) = session.out.try_send(Outgoing {
-        epoch,
-        message: Message::Close(Some(frame)),
-        counted: false,
-    }) {
+    if let Err(TrySendError::Full(item)) = session.out.try_send(Outgoing { epoch, message: Message::Close(Some(frame)), counted: false }) {
         // Behind anyway: drop the backlog and close past it.
         session.epoch.fetch_add(1, Ordering::AcqRel);
         if let Message::Close(Some(frame)) = item.message {
@@ -594,10 +526,7 @@ async fn send_close(mut sink: WsSink, frame: Option<CloseFrame<'static>>) -> Opt
 }
 
 fn close_frame(code: u16, reason: &'static str) -> CloseFrame<'static> {
-    CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.into(),
-    }
+    CloseFrame { code: CloseCode::from(code), reason: reason.into() }
 }
 
 // === impl Session ===
@@ -672,19 +601,11 @@ impl Session {
     // --- client messages ---
 
     /// One client text message (None: a binary one).
-    fn on_message(
-        &mut self,
-        text: Option<&str>,
-        probes: &mpsc::Sender<Value>,
-        now: Instant,
-    ) -> Option<End> {
+    fn on_message(&mut self, text: Option<&str>, probes: &mpsc::Sender<Value>, now: Instant) -> Option<End> {
         match self.rate.hit(now) {
             Rate::Allowed => {}
             Rate::Limited => {
-                self.error(
-                    RATE_LIMITED,
-                    "rate limit exceeded: at most 60 messages per minute",
-                );
+                self.error(RATE_LIMITED, "rate limit exceeded: at most 60 messages per minute");
                 return None;
             }
             Rate::Exceeded => {
@@ -693,19 +614,13 @@ impl Session {
             }
         }
         let Some(text) = text else {
-            self.error(
-                INVALID_MESSAGE,
-                "invalid message: binary frames are not supported, send JSON text",
-            );
+            self.error(INVALID_MESSAGE, "invalid message: binary frames are not supported, send JSON text");
             return None;
         };
         let msg = match serde_json::from_str::<Value>(text) {
             Ok(v) if v.is_object() => v,
             _ => {
-                self.error(
-                    INVALID_MESSAGE,
-                    "invalid message: expected a JSON object with a `type`",
-                );
+                self.error(INVALID_MESSAGE, "invalid message: expected a JSON object with a `type`");
                 return None;
             }
         };
@@ -713,19 +628,14 @@ impl Session {
             Some("subscribe:services") => self.send_snapshot(),
             Some("ping") => {
                 let echoed = msg.get("timestamp").cloned().unwrap_or(Value::Null);
-                self.send(
-                    json!({ "type": "pong", "timestamp": echoed, "serverTime": epoch_millis() }),
-                );
+                self.send(json!({ "type": "pong", "timestamp": echoed, "serverTime": epoch_millis() }));
             }
             Some("service:health_check") => self.health_check(&msg, probes),
             Some(other) => {
                 let shown: String = other.chars().take(64).collect();
                 self.error(INVALID_MESSAGE, &format!("unknown message type `{shown}`"));
             }
-            None => self.error(
-                INVALID_MESSAGE,
-                "invalid message: missing string field `type`",
-            ),
+            None => self.error(INVALID_MESSAGE, "invalid message: missing string field `type`"),
         }
         None
     }
@@ -737,10 +647,7 @@ impl Session {
             return;
         }
         let Some(name) = msg.get("service").and_then(Value::as_str) else {
-            self.error(
-                INVALID_MESSAGE,
-                "service:health_check needs a string field `service`",
-            );
+            self.error(INVALID_MESSAGE, "service:health_check needs a string field `service`");
             return;
         };
         let Some(upstream) = self.state.store.current().upstreams.get(name).cloned() else {
@@ -749,10 +656,7 @@ impl Session {
             return;
         };
         if self.probes >= MAX_PROBES {
-            self.error(
-                RATE_LIMITED,
-                "too many health checks in flight on this connection",
-            );
+            self.error(RATE_LIMITED, "too many health checks in flight on this connection");
             return;
         }
         self.probes += 1;
@@ -779,17 +683,8 @@ impl Session {
             self.metrics.websocket_drops.inc();
             return;
         }
-        let due = self
-            .last_sent
-            .get(&event.upstream)
-            .map_or(now, |t| (*t + BATCH).max(now));
-        let p = self
-            .pending
-            .entry(event.upstream.clone())
-            .or_insert_with(|| Pending {
-                due,
-                transitions: Vec::new(),
-            });
+        let due = self.last_sent.get(&event.upstream).map_or(now, |t| (*t + BATCH).max(now));
+        let p = self.pending.entry(event.upstream.clone()).or_insert_with(|| Pending { due, transitions: Vec::new() });
         if p.transitions.len() == MAX_TRANSITIONS {
             p.transitions.remove(0);
         }
@@ -801,12 +696,7 @@ impl Session {
 
     /// Sends every coalesced update that is due.
     fn flush(&mut self, now: Instant) {
-        let due: Vec<Arc<str>> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.due <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
+        let due: Vec<Arc<str>> = self.pending.iter().filter(|(_, p)| p.due <= now).map(|(k, _)| k.clone()).collect();
         if due.is_empty() {
             return;
         }
@@ -840,8 +730,7 @@ impl Session {
             }));
             self.last_sent.insert(name, now);
         }
-        self.last_sent
-            .retain(|_, t| now.saturating_duration_since(*t) < BATCH);
+        self.last_sent.retain(|_, t| now.saturating_duration_since(*t) < BATCH);
     }
 
     fn next_wake(&self) -> Option<Instant> {
@@ -868,11 +757,7 @@ impl Session {
         }
         let generation = self.state.store.current();
         let at = clock::now();
-        let services: Vec<Value> = generation
-            .sorted_upstreams()
-            .into_iter()
-            .map(|u| entry(u, &u.circuit.snapshot(at), at))
-            .collect();
+        let services: Vec<Value> = generation.sorted_upstreams().into_iter().map(|u| entry(u, &u.circuit.snapshot(at), at)).collect();
         self.need_snapshot = false;
         let sent = self.send(json!({
             "type": "services:state",
@@ -898,11 +783,7 @@ impl Session {
     }
 
     fn push(&mut self, message: Message, counted: bool) -> bool {
-        let item = Outgoing {
-            epoch: self.epoch.load(Ordering::Acquire),
-            message,
-            counted,
-        };
+        let item = Outgoing { epoch: self.epoch.load(Ordering::Acquire), message, counted };
         match self.out.try_send(item) {
             Ok(()) => true,
             Err(TrySendError::Full(item)) => {
@@ -957,9 +838,7 @@ async fn sleep_until_opt(at: Option<Instant>) {
 }
 
 fn epoch_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The seeds' service entry plus what the dashboard shows: mode, when an
@@ -968,30 +847,13 @@ fn entry(u: &Upstream, s: &Snapshot, now: std::time::Instant) -> Value {
     let mut e = service_entry(u, s);
     if let Some(circuit) = e.get_mut("circuit").and_then(Value::as_object_mut) {
         circuit.insert("mode".into(), s.mode.as_str().into());
-        circuit.insert(
-            "openUntil".into(),
-            s.open_until.map(|t| clock::rfc3339(clock::wall(t))).into(),
-        );
-        circuit.insert(
-            "retryInMs".into(),
-            s.open_until
-                .map(|t| t.saturating_duration_since(now).as_millis() as u64)
-                .into(),
-        );
+        circuit.insert("openUntil".into(), s.open_until.map(|t| clock::rfc3339(clock::wall(t))).into());
+        circuit.insert("retryInMs".into(), s.open_until.map(|t| t.saturating_duration_since(now).as_millis() as u64).into());
         circuit.insert("totalIncidents".into(), s.total_incidents.into());
         circuit.insert("rejected".into(), s.rejected.into());
         circuit.insert("inFlight".into(), u.circuit.in_flight().into());
-        circuit.insert(
-            "trip".into(),
-            s.trip
-                .as_ref()
-                .map(|r| json!({ "rule": r.rule(), "detail": r.to_string() }))
-                .into(),
-        );
-        circuit.insert(
-            "lastTransition".into(),
-            s.last_transition.as_ref().map(transition_json).into(),
-        );
+        circuit.insert("trip".into(), s.trip.as_ref().map(|r| json!({ "rule": r.rule(), "detail": r.to_string() })).into());
+        circuit.insert("lastTransition".into(), s.last_transition.as_ref().map(transition_json).into());
     }
     e
 }
@@ -1013,10 +875,7 @@ mod tests {
 
     #[test]
     fn query_token_is_percent_decoded() {
-        assert_eq!(
-            query_param(Some("a=1&token=x%2Ey.z"), "token").as_deref(),
-            Some("x.y.z")
-        );
+        assert_eq!(query_param(Some("a=1&token=x%2Ey.z"), "token").as_deref(), Some("x.y.z"));
         assert_eq!(query_param(Some("token"), "token").as_deref(), Some(""));
         assert_eq!(query_param(Some("a=1"), "token"), None);
         assert_eq!(percent_decode("%4"), "%4");
@@ -1027,27 +886,18 @@ mod tests {
     #[test]
     fn offered_subprotocols_are_split_and_trimmed() {
         let mut h = HeaderMap::new();
-        h.append(
-            SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static("fusebox.v1, a.b.c"),
-        );
+        h.append(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("fusebox.v1, a.b.c"));
         h.append(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(" d ,, "));
         assert_eq!(offered_protocols(&h), ["fusebox.v1", "a.b.c", "d"]);
         let many = vec!["x"; 20].join(",");
-        h.insert(
-            SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_str(&many).unwrap(),
-        );
+        h.insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_str(&many).unwrap());
         assert_eq!(offered_protocols(&h).len(), MAX_OFFERED);
     }
 
     #[test]
     fn rate_window_limits_then_closes() {
         let now = Instant::now();
-        let mut w = RateWindow {
-            start: now,
-            count: 0,
-        };
+        let mut w = RateWindow { start: now, count: 0 };
         for _ in 0..MESSAGES_PER_MINUTE {
             assert!(matches!(w.hit(now), Rate::Allowed));
         }

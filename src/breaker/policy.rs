@@ -105,10 +105,7 @@ impl StatusSet {
             let d: u16 = class.parse().map_err(|_| bad())?;
             StatusRange { from: d * 100, to: d * 100 + 99 }
         } else if let Some((a, b)) = text.split_once('-') {
-            StatusRange {
-                from: a.trim().parse().map_err(|_| bad())?,
-                to: b.trim().parse().map_err(|_| bad())?,
-            }
+            StatusRange { from: a.trim().parse().map_err(|_| bad())?, to: b.trim().parse().map_err(|_| bad())? }
         } else {
             let s: u16 = text.parse().map_err(|_| bad())?;
             StatusRange { from: s, to: s }

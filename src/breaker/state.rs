@@ -41,15 +41,33 @@ pub enum Status {
 /// Why a transition happened, with the figures that fired it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reason {
-    Consecutive { failures: u32, threshold: u32 },
-    FailureRate { rate: f64, threshold: f64, calls: u64 },
-    SlowRate { rate: f64, threshold: f64, calls: u64 },
+    Consecutive {
+        failures: u32,
+        threshold: u32,
+    },
+    FailureRate {
+        rate: f64,
+        threshold: f64,
+        calls: u64,
+    },
+    SlowRate {
+        rate: f64,
+        threshold: f64,
+        calls: u64,
+    },
     /// The open period ended.
-    ResetTimeout { waited: Duration },
+    ResetTimeout {
+        waited: Duration,
+    },
     /// Half-open trials decided: success closes, failure reopens.
-    Probe { success: bool, trials: u32 },
+    Probe {
+        success: bool,
+        trials: u32,
+    },
     /// An operator forced a mode or reset the circuit.
-    Operator { action: String },
+    Operator {
+        action: String,
+    },
     /// An operator override expired.
     Ttl,
 }
@@ -630,7 +648,13 @@ impl Breaker {
         };
         match self.mode {
             Mode::ForcedOpen => Status::Failed,
-            Mode::Auto | Mode::MetricsOnly | Mode::ForcedClosed => phase_status(),
+            // Shadow mode lets everything through: a would-be trip is worth a
+            // look (degraded), not an outage (failed).
+            Mode::MetricsOnly => match phase_status() {
+                Status::Failed => Status::Degraded,
+                s => s,
+            },
+            Mode::Auto | Mode::ForcedClosed => phase_status(),
         }
     }
 

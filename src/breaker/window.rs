@@ -33,10 +33,7 @@ pub struct Window {
 impl Window {
     pub fn new(window: Duration) -> Window {
         let width = (window.as_nanos() / BUCKETS as u128).max(1_000_000);
-        Window {
-            width_nanos: u64::try_from(width).unwrap_or(u64::MAX),
-            buckets: [Bucket::default(); BUCKETS],
-        }
+        Window { width_nanos: u64::try_from(width).unwrap_or(u64::MAX), buckets: [Bucket::default(); BUCKETS] }
     }
 
     pub fn span(&self) -> Duration {
@@ -74,14 +71,11 @@ impl Window {
     pub fn totals(&self, t: Duration) -> Counts {
         let now = self.index_of(t);
         let oldest = now.saturating_sub(BUCKETS as u64 - 1);
-        self.buckets
-            .iter()
-            .filter(|b| b.index >= oldest && b.index <= now && b.counts.calls > 0)
-            .fold(Counts::default(), |acc, b| Counts {
-                calls: acc.calls + b.counts.calls,
-                failures: acc.failures + b.counts.failures,
-                slow: acc.slow + b.counts.slow,
-            })
+        self.buckets.iter().filter(|b| b.index >= oldest && b.index <= now && b.counts.calls > 0).fold(Counts::default(), |acc, b| Counts {
+            calls: acc.calls + b.counts.calls,
+            failures: acc.failures + b.counts.failures,
+            slow: acc.slow + b.counts.slow,
+        })
     }
 
     pub fn clear(&mut self) {

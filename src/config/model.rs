@@ -190,9 +190,7 @@ impl<'de> Deserialize<'de> for RawAuth {
                 if v == "none" {
                     Ok(RawAuth::None)
                 } else {
-                    Err(E::custom(format!(
-                        "auth must be `none` or a map with `jwt`, found `{v}`"
-                    )))
+                    Err(E::custom(format!("auth must be `none` or a map with `jwt`, found `{v}`")))
                 }
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawAuth, A::Error> {
@@ -235,9 +233,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for UniqueMap<T> {
                 let mut out: Vec<(String, T)> = Vec::new();
                 while let Some(key) = map.next_key::<String>()? {
                     if out.iter().any(|(k, _)| *k == key) {
-                        return Err(serde::de::Error::custom(format!(
-                            "duplicate name `{key}`"
-                        )));
+                        return Err(serde::de::Error::custom(format!("duplicate name `{key}`")));
                     }
                     let value = map.next_value::<T>()?;
                     out.push((key, value));

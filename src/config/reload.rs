@@ -169,10 +169,7 @@ pub const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(150);
 /// Kubernetes ConfigMap, an editor's rename-over-save and a plain write are
 /// all seen) and calls `on_change` after each burst of events that changed
 /// the file's content. The returned watcher stops when dropped.
-pub fn spawn_watcher(
-    path: PathBuf,
-    on_change: impl Fn() + Send + 'static,
-) -> notify::Result<notify::RecommendedWatcher> {
+pub fn spawn_watcher(path: PathBuf, on_change: impl Fn() + Send + 'static) -> notify::Result<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),

@@ -10,28 +10,71 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme};
 use http::Uri;
 
-use super::model::{
-    RawAuth, RawBreaker, RawConfig, RawDefaults, RawHealthCheck, RawJwt, RawTimeouts, RawUpstream,
-    StatusSpec,
-};
+use super::model::{RawAuth, RawBreaker, RawConfig, RawDefaults, RawHealthCheck, RawJwt, RawTimeouts, RawUpstream, StatusSpec};
 use super::{
-    AdminConfig, AuthConfig, Config, ConfigError, ConfigErrors, Endpoint, Fallback, HealthCheck,
-    JwtConfig, JwtKey, ListenerTls, LoadBalancing, Protocol, RouteConfig, ShutdownConfig, Timeouts,
-    UpstreamConfig,
+    AdminConfig, AuthConfig, Config, ConfigError, ConfigErrors, Endpoint, Fallback, HealthCheck, JwtConfig, JwtKey, ListenerTls,
+    LoadBalancing, Protocol, RouteConfig, ShutdownConfig, Timeouts, UpstreamConfig,
 };
 use crate::breaker::{Policy, StatusSet};
 
 /// Keys every map of the file may hold, for "did you mean" suggestions.
 const KNOWN_KEYS: &[&str] = &[
-    "listen", "workers", "tls", "shutdown", "store", "admin", "auth", "defaults", "upstreams",
-    "routes", "certFile", "keyFile", "drainDelay", "gracePeriod", "path", "jwt", "hs256SecretEnv",
-    "hs256SecretFile", "publicKeyFile", "adminRole", "roleClaim", "requireForReads", "breaker",
-    "healthCheck", "timeouts", "maxConcurrentRequests", "failureThreshold", "failureRateThreshold",
-    "minimumRequestCount", "monitoringWindow", "slowCallDuration", "slowCallRateThreshold",
-    "resetTimeout", "maxResetTimeout", "jitter", "halfOpenRequests", "minHealthyPeriod",
-    "recoveryRamp", "failureStatuses", "interval", "timeout", "connect", "request", "endpoints",
-    "loadBalancing", "protocol", "fallback", "status", "headers", "body", "caFile", "serverName",
-    "match", "upstream", "pathPrefix", "host",
+    "listen",
+    "workers",
+    "tls",
+    "shutdown",
+    "store",
+    "admin",
+    "auth",
+    "defaults",
+    "upstreams",
+    "routes",
+    "certFile",
+    "keyFile",
+    "drainDelay",
+    "gracePeriod",
+    "path",
+    "jwt",
+    "hs256SecretEnv",
+    "hs256SecretFile",
+    "publicKeyFile",
+    "adminRole",
+    "roleClaim",
+    "requireForReads",
+    "breaker",
+    "healthCheck",
+    "timeouts",
+    "maxConcurrentRequests",
+    "failureThreshold",
+    "failureRateThreshold",
+    "minimumRequestCount",
+    "monitoringWindow",
+    "slowCallDuration",
+    "slowCallRateThreshold",
+    "resetTimeout",
+    "maxResetTimeout",
+    "jitter",
+    "halfOpenRequests",
+    "minHealthyPeriod",
+    "recoveryRamp",
+    "failureStatuses",
+    "interval",
+    "timeout",
+    "connect",
+    "request",
+    "endpoints",
+    "loadBalancing",
+    "protocol",
+    "fallback",
+    "status",
+    "headers",
+    "body",
+    "caFile",
+    "serverName",
+    "match",
+    "upstream",
+    "pathPrefix",
+    "host",
 ];
 
 /// Parses and validates a whole config text.
@@ -88,12 +131,7 @@ fn structural_error(e: serde_path_to_error::Error<serde_yaml::Error>) -> ConfigE
             }
         }
     }
-    ConfigError {
-        path,
-        line: loc.as_ref().map(|l| l.line()),
-        column: loc.as_ref().map(|l| l.column()),
-        message,
-    }
+    ConfigError { path, line: loc.as_ref().map(|l| l.line()), column: loc.as_ref().map(|l| l.column()), message }
 }
 
 /// The closest candidate by edit distance, if close enough to be a typo.
@@ -146,9 +184,7 @@ fn comment_start(line: &str) -> Option<usize> {
         match b {
             b'\'' if !double => single = !single,
             b'"' if !single => double = !double,
-            b'#' if !single && !double && (i == 0 || bytes[i - 1].is_ascii_whitespace()) => {
-                return Some(i)
-            }
+            b'#' if !single && !double && (i == 0 || bytes[i - 1].is_ascii_whitespace()) => return Some(i),
             _ => {}
         }
     }
@@ -229,11 +265,7 @@ impl Validator<'_> {
                 let hint = suggest(&upstream, &names).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
                 self.error(&format!("{path}.upstream"), format!("no upstream named `{upstream}`{hint}"));
             }
-            routes.push(RouteConfig {
-                host: m.host.map(|h| h.to_ascii_lowercase()),
-                path_prefix: m.path_prefix,
-                upstream,
-            });
+            routes.push(RouteConfig { host: m.host.map(|h| h.to_ascii_lowercase()), path_prefix: m.path_prefix, upstream });
         }
         Config { listen, workers, tls, shutdown, store, admin, auth, upstreams, routes }
     }
@@ -304,10 +336,7 @@ impl Validator<'_> {
     fn upstream(&mut self, name: &str, raw: RawUpstream, defaults: &RawDefaults) -> Option<UpstreamConfig> {
         let path = format!("upstreams.{name}");
         let before = self.errors.len();
-        if name.is_empty()
-            || name.len() > 64
-            || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
+        if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
             self.error(&path, format!("`{name}` must be 1-64 characters of letters, digits, `-`, `_` or `.`"));
         }
         if raw.endpoints.is_empty() {
@@ -436,7 +465,8 @@ impl Validator<'_> {
         if !hc_path.starts_with('/') {
             self.error(&format!("{path}.healthCheck.path"), "must start with `/`");
         }
-        let interval = self.duration(&format!("{path}.healthCheck.interval"), get(|h| h.interval.as_ref()).as_deref(), Duration::from_secs(30));
+        let interval =
+            self.duration(&format!("{path}.healthCheck.interval"), get(|h| h.interval.as_ref()).as_deref(), Duration::from_secs(30));
         let timeout = self.duration(&format!("{path}.healthCheck.timeout"), get(|h| h.timeout.as_ref()).as_deref(), Duration::from_secs(2));
         if interval < Duration::from_millis(100) {
             self.error(&format!("{path}.healthCheck.interval"), "must be at least 100ms");

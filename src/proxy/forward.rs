@@ -85,9 +85,16 @@ fn route(generation: &Generation, req: &Request<Incoming>) -> Option<Arc<Upstrea
 }
 
 /// Phases 2-5 for a routed request.
-async fn proxy(up: Arc<Upstream>, mut req: Request<Incoming>, peer: PeerIp, request_id: &HeaderValue, scheme: &'static str) -> Response<ProxyBody> {
+async fn proxy(
+    up: Arc<Upstream>,
+    mut req: Request<Incoming>,
+    peer: PeerIp,
+    request_id: &HeaderValue,
+    scheme: &'static str,
+) -> Response<ProxyBody> {
     // Phase 2: admit.
-    let mut guard = match up.circuit.admit(up.config.max_concurrent_requests, clock::now()) {
+    let refused_status = up.config.fallback.as_ref().map_or(503, |f| f.status.as_u16());
+    let mut guard = match up.circuit.admit(up.config.max_concurrent_requests, refused_status, clock::now()) {
         Ok(g) => g,
         Err(refusal) => return respond::refused(&up, &refusal),
     };
@@ -163,9 +170,23 @@ fn rewrite(
         }
         h.insert(X_FORWARDED_HOST, host);
     }
-    // An existing x-forwarded-for gets our client appended as another
-    // field line, which is the same list (RFC 9110 5.3).
-    h.append(X_FORWARDED_FOR, peer.0);
+    // One comma-joined line: some upstreams read only the first
+    // x-forwarded-for line, and the rightmost hop must be ours.
+    let mut prev = h.get_all(X_FORWARDED_FOR).iter().peekable();
+    let xff = if prev.peek().is_none() {
+        Some(peer.0)
+    } else {
+        let mut joined = Vec::with_capacity(64);
+        for v in prev {
+            joined.extend_from_slice(v.as_bytes());
+            joined.extend_from_slice(b", ");
+        }
+        joined.extend_from_slice(peer.0.as_bytes());
+        HeaderValue::from_bytes(&joined).ok()
+    };
+    if let Some(v) = xff {
+        h.insert(X_FORWARDED_FOR, v);
+    }
     h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
     h.insert(REQUEST_ID, request_id.clone());
     parts.version = match protocol {

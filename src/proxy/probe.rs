@@ -32,7 +32,9 @@ pub async fn probe(up: &Arc<Upstream>) -> ProbeResult {
     let started = clock::now();
     let healthy = match Request::get(uri).header("user-agent", "fusebox-health-check").body(full(bytes::Bytes::new())) {
         Ok(req) => match tokio::time::timeout(timeout, up.client.request(req)).await {
-            Ok(Ok(resp)) => resp.status() != StatusCode::SERVICE_UNAVAILABLE && !up.config.breaker.failure_statuses.contains(resp.status().as_u16()),
+            Ok(Ok(resp)) => {
+                resp.status() != StatusCode::SERVICE_UNAVAILABLE && !up.config.breaker.failure_statuses.contains(resp.status().as_u16())
+            }
             _ => false,
         },
         Err(_) => false,

@@ -7,7 +7,7 @@ use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::json;
 
-use crate::breaker::{Rejection, RejectReason};
+use crate::breaker::{RejectReason, Rejection};
 
 use super::upstream::{ProxyBody, Refusal, Upstream};
 
@@ -72,14 +72,12 @@ fn circuit_refused(upstream: &Upstream, rej: &Rejection) -> Response<ProxyBody> 
         None => {
             let (code, message) = match rej.reason {
                 RejectReason::CircuitOpen => ("circuit_open", format!("circuit for upstream {} is {}", upstream.config.name, rej.state)),
-                RejectReason::HalfOpenFull => (
-                    "half_open_full",
-                    format!("circuit for upstream {} is half-open and its trial slots are taken", upstream.config.name),
-                ),
-                RejectReason::Ramp => (
-                    "recovery_ramp",
-                    format!("upstream {} is recovering; this request was held back by the ramp", upstream.config.name),
-                ),
+                RejectReason::HalfOpenFull => {
+                    ("half_open_full", format!("circuit for upstream {} is half-open and its trial slots are taken", upstream.config.name))
+                }
+                RejectReason::Ramp => {
+                    ("recovery_ramp", format!("upstream {} is recovering; this request was held back by the ramp", upstream.config.name))
+                }
             };
             json_response(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -14,10 +14,7 @@ pub struct Router {
 
 impl Router {
     pub fn new(routes: &[RouteConfig], upstreams: &HashMap<String, Arc<Upstream>>) -> Router {
-        let routes = routes
-            .iter()
-            .filter_map(|r| upstreams.get(&r.upstream).map(|u| (r.clone(), u.clone())))
-            .collect();
+        let routes = routes.iter().filter_map(|r| upstreams.get(&r.upstream).map(|u| (r.clone(), u.clone()))).collect();
         Router { routes }
     }
 
@@ -40,10 +37,7 @@ impl Router {
 /// The host of a request: the URI authority (HTTP/2, absolute-form) or the
 /// `Host` header, without the port.
 pub fn request_host<B>(req: &http::Request<B>) -> Option<&str> {
-    let raw = req
-        .uri()
-        .host()
-        .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()))?;
+    let raw = req.uri().host().or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()))?;
     Some(strip_port(raw))
 }
 

@@ -26,12 +26,7 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// The connection builder shared by the data and admin listeners.
 pub fn http_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEADER_BYTES)
-        .keep_alive(true);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(MAX_HEADER_BYTES).keep_alive(true);
     builder.http2().timer(TokioTimer::new()).max_concurrent_streams(1024);
     builder
 }
@@ -42,7 +37,13 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serves until `stop` resolves, then stops accepting and gives open
 /// connections `grace` to finish their requests. With `tls`, every
 /// connection is TLS (ALPN picks h2 or HTTP/1.1).
-pub async fn serve(listener: TcpListener, plane: Arc<DataPlane>, stop: impl Future<Output = ()>, grace: Duration, tls: Option<TlsAcceptor>) {
+pub async fn serve(
+    listener: TcpListener,
+    plane: Arc<DataPlane>,
+    stop: impl Future<Output = ()>,
+    grace: Duration,
+    tls: Option<TlsAcceptor>,
+) {
     let builder = http_builder();
     let graceful = GracefulShutdown::new();
     tokio::pin!(stop);
@@ -100,7 +101,5 @@ pub async fn drain(graceful: GracefulShutdown, grace: Duration) {
 
 /// Binds a listener, naming the address in the error.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+    TcpListener::bind(addr).await.map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }

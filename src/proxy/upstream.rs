@@ -17,11 +17,11 @@ use tokio::sync::broadcast;
 
 use crate::breaker::{Breaker, CallOutcome, Mode, Permit, Policy, Rejection, ResetReport, Snapshot, Transition};
 use crate::clock;
-use crate::tls;
 use crate::config::{LoadBalancing, Protocol, UpstreamConfig};
 use crate::history::History;
 use crate::telemetry::metrics::Outcome;
 use crate::telemetry::UpstreamMetrics;
+use crate::tls;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -50,7 +50,9 @@ pub struct Circuit {
 #[derive(Debug)]
 pub enum Refusal {
     /// Bulkhead full: `maxConcurrentRequests` in flight.
-    Overloaded { limit: usize },
+    Overloaded {
+        limit: usize,
+    },
     Circuit(Rejection),
 }
 
@@ -153,11 +155,13 @@ impl Circuit {
     }
 
     /// Admission: bulkhead first (cheap, no lock), then the breaker.
-    pub fn admit(self: &Arc<Self>, limit: usize, now: Instant) -> Result<CallGuard, Refusal> {
+    /// `refused_status` is what a circuit refusal will answer (503 or the
+    /// fallback's status), for the `code_class` label.
+    pub fn admit(self: &Arc<Self>, limit: usize, refused_status: u16, now: Instant) -> Result<CallGuard, Refusal> {
         let prev = self.in_flight.fetch_add(1, Ordering::AcqRel);
         if prev >= limit {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            self.metrics.rejected(None);
+            self.metrics.rejected(None, 503);
             return Err(Refusal::Overloaded { limit });
         }
         match self.with(|b| b.try_acquire(now)) {
@@ -167,7 +171,7 @@ impl Circuit {
             }
             Err(rej) => {
                 self.in_flight.fetch_sub(1, Ordering::AcqRel);
-                self.metrics.rejected(Some(rej.reason));
+                self.metrics.rejected(Some(rej.reason), refused_status);
                 Err(Refusal::Circuit(rej))
             }
         }
@@ -269,10 +273,7 @@ impl Upstream {
             (LoadBalancing::LeastRequest, _) => {
                 // Ties rotate so equal endpoints share the load.
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
-                (0..n)
-                    .map(|i| (start + i) % n)
-                    .min_by_key(|&i| self.endpoint_load[i].load(Ordering::Relaxed))
-                    .unwrap_or(0)
+                (0..n).map(|i| (start + i) % n).min_by_key(|&i| self.endpoint_load[i].load(Ordering::Relaxed)).unwrap_or(0)
             }
         };
         self.endpoint_load[index].fetch_add(1, Ordering::Relaxed);
@@ -305,11 +306,7 @@ pub fn build_client(config: &UpstreamConfig) -> HttpClient {
     };
     let connector = if h2 { builder.enable_http2().wrap_connector(connector) } else { builder.enable_http1().wrap_connector(connector) };
     let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(1024);
+    builder.timer(TokioTimer::new()).pool_timer(TokioTimer::new()).pool_idle_timeout(Duration::from_secs(30)).pool_max_idle_per_host(1024);
     if config.protocol == Protocol::Http2 {
         builder.http2_only(true);
     }

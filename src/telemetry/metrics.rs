@@ -2,9 +2,10 @@
 //! app owns. Per-upstream handles are resolved once when an upstream is
 //! built, so the request path only bumps atomics.
 
+use std::sync::OnceLock;
+
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::breaker::{CircuitState, RejectReason};
@@ -47,7 +48,10 @@ pub struct Metrics {
 /// Handles for one upstream, resolved once.
 pub struct UpstreamMetrics {
     name: String,
-    requests: Vec<IntCounter>,
+    /// outcome x code_class, resolved on first use so a scrape carries
+    /// only the combinations that happen (plus the common ones at zero).
+    requests: Vec<OnceLock<IntCounter>>,
+    requests_vec: IntCounterVec,
     rejected: Vec<IntCounter>,
     duration: Histogram,
     pub in_flight: IntGauge,
@@ -55,6 +59,14 @@ pub struct UpstreamMetrics {
     transitions: IntCounterVec,
     shadow_transitions: IntCounterVec,
     health_checks: IntCounterVec,
+}
+
+/// Index into `CODE_CLASSES`: 1xx..5xx, or `none` for no response.
+fn code_class(status: Option<u16>) -> usize {
+    match status {
+        Some(s @ 100..=599) => usize::from(s / 100 - 1),
+        _ => 5,
+    }
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -97,34 +109,21 @@ impl Metrics {
                 .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
             &["upstream"],
         ));
-        let in_flight = must(IntGaugeVec::new(
-            Opts::new("fusebox_in_flight_requests", "Requests in flight to the upstream."),
-            &["upstream"],
-        ));
-        let health_checks = must(IntCounterVec::new(
-            Opts::new("fusebox_health_checks_total", "Active health probes by result."),
-            &["upstream", "result"],
-        ));
-        let reloads = must(IntCounterVec::new(
-            Opts::new("fusebox_config_reloads_total", "Config reload attempts by result."),
-            &["result"],
-        ));
-        let last_reload_success = must(Gauge::new(
-            "fusebox_config_last_reload_success_timestamp_seconds",
-            "Unix time of the last successful config load.",
-        ));
-        let last_reload_ok = must(IntGauge::new(
-            "fusebox_config_last_reload_successful",
-            "1 if the last config reload attempt succeeded, 0 if it failed.",
-        ));
+        let in_flight =
+            must(IntGaugeVec::new(Opts::new("fusebox_in_flight_requests", "Requests in flight to the upstream."), &["upstream"]));
+        let health_checks =
+            must(IntCounterVec::new(Opts::new("fusebox_health_checks_total", "Active health probes by result."), &["upstream", "result"]));
+        let reloads = must(IntCounterVec::new(Opts::new("fusebox_config_reloads_total", "Config reload attempts by result."), &["result"]));
+        let last_reload_success =
+            must(Gauge::new("fusebox_config_last_reload_success_timestamp_seconds", "Unix time of the last successful config load."));
+        let last_reload_ok =
+            must(IntGauge::new("fusebox_config_last_reload_successful", "1 if the last config reload attempt succeeded, 0 if it failed."));
         last_reload_ok.set(1);
         let config_generation = must(IntGauge::new("fusebox_config_generation", "Generation number of the running config."));
         let websocket_clients = must(IntGauge::new("fusebox_websocket_clients", "Connected state WebSocket clients."));
         let websocket_messages = must(IntCounter::new("fusebox_websocket_messages_total", "Messages sent to state WebSocket clients."));
-        let websocket_drops = must(IntCounter::new(
-            "fusebox_websocket_dropped_total",
-            "Updates a slow WebSocket client missed (it got a snapshot instead).",
-        ));
+        let websocket_drops =
+            must(IntCounter::new("fusebox_websocket_dropped_total", "Updates a slow WebSocket client missed (it got a snapshot instead)."));
         reg(Box::new(circuit_state.clone()));
         reg(Box::new(transitions.clone()));
         reg(Box::new(shadow_transitions.clone()));
@@ -165,12 +164,7 @@ impl Metrics {
 
     /// Resolves (and so exports at zero) every series of one upstream.
     pub fn upstream(&self, name: &str) -> UpstreamMetrics {
-        let mut requests = Vec::with_capacity(OUTCOMES.len() * CODE_CLASSES.len());
-        for o in OUTCOMES {
-            for c in CODE_CLASSES {
-                requests.push(self.requests.with_label_values(&[name, o, c]));
-            }
-        }
+        let requests: Vec<OnceLock<IntCounter>> = (0..OUTCOMES.len() * CODE_CLASSES.len()).map(|_| OnceLock::new()).collect();
         let rejected = REJECT_REASONS.iter().map(|r| self.rejected.with_label_values(&[name, r])).collect();
         let state = CircuitState::ALL.iter().map(|s| self.circuit_state.with_label_values(&[name, s.as_str()])).collect();
         for result in ["success", "failure"] {
@@ -188,9 +182,10 @@ impl Metrics {
         ] {
             self.transitions.with_label_values(&[name, from, to, rule]);
         }
-        UpstreamMetrics {
+        let m = UpstreamMetrics {
             name: name.to_string(),
             requests,
+            requests_vec: self.requests.clone(),
             rejected,
             duration: self.duration.with_label_values(&[name]),
             in_flight: self.in_flight.with_label_values(&[name]),
@@ -198,7 +193,11 @@ impl Metrics {
             transitions: self.transitions.clone(),
             shadow_transitions: self.shadow_transitions.clone(),
             health_checks: self.health_checks.clone(),
+        };
+        for (outcome, class) in [(Outcome::Success, 1), (Outcome::Failure, 4), (Outcome::Failure, 5), (Outcome::Rejected, 4), (Outcome::Timeout, 5)] {
+            m.counter(outcome, class);
         }
+        m
     }
 
     /// Drops every series of a removed upstream.
@@ -242,18 +241,20 @@ impl Default for Metrics {
 // === impl UpstreamMetrics ===
 
 impl UpstreamMetrics {
+    fn counter(&self, outcome: Outcome, class: usize) -> &IntCounter {
+        self.requests[outcome as usize * CODE_CLASSES.len() + class]
+            .get_or_init(|| self.requests_vec.with_label_values(&[&self.name, OUTCOMES[outcome as usize], CODE_CLASSES[class]]))
+    }
+
     pub fn request(&self, outcome: Outcome, status: Option<u16>, seconds: f64) {
-        let class = match status {
-            Some(s @ 100..=599) => usize::from(s / 100 - 1),
-            _ => 5,
-        };
-        self.requests[outcome as usize * CODE_CLASSES.len() + class].inc();
+        self.counter(outcome, code_class(status)).inc();
         if outcome != Outcome::Rejected {
             self.duration.observe(seconds);
         }
     }
 
-    pub fn rejected(&self, reason: Option<RejectReason>) {
+    /// A request answered by fusebox with `status` (503 or a fallback's).
+    pub fn rejected(&self, reason: Option<RejectReason>, status: u16) {
         let idx = match reason {
             Some(RejectReason::CircuitOpen) => 0,
             Some(RejectReason::HalfOpenFull) => 1,
@@ -261,7 +262,7 @@ impl UpstreamMetrics {
             Some(RejectReason::Ramp) => 3,
         };
         self.rejected[idx].inc();
-        self.requests[Outcome::Rejected as usize * CODE_CLASSES.len() + 4].inc();
+        self.counter(Outcome::Rejected, code_class(Some(status))).inc();
     }
 
     pub fn set_state(&self, current: CircuitState) {

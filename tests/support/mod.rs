@@ -49,11 +49,7 @@ impl TestUpstream {
         self.hits.load(Ordering::SeqCst)
     }
     pub fn header(&self, name: &str) -> Option<String> {
-        self.last_headers
-            .lock()
-            .unwrap()
-            .as_ref()
-            .and_then(|h| h.get(name).map(|v| v.to_str().unwrap_or("").to_string()))
+        self.last_headers.lock().unwrap().as_ref().and_then(|h| h.get(name).map(|v| v.to_str().unwrap_or("").to_string()))
     }
 }
 
@@ -88,11 +84,7 @@ pub async fn upstream(name: &'static str) -> TestUpstream {
     up
 }
 
-async fn answer(
-    name: &'static str,
-    s: TestUpstream,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(name: &'static str, s: TestUpstream, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     s.hits.fetch_add(1, Ordering::SeqCst);
     let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     s.max_in_flight.fetch_max(now, Ordering::SeqCst);
@@ -104,10 +96,7 @@ async fn answer(
     }
     s.in_flight.fetch_sub(1, Ordering::SeqCst);
     let status = StatusCode::from_u16(s.status.load(Ordering::SeqCst)).unwrap();
-    let mut resp = Response::new(Full::new(Bytes::from(format!(
-        "{name} {}",
-        req.uri().path()
-    ))));
+    let mut resp = Response::new(Full::new(Bytes::from(format!("{name} {}", req.uri().path()))));
     *resp.status_mut() = status;
     Ok(resp)
 }
@@ -125,8 +114,7 @@ pub async fn fusebox(yaml: &str) -> App {
         text.push_str("auth: none\n");
     }
     text.push_str(yaml);
-    let config = fusebox::config::parse(&text)
-        .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
+    let config = fusebox::config::parse(&text).unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
     App::start(config, None).await.expect("fusebox starts")
 }
 
@@ -145,18 +133,10 @@ pub fn client() -> TestClient {
 
 /// GET and collect: (status, headers, body).
 pub async fn get(client: &TestClient, url: &str) -> (StatusCode, http::HeaderMap, String) {
-    let resp = client
-        .get(url.parse().unwrap())
-        .await
-        .expect("request reaches fusebox");
+    let resp = client.get(url.parse().unwrap()).await.expect("request reaches fusebox");
     let status = resp.status();
     let headers = resp.headers().clone();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     (status, headers, String::from_utf8_lossy(&body).into_owned())
 }
 
@@ -178,19 +158,11 @@ impl TestUpstream {
 }
 
 /// Sends a prepared request and collects: (status, headers, body).
-pub async fn send(
-    client: &TestClient,
-    req: Request<Empty<Bytes>>,
-) -> (StatusCode, http::HeaderMap, String) {
+pub async fn send(client: &TestClient, req: Request<Empty<Bytes>>) -> (StatusCode, http::HeaderMap, String) {
     let resp = client.request(req).await.expect("request reaches fusebox");
     let status = resp.status();
     let headers = resp.headers().clone();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     (status, headers, String::from_utf8_lossy(&body).into_owned())
 }
 
@@ -204,24 +176,13 @@ pub async fn advance(d: Duration) {
 
 /// Every circuit from the admin `/health/circuit-breakers`.
 pub async fn circuits(client: &TestClient, app: &App) -> Vec<serde_json::Value> {
-    let v = get_json(
-        client,
-        &format!("http://{}/health/circuit-breakers", app.admin_addr()),
-    )
-    .await;
-    v["circuitBreakers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_else(|| panic!("no circuitBreakers array: {v}"))
+    let v = get_json(client, &format!("http://{}/health/circuit-breakers", app.admin_addr())).await;
+    v["circuitBreakers"].as_array().cloned().unwrap_or_else(|| panic!("no circuitBreakers array: {v}"))
 }
 
 /// One circuit (by upstream name) from `/health/circuit-breakers`.
 pub async fn circuit(client: &TestClient, app: &App, name: &str) -> serde_json::Value {
-    circuits(client, app)
-        .await
-        .into_iter()
-        .find(|c| c["service"] == name)
-        .unwrap_or_else(|| panic!("no circuit named {name}"))
+    circuits(client, app).await.into_iter().find(|c| c["service"] == name).unwrap_or_else(|| panic!("no circuit named {name}"))
 }
 
 /// A 127.0.0.1 port where nothing listens (bound, then released).
@@ -256,32 +217,18 @@ pub async fn call(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = client
-        .request(req.body(Full::new(body)).unwrap())
-        .await
-        .expect("request reaches fusebox");
+    let resp = client.request(req.body(Full::new(body)).unwrap()).await.expect("request reaches fusebox");
     let status = resp.status();
     let headers = resp.headers().clone();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     (status, headers, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// A fresh, empty directory for one test's files (config, secrets).
 pub fn temp_dir(tag: &str) -> std::path::PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let dir = std::env::temp_dir().join(format!(
-        "fusebox-test-{tag}-{}-{}-{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ));
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let dir = std::env::temp_dir().join(format!("fusebox-test-{tag}-{}-{}-{nanos}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -289,9 +236,6 @@ pub fn temp_dir(tag: &str) -> std::path::PathBuf {
 /// Starts fusebox from a config file, so `POST /api/admin/config/reload`
 /// (and the file watcher) re-read it. The file must set both listeners.
 pub async fn fusebox_file(path: &std::path::Path) -> App {
-    let config =
-        fusebox::config::Config::load(path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
-    App::start(config, Some(path.to_path_buf()))
-        .await
-        .expect("fusebox starts")
+    let config = fusebox::config::Config::load(path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
+    App::start(config, Some(path.to_path_buf())).await.expect("fusebox starts")
 }

@@ -64,7 +64,17 @@ pub async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Result<Resp
         (&Method::GET, "/metrics") => health::metrics(&state),
         (&Method::GET, "/health/websocket") => ws::health(&state),
         (&Method::GET | &Method::HEAD, "/dashboard") => dashboard::page(),
-        (_, "/livez" | "/readyz" | "/health" | "/health/detailed" | "/health/circuit-breakers" | "/health/websocket" | "/metrics" | "/dashboard") => {
+        (
+            _,
+            "/livez"
+            | "/readyz"
+            | "/health"
+            | "/health/detailed"
+            | "/health/circuit-breakers"
+            | "/health/websocket"
+            | "/metrics"
+            | "/dashboard",
+        ) => {
             let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint only answers GET");
             resp.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
             resp

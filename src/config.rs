@@ -34,6 +34,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
+    /// Record per-request metrics (`metrics.requests`, default true).
+    pub request_metrics: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

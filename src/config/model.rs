@@ -22,6 +22,7 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     pub auth: Option<RawAuth>,
     pub defaults: Option<RawDefaults>,
+    pub metrics: Option<RawMetrics>,
     #[serde(default)]
     pub upstreams: UniqueMap<RawUpstream>,
     #[serde(default)]
@@ -46,6 +47,13 @@ pub struct RawShutdown {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawStore {
     pub path: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawMetrics {
+    /// Per-request series (requests, durations, in-flight, rejections).
+    pub requests: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

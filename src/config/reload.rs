@@ -41,6 +41,7 @@ pub struct ConfigStore {
 impl ConfigStore {
     /// Publishes `config` as generation 1.
     pub fn new(config: Config, path: Option<PathBuf>, shared: Shared) -> ConfigStore {
+        shared.metrics.set_request_metrics(config.request_metrics);
         let generation = Generation::build(1, config, None, &shared, clock::now());
         shared.metrics.config_generation.set(1);
         shared.metrics.last_reload_success.set(unix_now());
@@ -113,6 +114,7 @@ impl ConfigStore {
         for msg in &restart_needed {
             tracing::warn!("{msg}");
         }
+        self.shared.metrics.set_request_metrics(config.request_metrics);
         let number = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let next = Generation::build(number, config, Some(&previous), &self.shared, clock::now());
         self.current.store(Arc::new(next));

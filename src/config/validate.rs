@@ -267,7 +267,8 @@ impl Validator<'_> {
             }
             routes.push(RouteConfig { host: m.host.map(|h| h.to_ascii_lowercase()), path_prefix: m.path_prefix, upstream });
         }
-        Config { listen, workers, tls, shutdown, store, admin, auth, upstreams, routes }
+        let request_metrics = raw.metrics.and_then(|m| m.requests).unwrap_or(true);
+        Config { listen, workers, tls, shutdown, store, admin, auth, upstreams, routes, request_metrics }
     }
 
     fn addr(&mut self, path: &str, value: Option<&str>, default: &str) -> SocketAddr {

@@ -65,6 +65,8 @@ pub struct CallGuard {
     circuit: Arc<Circuit>,
     permit: Option<Permit>,
     pub started: Instant,
+    /// Whether this call was counted in the in-flight gauge.
+    gauged: bool,
 }
 
 /// One upstream of one config generation.
@@ -166,8 +168,8 @@ impl Circuit {
         }
         match self.with(|b| b.try_acquire(now)) {
             Ok(permit) => {
-                self.metrics.in_flight.inc();
-                Ok(CallGuard { circuit: self.clone(), permit: Some(permit), started: now })
+                let gauged = self.metrics.in_flight_inc();
+                Ok(CallGuard { circuit: self.clone(), permit: Some(permit), started: now, gauged })
             }
             Err(rej) => {
                 self.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -247,7 +249,9 @@ impl Drop for CallGuard {
             self.circuit.with(|b| b.on_cancel(p));
         }
         self.circuit.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.circuit.metrics.in_flight.dec();
+        if self.gauged {
+            self.circuit.metrics.in_flight.dec();
+        }
     }
 }
 

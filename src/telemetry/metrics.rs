@@ -2,7 +2,8 @@
 //! app owns. Per-upstream handles are resolved once when an upstream is
 //! built, so the request path only bumps atomics.
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -43,6 +44,8 @@ pub struct Metrics {
     pub websocket_clients: IntGauge,
     pub websocket_messages: IntCounter,
     pub websocket_drops: IntCounter,
+    /// Per-request recording on/off (`metrics.requests`), read per request.
+    recording: Arc<AtomicBool>,
 }
 
 /// Handles for one upstream, resolved once.
@@ -59,6 +62,7 @@ pub struct UpstreamMetrics {
     transitions: IntCounterVec,
     shadow_transitions: IntCounterVec,
     health_checks: IntCounterVec,
+    recording: Arc<AtomicBool>,
 }
 
 /// Index into `CODE_CLASSES`: 1xx..5xx, or `none` for no response.
@@ -159,7 +163,13 @@ impl Metrics {
             websocket_clients,
             websocket_messages,
             websocket_drops,
+            recording: Arc::new(AtomicBool::new(true)),
         }
+    }
+
+    /// Turns per-request recording on or off (live).
+    pub fn set_request_metrics(&self, on: bool) {
+        self.recording.store(on, Ordering::Relaxed);
     }
 
     /// Resolves (and so exports at zero) every series of one upstream.
@@ -193,8 +203,11 @@ impl Metrics {
             transitions: self.transitions.clone(),
             shadow_transitions: self.shadow_transitions.clone(),
             health_checks: self.health_checks.clone(),
+            recording: self.recording.clone(),
         };
-        for (outcome, class) in [(Outcome::Success, 1), (Outcome::Failure, 4), (Outcome::Failure, 5), (Outcome::Rejected, 4), (Outcome::Timeout, 5)] {
+        for (outcome, class) in
+            [(Outcome::Success, 1), (Outcome::Failure, 4), (Outcome::Failure, 5), (Outcome::Rejected, 4), (Outcome::Timeout, 5)]
+        {
             m.counter(outcome, class);
         }
         m
@@ -246,7 +259,24 @@ impl UpstreamMetrics {
             .get_or_init(|| self.requests_vec.with_label_values(&[&self.name, OUTCOMES[outcome as usize], CODE_CLASSES[class]]))
     }
 
+    fn recording(&self) -> bool {
+        self.recording.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request in flight; returns whether it did, so the caller
+    /// decrements only what it incremented (recording can be toggled live).
+    pub fn in_flight_inc(&self) -> bool {
+        let on = self.recording();
+        if on {
+            self.in_flight.inc();
+        }
+        on
+    }
+
     pub fn request(&self, outcome: Outcome, status: Option<u16>, seconds: f64) {
+        if !self.recording() {
+            return;
+        }
         self.counter(outcome, code_class(status)).inc();
         if outcome != Outcome::Rejected {
             self.duration.observe(seconds);
@@ -255,6 +285,9 @@ impl UpstreamMetrics {
 
     /// A request answered by fusebox with `status` (503 or a fallback's).
     pub fn rejected(&self, reason: Option<RejectReason>, status: u16) {
+        if !self.recording() {
+            return;
+        }
         let idx = match reason {
             Some(RejectReason::CircuitOpen) => 0,
             Some(RejectReason::HalfOpenFull) => 1,

@@ -14,8 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
@@ -24,7 +22,7 @@ use crate::config::reload::{self, ConfigStore};
 use crate::config::{AuthConfig, Config, ConfigErrors};
 use crate::proxy::forward::DataPlane;
 use crate::proxy::probe;
-use crate::proxy::server::{self, bind, http_builder};
+use crate::proxy::server::{self, bind};
 use crate::proxy::upstream::CircuitEvent;
 use crate::proxy::Shared;
 use crate::telemetry::Metrics;
@@ -201,27 +199,18 @@ impl App {
 
         let (stop_admin, mut stop_admin_rx) = watch::channel(false);
         let admin_state = state.clone();
-        let admin_task = tokio::spawn(async move {
-            let builder = http_builder();
-            let graceful = GracefulShutdown::new();
-            loop {
-                let (stream, _) = tokio::select! {
-                    r = admin_listener.accept() => match r {
-                        Ok(x) => x,
-                        Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
-                    },
-                    _ = stop_admin_rx.changed() => break,
-                };
+        let admin_task = tokio::spawn(server::accept_loop(
+            admin_listener,
+            async move {
+                let _ = stop_admin_rx.changed().await;
+            },
+            Duration::from_secs(1),
+            None,
+            move |_peer| {
                 let st = admin_state.clone();
-                let builder = builder.clone();
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| admin::handle(req, st.clone()));
-                    let _ = watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc)).await;
-                });
-            }
-            server::drain(graceful, Duration::from_secs(1)).await;
-        });
+                service_fn(move |req| admin::handle(req, st.clone()))
+            },
+        ));
 
         let tick_state = state.clone();
         let ticker = tokio::spawn(async move {

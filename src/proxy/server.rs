@@ -13,6 +13,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use std::convert::Infallible;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -34,9 +38,9 @@ pub fn http_builder() -> auto::Builder<TokioExecutor> {
 /// Longest a client may take to finish the TLS handshake.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves until `stop` resolves, then stops accepting and gives open
-/// connections `grace` to finish their requests. With `tls`, every
-/// connection is TLS (ALPN picks h2 or HTTP/1.1).
+/// The data listener: serves the proxy until `stop` resolves, then stops
+/// accepting and gives open connections `grace` to finish their requests.
+/// With `tls`, every connection is TLS (ALPN picks h2 or HTTP/1.1).
 pub async fn serve(
     listener: TcpListener,
     plane: Arc<DataPlane>,
@@ -44,6 +48,30 @@ pub async fn serve(
     grace: Duration,
     tls: Option<TlsAcceptor>,
 ) {
+    accept_loop(listener, stop, grace, tls, move |peer| {
+        let plane = plane.clone();
+        let peer_ip = forward::PeerIp::new(peer);
+        service_fn(move |req| forward::handle(req, plane.clone(), peer_ip.clone()))
+    })
+    .await;
+}
+
+/// Accepts connections until `stop`, serving each with the service that
+/// `make_service` builds for its peer (HTTP/1.1 with upgrades, or h2),
+/// then drains. Shared by the data and admin listeners.
+pub async fn accept_loop<F, S, B>(
+    listener: TcpListener,
+    stop: impl Future<Output = ()>,
+    grace: Duration,
+    tls: Option<TlsAcceptor>,
+    make_service: F,
+) where
+    F: Fn(SocketAddr) -> S,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let builder = http_builder();
     let graceful = GracefulShutdown::new();
     tokio::pin!(stop);
@@ -61,13 +89,11 @@ pub async fn serve(
             () = &mut stop => break,
         };
         let _ = stream.set_nodelay(true);
-        let plane = plane.clone();
+        let svc = make_service(peer);
         let builder = builder.clone();
-        let peer_ip = forward::PeerIp::new(peer);
         let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| forward::handle(req, plane.clone(), peer_ip.clone()));
             let result = match tls {
                 None => watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc)).await,
                 Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {

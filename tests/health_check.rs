@@ -75,7 +75,8 @@ async fn the_probe_is_the_half_open_trial() {
     assert_eq!(get(&c, &url).await.0, 200);
 
     let (_, _, metrics) = get(&c, &format!("http://{}/metrics", app.admin_addr())).await;
-    let line = metrics.lines().find(|l| l.starts_with("fusebox_health_checks_total") && l.contains("result=\"success\"")).unwrap_or_default();
+    let line =
+        metrics.lines().find(|l| l.starts_with("fusebox_health_checks_total") && l.contains("result=\"success\"")).unwrap_or_default();
     let count: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
     assert!(count >= 2.0, "{line}");
 }

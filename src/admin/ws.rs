@@ -70,7 +70,7 @@ const RATE_WINDOW: Duration = Duration::from_secs(60);
 /// Messages waiting for one client's socket; when full the client is behind.
 const QUEUE: usize = 64;
 /// Connected clients at once (beyond: 503 at the handshake).
-const MAX_CLIENTS: i64 = 1024;
+const MAX_CLIENTS: i64 = 16_384;
 /// On-demand health checks running at once for one connection.
 const MAX_PROBES: usize = 4;
 /// Subprotocol values looked at for a token.

@@ -17,7 +17,7 @@ use std::convert::Infallible;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_rustls::TlsAcceptor;
 
 use super::forward::{self, DataPlane};
@@ -125,7 +125,16 @@ pub async fn drain(graceful: GracefulShutdown, grace: Duration) {
     }
 }
 
+/// The accept backlog: large enough that a burst of connections (every
+/// dashboard reconnecting after a restart, a traffic spike) is not met with
+/// dropped SYNs and 1 s client retransmits; the kernel caps it at somaxconn.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
 /// Binds a listener, naming the address in the error.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+    let named = |e: std::io::Error| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"));
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(named)?;
+    socket.set_reuseaddr(true).map_err(named)?;
+    socket.bind(addr).map_err(named)?;
+    socket.listen(LISTEN_BACKLOG).map_err(named)
 }

@@ -88,6 +88,17 @@ impl AppState {
         Ok(n)
     }
 
+    /// Reloads on a blocking-pool thread: parsing a large file must not
+    /// stall the request path (with `workers: 1` it shares one thread).
+    pub fn reload_in_background(self: &Arc<Self>, trigger: &'static str) {
+        let state = self.clone();
+        let rt = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let _enter = rt.enter();
+            let _ = state.reload(trigger);
+        });
+    }
+
     /// Starts a periodic health checker for every upstream that has a
     /// `healthCheck` and no checker yet (checkers end on their own when the
     /// upstream or its health check goes away).
@@ -230,7 +241,7 @@ impl App {
                 let watch_state = state.clone();
                 match reload::spawn_watcher(path.clone(), move || {
                     tracing::info!("config file changed: reloading");
-                    let _ = watch_state.reload("file change");
+                    watch_state.reload_in_background("file change");
                 }) {
                     Ok(w) => Some(w),
                     Err(e) => {
@@ -290,7 +301,7 @@ pub async fn until_signal(app: &App) {
             _ = int.recv() => { tracing::info!("SIGINT received"); break }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP received: reloading config");
-                let _ = app.state.reload("SIGHUP");
+                app.state.reload_in_background("SIGHUP");
             }
         }
     }

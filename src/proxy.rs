@@ -8,8 +8,9 @@
 //!    a refusal is answered at once by `respond` (503 + `Retry-After`, or
 //!    the upstream's fallback) without touching the upstream.
 //! 3. **forward** (`forward`): pick an endpoint, rewrite the request
-//!    (hop-by-hop headers, `x-forwarded-*`, `x-request-id`), send it on the
-//!    pooled client with connect and request timeouts; upgrades are spliced.
+//!    (hop-by-hop headers, `x-forwarded-*`, `x-request-id`), send it on a
+//!    pooled keep-alive connection (`client`) with connect and request
+//!    timeouts; upgrades are spliced.
 //! 4. **classify + record** (`upstream::CallGuard::finish`): status,
 //!    error, timeout and latency become a breaker result and metrics.
 //! 5. **respond**: the upstream's response streams back; a body that breaks
@@ -19,6 +20,7 @@
 //! routing tables; it must not parse config files or serve admin endpoints,
 //! and takes no lock shared across upstreams.
 
+pub mod client;
 pub mod forward;
 pub mod probe;
 pub mod respond;
@@ -35,7 +37,7 @@ use tokio::sync::broadcast;
 use crate::config::{Config, UpstreamConfig};
 use crate::telemetry::Metrics;
 use route::Router;
-use upstream::{build_client, Circuit, CircuitEvent, Upstream};
+use upstream::{Circuit, CircuitEvent, Upstream};
 
 /// One published config with everything the data path needs, built once
 /// per (re)load. Requests hold an `Arc` to the generation they started on.
@@ -118,13 +120,7 @@ impl Generation {
                 }
                 None => Arc::new(Circuit::new(&uc.name, uc.breaker.clone(), shared.metrics.upstream(&uc.name), shared.events.clone(), now)),
             };
-            let client = match prev {
-                Some(p) if p.config.protocol == uc.protocol && p.config.timeouts == uc.timeouts && p.config.tls == uc.tls => {
-                    p.client.clone()
-                }
-                _ => build_client(uc),
-            };
-            upstreams.insert(uc.name.clone(), Arc::new(Upstream::new(uc.clone(), circuit, client)));
+            upstreams.insert(uc.name.clone(), Arc::new(Upstream::new(uc.clone(), circuit, prev.map(|p| &**p))));
         }
         drop(overrides);
         if let Some(prev) = previous {

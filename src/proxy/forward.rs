@@ -17,8 +17,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::clock;
-use crate::config::{Endpoint, Protocol};
+use crate::config::Protocol;
 
+use super::client::Lease;
 use super::respond;
 use super::route::request_host;
 use super::upstream::{BoxError, CallGuard, EndpointSlot, ProxyBody, Upstream};
@@ -30,7 +31,7 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Headers that describe one hop, never forwarded (RFC 9110 7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -102,25 +103,22 @@ async fn proxy(
     let slot = up.pick();
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let out = match rewrite(req, slot.endpoint(), up.config.protocol, peer, request_id, scheme, upgrade) {
-        Ok(out) => out,
-        Err(resp) => return resp,
-    };
-    let sent = tokio::time::timeout(up.config.timeouts.request, up.client.request(out)).await;
+    let out = rewrite(req, up.config.protocol, peer, request_id, scheme, upgrade);
+    let sent = tokio::time::timeout(up.config.timeouts.request, slot.pool().send(out)).await;
     // Phase 4: classify and record.
     let now = clock::now();
-    let mut resp = match sent {
+    let (mut resp, lease) = match sent {
         Err(_) => {
             guard.finish(None, true, now);
             return respond::gateway_timeout(&up.config.name);
         }
         Ok(Err(e)) => {
             guard.finish(None, false, now);
-            let detail = describe(&e);
+            let detail = describe(&*e);
             tracing::debug!(upstream = %up.config.name, endpoint = %slot.endpoint(), error = %detail, "upstream call failed");
             return respond::bad_gateway(&up.config.name, &detail);
         }
-        Ok(Ok(resp)) => resp,
+        Ok(Ok(sent)) => sent,
     };
     guard.finish(Some(resp.status().as_u16()), false, now);
     // Phase 5: respond.
@@ -134,7 +132,7 @@ async fn proxy(
     }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
-    let body = TrackedBody { inner: body, guard: Some(guard), _slot: slot };
+    let body = TrackedBody { inner: body, guard: Some(guard), lease, _slot: slot };
     Response::from_parts(parts, body.boxed_unsync())
 }
 
@@ -142,13 +140,12 @@ async fn proxy(
 /// `x-forwarded-*` and `x-request-id` set.
 fn rewrite(
     req: Request<Incoming>,
-    endpoint: &Endpoint,
     protocol: Protocol,
     peer: PeerIp,
     request_id: &HeaderValue,
     scheme: &'static str,
     upgrade: bool,
-) -> Result<Request<ProxyBody>, Response<ProxyBody>> {
+) -> Request<ProxyBody> {
     let (mut parts, body) = req.into_parts();
     let path_and_query = parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     // The client's host: the URI authority (HTTP/2) or the Host header.
@@ -156,12 +153,8 @@ fn rewrite(
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
         None => parts.headers.get(header::HOST).cloned(),
     };
-    parts.uri = Uri::builder()
-        .scheme(endpoint.scheme.clone())
-        .authority(endpoint.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|_| bad_request("cannot build the upstream URI"))?;
+    // Origin form; the endpoint's pool dials the endpoint.
+    parts.uri = Uri::from(path_and_query);
     strip_hop_by_hop(&mut parts.headers, upgrade);
     let h = &mut parts.headers;
     if let Some(host) = original_host {
@@ -197,35 +190,66 @@ fn rewrite(
         parts.headers.remove(header::HOST);
     }
     let body = body.map_err(BoxError::from).boxed_unsync();
-    Ok(Request::from_parts(parts, body))
-}
-
-fn bad_request(message: &str) -> Response<ProxyBody> {
-    respond::json_response(StatusCode::BAD_REQUEST, &serde_json::json!({ "error": { "code": "bad_request", "message": message } }))
+    Request::from_parts(parts, body)
 }
 
 /// Removes hop-by-hop headers, including those named by `Connection`.
 /// An upgrade keeps `Connection: upgrade` and `Upgrade`.
+///
+/// One pass over the names finds which are present (usually none, or just
+/// `Connection`), so only those are looked up and removed.
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !(upgrade && n == header::UPGRADE))
-        .collect();
-    for name in named {
-        headers.remove(name);
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop_index(name) {
+            present |= 1 << i;
+        }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    if present & 1 != 0 {
+        // Tokens of `Connection` other than the usual keep-alive/close
+        // name more headers to drop.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .filter(|n| !(upgrade && n == header::UPGRADE))
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if present & (1 << HOP_BY_HOP.len()) != 0 {
         headers.remove(header::UPGRADE);
     }
+}
+
+/// The index of `name` in [`HOP_BY_HOP`], or its length for `upgrade`.
+/// Names are lowercase; a match on the string is a length switch and one
+/// compare, cheaper than comparing with each `HeaderName`.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    Some(match name.as_str() {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "transfer-encoding" => 7,
+        "upgrade" => HOP_BY_HOP.len(),
+        _ => return None,
+    })
 }
 
 fn is_upgrade<B>(req: &Request<B>) -> bool {
@@ -239,7 +263,9 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
             .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
 }
 
-/// Keeps the client's `x-request-id` if it is sane, else makes one.
+/// Keeps the client's `x-request-id` if it is sane, else makes one: 128
+/// random bits in hex, from a per-thread generator seeded by the OS (ids
+/// must not repeat, they need not be secret).
 fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(REQUEST_ID) {
         if !v.is_empty() && v.len() <= 128 {
@@ -247,7 +273,7 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
         }
     }
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut n = rand::random::<u128>();
+    let mut n = (u128::from(next_random()) << 64) | u128::from(next_random());
     let mut id = [0u8; 32];
     for b in id.iter_mut().rev() {
         *b = HEX[(n & 0xf) as usize];
@@ -256,8 +282,20 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
-fn describe(e: &hyper_util::client::legacy::Error) -> String {
-    use std::error::Error as _;
+/// wyrand: a fast 64-bit generator, one state per thread.
+fn next_random() -> u64 {
+    thread_local! {
+        static STATE: std::cell::Cell<u64> = std::cell::Cell::new(rand::random());
+    }
+    STATE.with(|s| {
+        let x = s.get().wrapping_add(0xa076_1d64_78bd_642f);
+        s.set(x);
+        let t = u128::from(x) * u128::from(x ^ 0xe703_7ed1_a0b4_28db);
+        (t as u64) ^ ((t >> 64) as u64)
+    })
+}
+
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(inner) = src {
@@ -283,15 +321,23 @@ async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
     }
 }
 
-pin_project_lite::pin_project! {
-    /// The upstream's response body on its way to the client. Holds the
-    /// call's bulkhead slot and endpoint slot until the body ends; a body
-    /// that breaks mid-way is recorded as a failure of the upstream.
-    struct TrackedBody {
-        #[pin]
-        inner: Incoming,
-        guard: Option<CallGuard>,
-        _slot: EndpointSlot,
+/// The upstream's response body on its way to the client. Holds the call's
+/// bulkhead slot and endpoint slot until the body ends; a body that breaks
+/// mid-way is recorded as a failure of the upstream. The connection goes
+/// back to its pool only when the body has ended.
+struct TrackedBody {
+    inner: Incoming,
+    guard: Option<CallGuard>,
+    lease: Option<Lease>,
+    _slot: EndpointSlot,
+}
+
+impl TrackedBody {
+    fn ended(&mut self) {
+        self.guard.take();
+        if let Some(lease) = self.lease.take() {
+            lease.release();
+        }
     }
 }
 
@@ -299,17 +345,18 @@ impl Body for TrackedBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        match this.inner.poll_frame(cx) {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Err(e))) => {
+                this.lease.take();
                 if let Some(g) = this.guard.take() {
                     g.circuit().with(|b| b.on_late_failure(clock::now()));
                 }
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             Poll::Ready(None) => {
-                this.guard.take();
+                this.ended();
                 Poll::Ready(None)
             }
             other => other.map_err(|e| Box::new(e) as BoxError),
@@ -322,5 +369,50 @@ impl Body for TrackedBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        // An empty body (204, HEAD, `content-length: 0`) is never polled.
+        if self.lease.is_some() && self.inner.is_end_stream() {
+            self.ended();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_index_agrees_with_the_table() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
+        }
+        assert_eq!(hop_by_hop_index(&header::UPGRADE), Some(HOP_BY_HOP.len()));
+        assert_eq!(hop_by_hop_index(&header::HOST), None);
+        assert_eq!(hop_by_hop_index(&HeaderName::from_static("x-te")), None);
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Custom-Hop, close"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-custom-hop", HeaderValue::from_static("1"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        strip_hop_by_hop(&mut h, false);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["content-type"]);
+
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get(header::CONNECTION).map(HeaderValue::as_bytes), Some(&b"upgrade"[..]));
+        assert_eq!(h.get(header::UPGRADE).map(HeaderValue::as_bytes), Some(&b"websocket"[..]));
     }
 }

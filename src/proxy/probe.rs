@@ -28,11 +28,11 @@ pub async fn probe(up: &Arc<Upstream>) -> ProbeResult {
     let slot = up.pick();
     let path = up.config.health_check.as_ref().map_or("/", |h| h.path.as_str());
     let timeout = up.config.health_check.as_ref().map_or(up.config.timeouts.request, |h| h.timeout);
-    let uri = format!("{}{}", slot.endpoint(), path);
     let started = clock::now();
-    let healthy = match Request::get(uri).header("user-agent", "fusebox-health-check").body(full(bytes::Bytes::new())) {
-        Ok(req) => match tokio::time::timeout(timeout, up.client.request(req)).await {
-            Ok(Ok(resp)) => {
+    let healthy = match Request::get(path).header("user-agent", "fusebox-health-check").body(full(bytes::Bytes::new())) {
+        // The probe's connection is not pooled again: its body is not read.
+        Ok(req) => match tokio::time::timeout(timeout, slot.pool().send(req)).await {
+            Ok(Ok((resp, _lease))) => {
                 resp.status() != StatusCode::SERVICE_UNAVAILABLE && !up.config.breaker.failure_statuses.contains(resp.status().as_u16())
             }
             _ => false,

@@ -9,23 +9,19 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::broadcast;
 
 use crate::breaker::{Breaker, CallOutcome, Mode, Permit, Policy, Rejection, ResetReport, Snapshot, Transition};
 use crate::clock;
-use crate::config::{LoadBalancing, Protocol, UpstreamConfig};
+use crate::config::{LoadBalancing, UpstreamConfig};
 use crate::history::History;
 use crate::telemetry::metrics::Outcome;
 use crate::telemetry::UpstreamMetrics;
-use crate::tls;
+
+use super::client::{EndpointPool, Transport};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 
 /// A transition of one circuit, as published to watchers (WebSocket,
 /// history). Cloned per receiver by the channel, not per client socket.
@@ -73,7 +69,8 @@ pub struct CallGuard {
 pub struct Upstream {
     pub config: UpstreamConfig,
     pub circuit: Arc<Circuit>,
-    pub client: HttpClient,
+    /// One connection pool per endpoint, in `config.endpoints` order.
+    pools: Vec<Arc<EndpointPool>>,
     next: AtomicUsize,
     endpoint_load: Vec<AtomicUsize>,
 }
@@ -263,9 +260,27 @@ fn unix_secs(at: Instant) -> u64 {
 // === impl Upstream ===
 
 impl Upstream {
-    pub fn new(config: UpstreamConfig, circuit: Arc<Circuit>, client: HttpClient) -> Upstream {
+    /// `previous` is this upstream in the generation before, if any: its
+    /// connection pools are kept for the endpoints that stay, as long as
+    /// protocol, timeouts and TLS are unchanged.
+    pub fn new(config: UpstreamConfig, circuit: Arc<Circuit>, previous: Option<&Upstream>) -> Upstream {
+        let same_transport =
+            |p: &&Upstream| p.config.protocol == config.protocol && p.config.timeouts == config.timeouts && p.config.tls == config.tls;
+        let previous = previous.filter(same_transport);
+        let transport = match previous.and_then(|p| p.pools.first()) {
+            Some(pool) => pool.transport().clone(),
+            None => Arc::new(Transport::new(&config)),
+        };
+        let pools = config
+            .endpoints
+            .iter()
+            .map(|e| match previous.and_then(|p| p.pools.iter().find(|pool| pool.endpoint() == e)) {
+                Some(pool) => pool.clone(),
+                None => EndpointPool::new(e.clone(), transport.clone()),
+            })
+            .collect();
         let endpoint_load = config.endpoints.iter().map(|_| AtomicUsize::new(0)).collect();
-        Upstream { config, circuit, client, next: AtomicUsize::new(0), endpoint_load }
+        Upstream { config, circuit, pools, next: AtomicUsize::new(0), endpoint_load }
     }
 
     /// Picks an endpoint (round robin or least request).
@@ -285,43 +300,16 @@ impl Upstream {
     }
 }
 
-/// A pooled keep-alive client for one upstream's protocol, timeouts and
-/// TLS. A TLS setting that cannot be loaded (unreadable CA file...) is
-/// logged and the upstream gets system roots: its calls then fail and count
-/// against its circuit, which is what an operator sees.
-pub fn build_client(config: &UpstreamConfig) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.timeouts.connect));
-    connector.set_nodelay(true);
-    connector.set_keepalive(Some(Duration::from_secs(60)));
-    connector.enforce_http(false);
-    let h2 = config.protocol == Protocol::Http2;
-    let tls = tls::client_config(&config.tls).unwrap_or_else(|e| {
-        tracing::error!(upstream = %config.name, error = %e, "upstream TLS config unusable: its https calls will fail");
-        tls::trust_nothing()
-    });
-    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
-    let builder = match &config.tls.server_name {
-        Some(name) => match rustls::pki_types::ServerName::try_from(name.clone()) {
-            Ok(sni) => builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(sni)),
-            Err(_) => builder,
-        },
-        None => builder,
-    };
-    let connector = if h2 { builder.enable_http2().wrap_connector(connector) } else { builder.enable_http1().wrap_connector(connector) };
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder.timer(TokioTimer::new()).pool_timer(TokioTimer::new()).pool_idle_timeout(Duration::from_secs(30)).pool_max_idle_per_host(1024);
-    if config.protocol == Protocol::Http2 {
-        builder.http2_only(true);
-    }
-    builder.build(connector)
-}
-
 // === impl EndpointSlot ===
 
 impl EndpointSlot {
     pub fn endpoint(&self) -> &crate::config::Endpoint {
         &self.upstream.config.endpoints[self.index]
+    }
+
+    /// The endpoint's connection pool.
+    pub fn pool(&self) -> &Arc<EndpointPool> {
+        &self.upstream.pools[self.index]
     }
 }
 

@@ -25,6 +25,8 @@ pub struct TestUpstream {
     pub addr: SocketAddr,
     /// Requests that reached this upstream.
     pub hits: Arc<AtomicUsize>,
+    /// TCP connections it accepted.
+    pub connections: Arc<AtomicUsize>,
     /// Requests being handled right now, and the most seen at once.
     pub in_flight: Arc<AtomicUsize>,
     pub max_in_flight: Arc<AtomicUsize>,
@@ -48,6 +50,9 @@ impl TestUpstream {
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
     pub fn header(&self, name: &str) -> Option<String> {
         self.last_headers.lock().unwrap().as_ref().and_then(|h| h.get(name).map(|v| v.to_str().unwrap_or("").to_string()))
     }
@@ -59,6 +64,7 @@ pub async fn upstream(name: &'static str) -> TestUpstream {
     let up = TestUpstream {
         addr: listener.local_addr().unwrap(),
         hits: Arc::default(),
+        connections: Arc::default(),
         in_flight: Arc::default(),
         max_in_flight: Arc::default(),
         status: Arc::new(AtomicU16::new(200)),
@@ -72,6 +78,7 @@ pub async fn upstream(name: &'static str) -> TestUpstream {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            state.connections.fetch_add(1, Ordering::SeqCst);
             let state = state.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| answer(name, state.clone(), req));

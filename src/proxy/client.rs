@@ -1,0 +1,271 @@
+//! Connections to one upstream's endpoints.
+//!
+//! HTTP/1.1 upstreams get a pool of keep-alive connections per endpoint
+//! ([`EndpointPool`]), each connection driven by hyper's
+//! `client::conn::http1`. A request takes the most recently used idle
+//! connection (warm, and lets the rest expire), and its [`Lease`] rides along
+//! with the response body: the connection goes back to the pool only when
+//! the body has ended, so a connection with unread bytes is never reused.
+//! A request that a reused connection closed before sending it is retried
+//! once on a fresh connection (the upstream's keep-alive timeout raced us).
+//! HTTP/2 upstreams share one multiplexed connection through hyper-util's
+//! client.
+//!
+//! Owns: connecting (TCP, connect timeout, TLS, SNI), idle reuse, idle
+//! expiry and the one retry. Must not: classify results or touch circuits
+//! (`forward` does), or hold a lock across an await; each endpoint's idle
+//! list has its own lock, held for a push or a pop.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower_service::Service;
+
+use super::upstream::{BoxError, ProxyBody};
+use crate::clock;
+use crate::config::{Endpoint, Protocol, UpstreamConfig};
+use crate::tls;
+
+/// hyper-util's pooled client, used for HTTP/2 upstreams.
+pub type H2Client = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+
+/// How long a connection may sit idle in a pool before it is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most idle connections kept per endpoint; more are closed when returned.
+pub const MAX_IDLE_PER_ENDPOINT: usize = 1024;
+
+/// One upstream's way of connecting: its protocol, connect timeout and TLS.
+/// Shared by its endpoints' pools, and carried across reloads while those
+/// settings stay the same.
+pub struct Transport {
+    connector: HttpsConnector<HttpConnector>,
+    h2: Option<H2Client>,
+}
+
+/// The keep-alive connections to one endpoint.
+pub struct EndpointPool {
+    endpoint: Endpoint,
+    /// `scheme://authority`, what the connector dials.
+    target: Uri,
+    /// For requests that came without a `Host` (HTTP/1.0 clients).
+    host: Option<HeaderValue>,
+    transport: Arc<Transport>,
+    /// Oldest at the front, most recently used at the back.
+    idle: Mutex<VecDeque<Idle>>,
+}
+
+struct Idle {
+    sender: http1::SendRequest<ProxyBody>,
+    since: Instant,
+}
+
+/// A pooled connection in use by one exchange. [`Lease::release`] returns it
+/// once the response body has ended; dropping it instead closes it.
+pub struct Lease {
+    sender: http1::SendRequest<ProxyBody>,
+    pool: Arc<EndpointPool>,
+}
+
+// === impl Transport ===
+
+impl Transport {
+    /// The transport for `config`. A TLS setting that cannot be loaded
+    /// (unreadable CA file...) is logged and trusts nothing: the upstream's
+    /// https calls then fail and count against its circuit, which is what an
+    /// operator sees.
+    pub fn new(config: &UpstreamConfig) -> Transport {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(config.timeouts.connect));
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        http.enforce_http(false);
+        let tls = tls::client_config(&config.tls).unwrap_or_else(|e| {
+            tracing::error!(upstream = %config.name, error = %e, "upstream TLS config unusable: its https calls will fail");
+            tls::trust_nothing()
+        });
+        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
+        let builder = match &config.tls.server_name {
+            Some(name) => match rustls::pki_types::ServerName::try_from(name.clone()) {
+                Ok(sni) => builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(sni)),
+                Err(_) => builder,
+            },
+            None => builder,
+        };
+        match config.protocol {
+            Protocol::Http1 => Transport { connector: builder.enable_http1().wrap_connector(http), h2: None },
+            Protocol::Http2 => {
+                let connector = builder.enable_http2().wrap_connector(http);
+                let mut client = Client::builder(TokioExecutor::new());
+                client
+                    .timer(TokioTimer::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(IDLE_TIMEOUT)
+                    .pool_max_idle_per_host(MAX_IDLE_PER_ENDPOINT)
+                    .http2_only(true);
+                Transport { connector: connector.clone(), h2: Some(client.build(connector)) }
+            }
+        }
+    }
+}
+
+// === impl EndpointPool ===
+
+impl EndpointPool {
+    pub fn new(endpoint: Endpoint, transport: Arc<Transport>) -> Arc<EndpointPool> {
+        let target = Uri::builder().scheme(endpoint.scheme.clone()).authority(endpoint.authority.clone()).path_and_query("/").build();
+        let target = target.unwrap_or_else(|_| Uri::from_static("http://invalid"));
+        let host = HeaderValue::from_str(endpoint.authority.as_str()).ok();
+        let pool = Arc::new(EndpointPool { endpoint, target, host, transport, idle: Mutex::new(VecDeque::new()) });
+        spawn_reaper(Arc::downgrade(&pool));
+        pool
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    pub fn transport(&self) -> &Arc<Transport> {
+        &self.transport
+    }
+
+    /// Sends `req` (origin-form URI) to this endpoint. HTTP/1.1 exchanges
+    /// return the connection's [`Lease`]; HTTP/2 ones need none.
+    pub async fn send(self: &Arc<Self>, mut req: Request<ProxyBody>) -> Result<(Response<Incoming>, Option<Lease>), BoxError> {
+        if let Some(h2) = &self.transport.h2 {
+            *req.uri_mut() = self.absolute(req.uri())?;
+            let resp = h2.request(req).await?;
+            return Ok((resp, None));
+        }
+        if !req.headers().contains_key(header::HOST) {
+            if let Some(host) = &self.host {
+                req.headers_mut().insert(header::HOST, host.clone());
+            }
+        }
+        let (mut sender, reused) = self.checkout().await?;
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok((resp, Some(Lease { sender, pool: self.clone() }))),
+            Err(mut e) => match e.take_message() {
+                // Never written: the reused connection was closed under us.
+                Some(req) if reused => {
+                    tracing::debug!(endpoint = %self.endpoint, error = %e.error(), "pooled connection closed before the request was sent: retrying on a new one");
+                    let mut sender = Box::pin(self.connect()).await?;
+                    let resp = sender.send_request(req).await?;
+                    Ok((resp, Some(Lease { sender, pool: self.clone() })))
+                }
+                _ => Err(Box::new(e.into_error())),
+            },
+        }
+    }
+
+    /// Idle connections right now (for tests and reports).
+    pub fn idle_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn absolute(&self, uri: &Uri) -> Result<Uri, BoxError> {
+        let path = uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        Ok(Uri::builder().scheme(self.endpoint.scheme.clone()).authority(self.endpoint.authority.clone()).path_and_query(path).build()?)
+    }
+
+    /// The warmest usable idle connection, or a new one. The flag says
+    /// whether it was reused.
+    async fn checkout(&self) -> Result<(http1::SendRequest<ProxyBody>, bool), BoxError> {
+        let now = clock::now();
+        loop {
+            let Some(mut idle) = self.lock().pop_back() else { break };
+            if idle.sender.is_closed() || now.saturating_duration_since(idle.since) >= IDLE_TIMEOUT {
+                continue;
+            }
+            // Returned as its body ended: the connection turns idle with
+            // its next poll, if it has not already.
+            if idle.sender.is_ready() || idle.sender.ready().await.is_ok() {
+                return Ok((idle.sender, true));
+            }
+        }
+        // Boxed: the connect future is large and rarely needed, and the
+        // exchange future is moved into a timeout on every request.
+        Ok((Box::pin(self.connect()).await?, false))
+    }
+
+    async fn connect(&self) -> Result<http1::SendRequest<ProxyBody>, BoxError> {
+        let mut connector = self.transport.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
+        let io = connector.call(self.target.clone()).await?;
+        let (sender, conn) = http1::Builder::new().handshake(io).await?;
+        let endpoint = self.endpoint.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(%endpoint, error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn put(&self, sender: http1::SendRequest<ProxyBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let now = clock::now();
+        let mut idle = self.lock();
+        // The oldest are at the front: drop what expired while we are here.
+        while idle.front().is_some_and(|i| now.saturating_duration_since(i.since) >= IDLE_TIMEOUT) {
+            idle.pop_front();
+        }
+        if idle.len() < MAX_IDLE_PER_ENDPOINT {
+            idle.push_back(Idle { sender, since: now });
+        }
+    }
+
+    /// Closes connections idle past [`IDLE_TIMEOUT`] (and dead ones).
+    fn reap(&self, now: Instant) {
+        let expired: VecDeque<Idle> = {
+            let mut idle = self.lock();
+            let (keep, expired) =
+                idle.drain(..).partition(|i| !i.sender.is_closed() && now.saturating_duration_since(i.since) < IDLE_TIMEOUT);
+            *idle = keep;
+            expired
+        };
+        // Dropped outside the lock.
+        drop(expired);
+    }
+}
+
+/// Sweeps `pool` every half idle timeout until it is gone. Without a
+/// runtime (benchmarks building generations), idle connections are still
+/// expired on use.
+fn spawn_reaper(pool: Weak<EndpointPool>) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+    handle.spawn(async move {
+        let mut tick = tokio::time::interval(IDLE_TIMEOUT / 2);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(pool) = pool.upgrade() else { return };
+            pool.reap(clock::now());
+        }
+    });
+}
+
+// === impl Lease ===
+
+impl Lease {
+    /// The exchange is complete (its response body ended): the connection
+    /// may serve the next request.
+    pub fn release(self) {
+        self.pool.put(self.sender);
+    }
+}

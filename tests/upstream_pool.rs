@@ -1,0 +1,145 @@
+//! The upstream connection pool over real sockets: keep-alive reuse, bodies
+//! that end without being polled (HEAD, 204), connections the upstream
+//! closes between requests, a client that abandons a body mid-way, and idle
+//! expiry on tokio's clock.
+
+mod support;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::{advance, circuit, client, fusebox, get, one_upstream, send, upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+#[tokio::test]
+async fn sequential_requests_share_one_upstream_connection() {
+    let up = upstream("a").await;
+    let app = fusebox(&one_upstream(&up.url(), "failureThreshold: 3")).await;
+    let c = client();
+    for i in 0..20 {
+        let (status, _, body) = get(&c, &format!("http://{}/n{i}", app.data_addr())).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, format!("a /n{i}").as_str()));
+    }
+    assert_eq!(up.hits(), 20);
+    assert_eq!(up.connections(), 1, "every request after the first reused the pooled connection");
+}
+
+#[tokio::test]
+async fn bodiless_responses_return_the_connection() {
+    let up = upstream("a").await;
+    let app = fusebox(&one_upstream(&up.url(), "failureThreshold: 3")).await;
+    let c = client();
+    let url = format!("http://{}/x", app.data_addr());
+    let head = Request::builder().method(Method::HEAD).uri(&url).body(Empty::<Bytes>::new()).unwrap();
+    let (status, _, body) = send(&c, head).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, ""));
+    up.set_status(204);
+    let (status, _, _) = get(&c, &url).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    up.set_status(200);
+    let (status, _, body) = get(&c, &url).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "a /x"));
+    assert_eq!(up.connections(), 1, "HEAD and 204 answers (bodies never polled) gave the connection back");
+}
+
+/// An upstream that says `keep-alive` but closes every connection right
+/// after its answer: each pooled connection is dead by the next request,
+/// sometimes before fusebox notices. Returns (address, connections accepted).
+async fn closing_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok").await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn connections_closed_by_the_upstream_are_not_failures() {
+    let (addr, accepted) = closing_upstream().await;
+    let app = fusebox(&one_upstream(&format!("http://{addr}"), "failureThreshold: 1")).await;
+    let c = client();
+    for _ in 0..50 {
+        let (status, _, body) = get(&c, &format!("http://{}/", app.data_addr())).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+    }
+    let cb = circuit(&c, &app, "api").await;
+    assert_eq!(cb["state"], "closed", "{cb}");
+    assert_eq!(cb["window"]["failures"], 0, "{cb}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 50, "one fresh connection per request");
+}
+
+#[tokio::test]
+async fn an_abandoned_body_does_not_leave_bytes_for_the_next_request() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = service_fn(|req: Request<Incoming>| async move {
+                    let body = if req.uri().path() == "/big" { Bytes::from(vec![b'x'; 4 << 20]) } else { Bytes::from_static(b"small") };
+                    Ok::<_, Infallible>(Response::new(Full::new(body)))
+                });
+                let _ =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+    let app = fusebox(&one_upstream(&format!("http://{addr}"), "failureThreshold: 3")).await;
+    let c = client();
+    let resp = c.get(format!("http://{}/big", app.data_addr()).parse().unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let first = body.frame().await.expect("a first frame").expect("no error");
+    assert!(first.data_ref().is_some_and(|d| !d.is_empty()));
+    drop(body);
+    for _ in 0..5 {
+        let (status, _, text) = get(&c, &format!("http://{}/small", app.data_addr())).await;
+        assert_eq!((status, text.as_str()), (StatusCode::OK, "small"));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "the half-read connection was closed, the next one reused");
+}
+
+#[tokio::test]
+async fn idle_connections_expire() {
+    let up = upstream("a").await;
+    let app = fusebox(&one_upstream(&up.url(), "failureThreshold: 3")).await;
+    let url = format!("http://{}/", app.data_addr());
+    // A new client connection each time: fusebox's own idle client
+    // connections are cut by its header read timeout as the clock jumps.
+    assert_eq!(get(&client(), &url).await.0, StatusCode::OK);
+    advance(fusebox::proxy::client::IDLE_TIMEOUT - Duration::from_secs(1)).await;
+    assert_eq!(get(&client(), &url).await.0, StatusCode::OK);
+    assert_eq!(up.connections(), 1, "not idle long enough to expire");
+    advance(fusebox::proxy::client::IDLE_TIMEOUT + Duration::from_secs(1)).await;
+    assert_eq!(get(&client(), &url).await.0, StatusCode::OK);
+    assert_eq!(up.connections(), 2, "the expired connection was replaced");
+}

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Load comparison: the same tiny upstream measured directly, through fusebox,
-# through nginx and through HAProxy (all single-threaded), with wrk.
+# through nginx and through HAProxy (all single-threaded), with wrk. Also
+# "floor": hyper's server in front of fusebox's upstream pool with no fusebox
+# logic (examples/hyper_floor.rs), which shows what hyper itself costs.
+# Besides req/s and latency, each proxy's CPU time per request (user + sys,
+# from /proc) is printed: on a shared, noisy machine it is steadier than req/s.
 #
 #   bash benches/load/compare.sh
 #
@@ -8,7 +12,7 @@
 #   DURATION=10s            wrk -d per measured run (wrk syntax: 10s, 1m, ...)
 #   CONNECTIONS="32 256"    connection counts, space or comma separated
 #   THREADS=1               wrk -t
-#   TARGETS="direct fusebox nginx haproxy"   which targets to measure
+#   TARGETS="direct fusebox floor nginx haproxy"   which targets to measure
 #   WARMUP=2s               unmeasured wrk run per target before measuring (0 = none)
 #   WRK_TIMEOUT=2s          wrk --timeout (slower responses count as timeouts)
 #   STARTUP_TIMEOUT=10      seconds each server gets to become ready
@@ -27,7 +31,7 @@ DURATION="${DURATION:-10s}"
 CONNECTIONS="${CONNECTIONS:-32 256}"
 CONNECTIONS="${CONNECTIONS//,/ }"
 THREADS="${THREADS:-1}"
-TARGETS="${TARGETS:-direct fusebox nginx haproxy}"
+TARGETS="${TARGETS:-direct fusebox floor nginx haproxy}"
 TARGETS="${TARGETS//,/ }"
 WARMUP="${WARMUP:-2s}"
 WRK_TIMEOUT="${WRK_TIMEOUT:-2s}"
@@ -266,8 +270,8 @@ parse_wrk() {
 
 for t in $TARGETS; do
   case "$t" in
-    direct | fusebox | nginx | haproxy) ;;
-    *) die "unknown target '$t' (known: direct fusebox nginx haproxy)" ;;
+    direct | fusebox | floor | nginx | haproxy) ;;
+    *) die "unknown target '$t' (known: direct fusebox floor nginx haproxy)" ;;
   esac
 done
 for c in $CONNECTIONS; do
@@ -290,9 +294,12 @@ TMP="$(mktemp -d "${TMPDIR:-/tmp}/fusebox-load.XXXXXX")"
 chmod 755 "$TMP"
 log "temp dir $TMP"
 
-read -r UPSTREAM_PORT NGINX_PORT HAPROXY_PORT FUSEBOX_PORT FUSEBOX_ADMIN_PORT <<<"$(pick_ports 5)"
+read -r UPSTREAM_PORT NGINX_PORT HAPROXY_PORT FUSEBOX_PORT FUSEBOX_ADMIN_PORT FLOOR_PORT <<<"$(pick_ports 6)"
 
 declare -A URL=()
+# The process whose CPU time is charged to each proxy (nginx: the master,
+# whose worker is added as its child).
+declare -A PID=()
 declare -A SKIP=()
 ACTIVE=()
 
@@ -311,6 +318,7 @@ for t in $TARGETS; do
     direct) ;;
     nginx)
       start_nginx nginx "$SCRIPT_DIR/proxy.nginx.conf.in" "$NGINX_PORT"
+      PID[nginx]=$LAST_PID
       if wait_http "http://127.0.0.1:$NGINX_PORT/" "$LAST_PID" "$STARTUP_TIMEOUT"; then
         URL[nginx]="http://127.0.0.1:$NGINX_PORT/"
       else
@@ -324,6 +332,7 @@ for t in $TARGETS; do
         PROXY_PORT="$HAPROXY_PORT" UPSTREAM_PORT="$UPSTREAM_PORT"
       # -db: foreground, so the pid we hold is HAProxy itself.
       start_bg haproxy "$TMP/haproxy/haproxy.log" haproxy -db -f "$TMP/haproxy/haproxy.cfg"
+      PID[haproxy]=$LAST_PID
       if wait_http "http://127.0.0.1:$HAPROXY_PORT/" "$LAST_PID" "$STARTUP_TIMEOUT"; then
         URL[haproxy]="http://127.0.0.1:$HAPROXY_PORT/"
       else
@@ -352,6 +361,7 @@ for t in $TARGETS; do
           PROXY_PORT="$FUSEBOX_PORT" ADMIN_PORT="$FUSEBOX_ADMIN_PORT" UPSTREAM_PORT="$UPSTREAM_PORT"
         start_bg fusebox "$TMP/fusebox/fusebox.log" \
           env RUST_LOG="$FUSEBOX_LOG" "$bin" run -c "$TMP/fusebox/fusebox.yaml"
+        PID[fusebox]=$LAST_PID
         if wait_http "http://127.0.0.1:$FUSEBOX_ADMIN_PORT/readyz" "$LAST_PID" "$STARTUP_TIMEOUT"; then
           URL[fusebox]="http://127.0.0.1:$FUSEBOX_PORT/"
         else
@@ -365,6 +375,25 @@ for t in $TARGETS; do
             SKIP[fusebox]="fusebox exited (status $rc) before http://127.0.0.1:$FUSEBOX_ADMIN_PORT/readyz answered 200"
           fi
           dump_log "$TMP/fusebox/fusebox.log"
+        fi
+      fi
+      ;;
+    floor)
+      bin="$REPO_ROOT/target/release/examples/hyper_floor"
+      if [[ ! -x "$bin" ]] && have cargo; then
+        log "$bin missing: cargo build --release --example hyper_floor"
+        (cd "$REPO_ROOT" && cargo build --release --example hyper_floor) >&2 || warn "building hyper_floor failed"
+      fi
+      if [[ ! -x "$bin" ]]; then
+        SKIP[floor]="binary $bin not found"
+      else
+        start_bg floor "$TMP/floor.log" "$bin" "127.0.0.1:$FLOOR_PORT" "http://127.0.0.1:$UPSTREAM_PORT"
+        PID[floor]=$LAST_PID
+        if wait_http "http://127.0.0.1:$FLOOR_PORT/" "$LAST_PID" "$STARTUP_TIMEOUT"; then
+          URL[floor]="http://127.0.0.1:$FLOOR_PORT/"
+        else
+          dump_log "$TMP/floor.log"
+          SKIP[floor]="hyper_floor did not answer within ${STARTUP_TIMEOUT}s"
         fi
       fi
       ;;
@@ -408,11 +437,27 @@ if ! is_zero_dur "$WARMUP"; then
   done
 fi
 
-declare -A RPS=() P50=() P99=() ERRS=() NON2XX=()
+# cpu_ticks PID: user + sys clock ticks of PID and its children (nginx's
+# worker), 0 if gone.
+cpu_ticks() {
+  local total=0 p
+  for p in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
+    if [[ -r "/proc/$p/stat" ]]; then
+      # Fields after the ")" that ends the command name: utime is the 12th, stime the 13th.
+      total=$((total + $(sed 's/.*) //' "/proc/$p/stat" | awk '{ print $12 + $13 }')))
+    fi
+  done
+  echo "$total"
+}
+CLK_TCK="$(getconf CLK_TCK 2>/dev/null || echo 100)"
+
+declare -A RPS=() P50=() P99=() ERRS=() NON2XX=() CPU=()
 for c in $CONNECTIONS; do
   for t in "${ACTIVE[@]}"; do
     out="$TMP/wrk-$t-$c.txt"
     log "measuring $t: ${c} connections, ${DURATION} (${URL[$t]})"
+    ticks0=""
+    if [[ -n "${PID[$t]:-}" ]]; then ticks0="$(cpu_ticks "${PID[$t]}")"; fi
     if ! run_wrk "$c" "$DURATION" "${URL[$t]}" "$out"; then
       warn "wrk failed for $t at $c connections:"
       dump_log "$out"
@@ -424,6 +469,10 @@ for c in $CONNECTIONS; do
       continue
     fi
     read -r "RPS[$t:$c]" "P50[$t:$c]" "P99[$t:$c]" "ERRS[$t:$c]" "NON2XX[$t:$c]" <<<"$parsed"
+    requests="$(awk '/requests in/ { print $1; exit }' "$out")"
+    if [[ -n "$ticks0" && -n "$requests" && "$requests" -gt 0 ]]; then
+      CPU[$t:$c]="$(awk -v d="$(($(cpu_ticks "${PID[$t]}") - ticks0))" -v hz="$CLK_TCK" -v n="$requests" 'BEGIN { printf "%.2f", d / hz / n * 1e6 }')"
+    fi
     if ((${ERRS[$t:$c]} > 0 || ${NON2XX[$t:$c]} > 0)); then
       warn "$t at $c connections: ${ERRS[$t:$c]} socket errors, ${NON2XX[$t:$c]} non-2xx responses"
     fi
@@ -445,31 +494,32 @@ if have haproxy; then
 fi
 printf '%s\n' "upstream: nginx, worker_processes 1, return 200 \"ok\\n\" (${versions})"
 echo
-printf '%-8s %6s %12s %10s %10s %8s\n' target conns 'req/s' 'p50 ms' 'p99 ms' errors
-printf '%-8s %6s %12s %10s %10s %8s\n' -------- ------ ------------ ---------- ---------- --------
+printf '%-8s %6s %12s %10s %10s %12s %8s\n' target conns 'req/s' 'p50 ms' 'p99 ms' 'cpu us/req' errors
+printf '%-8s %6s %12s %10s %10s %12s %8s\n' -------- ------ ------------ ---------- ---------- ------------ --------
 for c in $CONNECTIONS; do
   for t in $TARGETS; do
     k="$t:$c"
     if [[ -n "${RPS[$k]:-}" ]]; then
-      printf '%-8s %6s %12s %10s %10s %8s\n' "$t" "$c" "${RPS[$k]}" "${P50[$k]}" "${P99[$k]}" \
+      printf '%-8s %6s %12s %10s %10s %12s %8s\n' "$t" "$c" "${RPS[$k]}" "${P50[$k]}" "${P99[$k]}" "${CPU[$k]:--}" \
         "$((${ERRS[$k]} + ${NON2XX[$k]}))"
     else
-      printf '%-8s %6s %12s %10s %10s %8s\n' "$t" "$c" skipped - - -
+      printf '%-8s %6s %12s %10s %10s %12s %8s\n' "$t" "$c" skipped - - - -
     fi
   done
 done
 
 if [[ " $TARGETS " == *" fusebox "* ]]; then
   echo
-  echo "ratios (fusebox / other; req/s higher is better, latency lower is better)"
-  printf '%-18s %6s %8s %8s %8s\n' pair conns 'req/s' p50 p99
+  echo "ratios (fusebox / other; req/s higher is better, latency and cpu lower is better)"
+  printf '%-18s %6s %8s %8s %8s %8s\n' pair conns 'req/s' p50 p99 cpu
   for c in $CONNECTIONS; do
-    for o in direct nginx haproxy; do
+    for o in direct floor nginx haproxy; do
       [[ " $TARGETS " == *" $o "* ]] || continue
-      printf '%-18s %6s %8s %8s %8s\n' "fusebox/$o" "$c" \
+      printf '%-18s %6s %8s %8s %8s %8s\n' "fusebox/$o" "$c" \
         "$(ratio "${RPS[fusebox:$c]:-}" "${RPS[$o:$c]:-}")" \
         "$(ratio "${P50[fusebox:$c]:-}" "${P50[$o:$c]:-}")" \
-        "$(ratio "${P99[fusebox:$c]:-}" "${P99[$o:$c]:-}")"
+        "$(ratio "${P99[fusebox:$c]:-}" "${P99[$o:$c]:-}")" \
+        "$(ratio "${CPU[fusebox:$c]:-}" "${CPU[$o:$c]:-}")"
     done
   done
 fi
@@ -479,7 +529,7 @@ for c in $CONNECTIONS; do
   for t in $TARGETS; do
     k="$t:$c"
     if [[ -n "${RPS[$k]:-}" ]]; then
-      echo "RESULT target=$t conns=$c threads=$THREADS duration=$DURATION rps=${RPS[$k]} p50_ms=${P50[$k]} p99_ms=${P99[$k]} socket_errors=${ERRS[$k]} non2xx=${NON2XX[$k]}"
+      echo "RESULT target=$t conns=$c threads=$THREADS duration=$DURATION rps=${RPS[$k]} p50_ms=${P50[$k]} p99_ms=${P99[$k]} cpu_us_per_req=${CPU[$k]:-na} socket_errors=${ERRS[$k]} non2xx=${NON2XX[$k]}"
     else
       reason="${SKIP[$t]:-wrk run failed}"
       echo "RESULT target=$t conns=$c status=skipped reason=\"${reason//\"/\'}\""
@@ -487,10 +537,10 @@ for c in $CONNECTIONS; do
   done
 done
 for c in $CONNECTIONS; do
-  for o in direct nginx haproxy; do
+  for o in direct floor nginx haproxy; do
     [[ " $TARGETS " == *" fusebox "* && " $TARGETS " == *" $o "* ]] || continue
     [[ -n "${RPS[fusebox:$c]:-}" && -n "${RPS[$o:$c]:-}" ]] || continue
-    echo "RATIO pair=fusebox/$o conns=$c rps=$(ratio "${RPS[fusebox:$c]}" "${RPS[$o:$c]}") p50=$(ratio "${P50[fusebox:$c]}" "${P50[$o:$c]}") p99=$(ratio "${P99[fusebox:$c]}" "${P99[$o:$c]}")"
+    echo "RATIO pair=fusebox/$o conns=$c rps=$(ratio "${RPS[fusebox:$c]}" "${RPS[$o:$c]}") p50=$(ratio "${P50[fusebox:$c]}" "${P50[$o:$c]}") p99=$(ratio "${P99[fusebox:$c]}" "${P99[$o:$c]}") cpu=$(ratio "${CPU[fusebox:$c]:-}" "${CPU[$o:$c]:-}")"
   done
 done
 

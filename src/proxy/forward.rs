@@ -205,18 +205,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             present |= 1 << i;
         }
     }
-    if present & 1 != 0 {
-        // Tokens of `Connection` other than the usual keep-alive/close
-        // name more headers to drop.
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+    if present & 1 != 0 && connection_names_more(headers, upgrade) {
+        let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter(|t| !is_plain_connection_token(t, upgrade))
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .filter(|n| !(upgrade && n == header::UPGRADE))
             .collect();
         for name in named {
             headers.remove(name);
@@ -232,6 +224,26 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     } else if present & (1 << HOP_BY_HOP.len()) != 0 {
         headers.remove(header::UPGRADE);
     }
+}
+
+/// The comma-separated tokens of every `Connection` line.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers.get_all(header::CONNECTION).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim)
+}
+
+/// A `Connection` token that names no other header to drop: `keep-alive`
+/// and `close` (the usual ones), or `upgrade` on an upgrade.
+fn is_plain_connection_token(token: &str, upgrade: bool) -> bool {
+    token.is_empty()
+        || token.eq_ignore_ascii_case("keep-alive")
+        || token.eq_ignore_ascii_case("close")
+        || (upgrade && token.eq_ignore_ascii_case("upgrade"))
+}
+
+/// Whether `Connection` names headers beyond the plain tokens (rare: the
+/// common `keep-alive` and `close` cost no allocation).
+fn connection_names_more(headers: &HeaderMap, upgrade: bool) -> bool {
+    connection_tokens(headers).any(|t| !is_plain_connection_token(t, upgrade))
 }
 
 /// The index of `name` in [`HOP_BY_HOP`], or its length for `upgrade`.
@@ -273,11 +285,12 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
         }
     }
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut n = (u128::from(next_random()) << 64) | u128::from(next_random());
     let mut id = [0u8; 32];
-    for b in id.iter_mut().rev() {
-        *b = HEX[(n & 0xf) as usize];
-        n >>= 4;
+    for half in id.chunks_exact_mut(16) {
+        let n = next_random();
+        for (i, b) in half.iter_mut().enumerate() {
+            *b = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
+        }
     }
     HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }

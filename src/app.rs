@@ -2,6 +2,8 @@
 //! the first generation, starts the servers and the circuit ticker, exposes
 //! the bound addresses (tests bind port 0 and ask), and runs the shutdown
 //! sequence: not ready -> drain delay -> stop accepting -> grace period.
+//! With `store.path` set it opens the store first, puts back what it held
+//! (overrides, operator modes, history, audit) and keeps it written.
 //!
 //! It owns process-wide state ([`AppState`]); it must not contain request
 //! handling (that is `proxy` and `admin`).
@@ -18,13 +20,16 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::admin::auth::{Authorizer, RateLimiter};
+use crate::breaker::Mode;
 use crate::config::reload::{self, ConfigStore};
 use crate::config::{AuthConfig, Config, ConfigErrors};
+use crate::history::History;
 use crate::proxy::forward::DataPlane;
 use crate::proxy::probe;
 use crate::proxy::server::{self, bind};
 use crate::proxy::upstream::CircuitEvent;
-use crate::proxy::Shared;
+use crate::proxy::{RuntimeOverride, Shared};
+use crate::store::{Restored, Store, StoredTransition};
 use crate::telemetry::Metrics;
 use crate::tls::{self, CertStore};
 use crate::{admin, clock};
@@ -37,6 +42,9 @@ const TICK: Duration = Duration::from_millis(100);
 const MUTATIONS_PER_MINUTE: u32 = 10;
 /// Transition events buffered for slow watchers before they lag.
 const EVENT_BUFFER: usize = 1024;
+/// How often every circuit's history and mode are written to the store
+/// (also on every operator action and at shutdown).
+pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(15);
 
 /// Process-wide state shared by the admin side.
 pub struct AppState {
@@ -128,6 +136,8 @@ pub struct App {
     data_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
     ticker: JoinHandle<()>,
+    /// The store's transition recorder and snapshot timer.
+    persist_tasks: Vec<JoinHandle<()>>,
     /// Config and certificate file watchers, alive as long as the app.
     _watchers: Vec<notify::RecommendedWatcher>,
 }
@@ -138,6 +148,8 @@ pub enum AppError {
     Bind(#[from] std::io::Error),
     #[error("{0}")]
     Tls(crate::tls::TlsError),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 // === impl App ===
@@ -162,8 +174,21 @@ impl App {
             }
             None => None,
         };
+        let persist = match &config.store {
+            Some(file) => Some(Store::open(file)?),
+            None => {
+                tracing::info!("no store.path: history, audit, overrides and modes live in memory only");
+                None
+            }
+        };
         let (events, _) = broadcast::channel::<CircuitEvent>(EVENT_BUFFER);
-        let shared = Shared::new(Metrics::new(), events);
+        let mut shared = Shared::new(Metrics::new(), events);
+        let persist = persist.map(|(store, restored)| {
+            let store = Arc::new(store);
+            restore_overrides(&shared, &config, &restored);
+            shared.persist = Some(store.clone());
+            (store, restored)
+        });
         let store = ConfigStore::new(config, path, shared);
         let state = Arc::new(AppState {
             store,
@@ -176,6 +201,15 @@ impl App {
             audit: Mutex::new(VecDeque::with_capacity(64)),
             ws: admin::ws::Hub::new(),
         });
+        let persist_tasks = match persist {
+            Some((store, restored)) => {
+                restore_circuits(&state, &restored);
+                restore_audit(&state, restored.audit);
+                tracing::info!(path = %store.path().display(), "store opened: history, audit, overrides and modes persist across restarts");
+                vec![tokio::spawn(record_transitions(state.clone(), store.clone())), tokio::spawn(snapshot_circuits(state.clone(), store))]
+            }
+            None => Vec::new(),
+        };
         state.ensure_checkers();
         let plane = Arc::new(DataPlane { store: state.store.handle(), scheme: if tls.is_some() { "https" } else { "http" } });
         let mut watchers = Vec::new();
@@ -256,7 +290,7 @@ impl App {
         state.ready.store(true, Ordering::Release);
         tracing::info!(data = %data_addr, admin = %admin_addr, "fusebox is ready");
         watchers.extend(config_watcher);
-        Ok(App { state, data_addr, admin_addr, stop_data, stop_admin, data_task, admin_task, ticker, _watchers: watchers })
+        Ok(App { state, data_addr, admin_addr, stop_data, stop_admin, data_task, admin_task, ticker, persist_tasks, _watchers: watchers })
     }
 
     pub fn data_addr(&self) -> SocketAddr {
@@ -277,11 +311,110 @@ impl App {
         let _ = self.stop_data.send(true);
         let _ = self.data_task.await;
         self.ticker.abort();
+        for task in &self.persist_tasks {
+            task.abort();
+        }
+        save_circuits(&self.state).await;
         // State WebSocket clients get close 1001 before the admin listener goes.
         self.state.ws.shutdown(Duration::from_secs(2)).await;
         let _ = self.stop_admin.send(true);
         let _ = self.admin_task.await;
         tracing::info!("fusebox stopped");
+    }
+}
+
+// === the store ===
+
+/// Puts back the stored runtime overrides whose upstream YAML is unchanged
+/// (a changed or removed upstream drops its override, as a reload does).
+fn restore_overrides(shared: &Shared, config: &Config, restored: &Restored) {
+    let mut overrides = shared.overrides.lock().unwrap_or_else(|e| e.into_inner());
+    for (name, stored) in &restored.overrides {
+        match config.upstream(name).and_then(|base| RuntimeOverride::from_json(stored, base)) {
+            Some(o) => {
+                tracing::info!(upstream = %name, by = %o.applied_by, "runtime override restored from the store");
+                overrides.insert(name.clone(), o);
+            }
+            None => tracing::info!(upstream = %name, "stored runtime override dropped: the upstream's YAML changed or it is gone"),
+        }
+    }
+}
+
+/// Puts back each circuit's history and its operator mode (while its ttl
+/// has not run out).
+fn restore_circuits(state: &AppState, restored: &Restored) {
+    let generation = state.store.current();
+    let now = clock::now();
+    let now_ms = crate::store::unix_ms(SystemTime::now());
+    for (name, saved) in &restored.circuits {
+        let Some(up) = generation.upstreams.get(name) else { continue };
+        match History::from_json(&saved.history) {
+            Ok(h) => up.circuit.restore_history(h, saved.saved_ms, now),
+            Err(e) => tracing::warn!(upstream = %name, error = %e, "stored history unreadable: starting afresh"),
+        }
+        if let Some((mode, ttl)) = crate::store::live_mode(saved, now_ms) {
+            if let Some(mode) = Mode::parse(mode) {
+                up.circuit.force(mode, ttl, "restored from the store after a restart", now);
+                tracing::info!(upstream = %name, mode = mode.as_str(), "operator mode restored from the store");
+            }
+        }
+    }
+}
+
+fn restore_audit(state: &AppState, entries: Vec<serde_json::Value>) {
+    let mut log = state.audit.lock().unwrap_or_else(|e| e.into_inner());
+    log.extend(entries);
+    while log.len() > admin::api::AUDIT_KEEP {
+        log.pop_front();
+    }
+}
+
+/// Writes every transition (real and shadow) to the store.
+async fn record_transitions(state: Arc<AppState>, store: Arc<Store>) {
+    let mut events = state.store.shared.events.subscribe();
+    loop {
+        match events.recv().await {
+            Ok(e) => store.transition(StoredTransition {
+                at_ms: crate::store::unix_ms(clock::wall(e.transition.at)),
+                upstream: e.upstream.to_string(),
+                from: e.transition.from.as_str().to_string(),
+                to: e.transition.to.as_str().to_string(),
+                rule: e.transition.reason.rule().to_string(),
+                reason: e.transition.reason.to_string(),
+                shadow: e.transition.shadow,
+            }),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "store recorder fell behind: {n} transitions not stored");
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Writes every circuit's history and mode every [`SNAPSHOT_EVERY`].
+async fn snapshot_circuits(state: Arc<AppState>, store: Arc<Store>) {
+    let mut interval = tokio::time::interval(SNAPSHOT_EVERY);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval.tick().await;
+    loop {
+        interval.tick().await;
+        let now = clock::now();
+        for (name, up) in &state.store.current().upstreams {
+            store.circuit(name, up.circuit.saved(now));
+        }
+    }
+}
+
+/// The last snapshot, at shutdown, and waits (briefly) for it to be on disk.
+async fn save_circuits(state: &AppState) {
+    let Some(store) = state.store.shared.persist.clone() else { return };
+    let now = clock::now();
+    for (name, up) in &state.store.current().upstreams {
+        store.circuit(name, up.circuit.saved(now));
+    }
+    let flushed = tokio::task::spawn_blocking(move || store.flush(Duration::from_secs(2))).await.unwrap_or(false);
+    if !flushed {
+        tracing::warn!("the store did not confirm the last snapshot within 2 s");
     }
 }
 

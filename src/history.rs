@@ -3,7 +3,8 @@
 //! p95/p99, and health periods (status changes, 7-day retention). Memory is
 //! bounded whatever the traffic: at most `MINUTES + HOURS` buckets and
 //! `MAX_PERIODS` periods per upstream. Pure data: time is passed in as Unix
-//! seconds; no clock, lock or I/O here.
+//! seconds; no clock, lock or I/O here. [`History::to_json`] and
+//! [`History::from_json`] are the form the store keeps across restarts.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -17,7 +18,7 @@ const PERIOD_RETENTION_SECS: u64 = 7 * 24 * 3600;
 const BOUNDS_MS: [f64; 15] =
     [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 30000.0, f64::INFINITY];
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 struct Bucket {
     /// Start of the bucket, Unix seconds.
     start: u64,
@@ -54,7 +55,49 @@ pub struct History {
     periods: VecDeque<HealthPeriod>,
 }
 
+/// The statuses a period can have (periods keep `&'static str`).
+const STATUSES: [&str; 4] = ["healthy", "degraded", "failed", "unknown"];
+
+/// A history as the store saves it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Saved {
+    minutes: Vec<Bucket>,
+    hours: Vec<Bucket>,
+    /// (start, status, incidents)
+    periods: Vec<(u64, String, u32)>,
+}
+
 impl History {
+    /// The history as JSON, for the store.
+    pub fn to_json(&self) -> String {
+        let saved = Saved {
+            minutes: self.minutes.iter().copied().collect(),
+            hours: self.hours.iter().copied().collect(),
+            periods: self.periods.iter().map(|p| (p.start, p.status.to_string(), p.incidents)).collect(),
+        };
+        serde_json::to_string(&saved).unwrap_or_default()
+    }
+
+    /// A history saved by [`History::to_json`], trimmed to today's bounds
+    /// (an unknown status reads as "unknown").
+    pub fn from_json(text: &str) -> Result<History, serde_json::Error> {
+        let saved: Saved = serde_json::from_str(text)?;
+        let tail = |v: Vec<Bucket>, cap: usize| -> VecDeque<Bucket> { v.into_iter().rev().take(cap).rev().collect() };
+        let periods = saved
+            .periods
+            .into_iter()
+            .rev()
+            .take(MAX_PERIODS)
+            .rev()
+            .map(|(start, status, incidents)| HealthPeriod {
+                start,
+                status: STATUSES.iter().copied().find(|s| *s == status).unwrap_or("unknown"),
+                incidents,
+            })
+            .collect();
+        Ok(History { minutes: tail(saved.minutes, MINUTES), hours: tail(saved.hours, HOURS), periods })
+    }
+
     /// A history whose first period (healthy) starts at `t`.
     pub fn starting(t: u64) -> History {
         let mut h = History::default();
@@ -179,6 +222,22 @@ mod tests {
         // Older than the hour: not in 1h, still in 24h.
         assert_eq!(h.operations(t + 7200, 3600).request_count, 0);
         assert_eq!(h.operations(t + 7200, 86_400).request_count, 100);
+    }
+
+    #[test]
+    fn survives_a_round_trip_through_json() {
+        let mut h = History::default();
+        let t = 1_800_000_000;
+        h.status(t, "healthy", false);
+        h.status(t + 5, "failed", true);
+        for i in 0..50 {
+            h.record(t + i * 30, i % 5 == 0, Duration::from_millis(12));
+        }
+        let back = History::from_json(&h.to_json()).expect("parses");
+        assert_eq!(back.operations(t + 1500, 3600), h.operations(t + 1500, 3600));
+        assert_eq!(back.operations(t + 1500, 86_400), h.operations(t + 1500, 86_400));
+        assert_eq!(back.periods(t + 1500, 3600), h.periods(t + 1500, 3600));
+        assert!(History::from_json("{not json").is_err());
     }
 
     #[test]

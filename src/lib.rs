@@ -5,8 +5,10 @@
 //! `Config`, live reload), `proxy` (the data path), `breaker` (the pure
 //! state machine), `admin` (health, metrics, admin API on its own
 //! listener), `telemetry` (metrics and logging), `app` (wiring, listeners,
-//! shutdown), `demo` (built-in upstreams and traffic for `fusebox demo`),
-//! `watch` (the terminal client of the state WebSocket, `fusebox watch`).
+//! shutdown), `store` (the SQLite file that keeps history, audit and
+//! overrides across restarts), `demo` (built-in upstreams and traffic for
+//! `fusebox demo`), `watch` (the terminal client of the state WebSocket,
+//! `fusebox watch`).
 
 #![forbid(unsafe_code)]
 
@@ -18,6 +20,7 @@ pub mod config;
 pub mod demo;
 pub mod history;
 pub mod proxy;
+pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod watch;

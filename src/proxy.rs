@@ -54,6 +54,9 @@ pub struct Shared {
     pub events: broadcast::Sender<CircuitEvent>,
     /// Runtime breaker overrides set through the admin API, by upstream.
     pub overrides: Mutex<HashMap<String, RuntimeOverride>>,
+    /// The embedded store, when `store.path` is set: every generation
+    /// built writes the overrides that still hold.
+    pub persist: Option<Arc<crate::store::Store>>,
 }
 
 /// A runtime change of one upstream's breaker settings (admin `PUT
@@ -84,7 +87,43 @@ impl RuntimeOverride {
 
 impl Shared {
     pub fn new(metrics: Metrics, events: broadcast::Sender<CircuitEvent>) -> Shared {
-        Shared { metrics, events, overrides: Mutex::new(HashMap::new()) }
+        Shared { metrics, events, overrides: Mutex::new(HashMap::new()), persist: None }
+    }
+}
+
+// === impl RuntimeOverride ===
+
+impl RuntimeOverride {
+    /// The stored form: the settings, who applied them and when, and the
+    /// upstream's YAML it was applied over (so a restart with a changed
+    /// upstream drops it, as a reload would).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "base": format!("{:?}", self.base),
+            "failureThreshold": self.failure_threshold,
+            "resetTimeoutMs": u64::try_from(self.reset_timeout.as_millis()).unwrap_or(u64::MAX),
+            "minHealthyPeriodMs": u64::try_from(self.min_healthy_period.as_millis()).unwrap_or(u64::MAX),
+            "requestLimit": self.request_limit,
+            "appliedAtMs": crate::store::unix_ms(self.applied_at),
+            "appliedBy": self.applied_by,
+        })
+    }
+
+    /// The override stored by [`RuntimeOverride::to_json`], if `base` (the
+    /// upstream's YAML now) is the one it was applied over.
+    pub fn from_json(v: &serde_json::Value, base: &UpstreamConfig) -> Option<RuntimeOverride> {
+        if v["base"].as_str()? != format!("{base:?}") {
+            return None;
+        }
+        Some(RuntimeOverride {
+            base: base.clone(),
+            failure_threshold: u32::try_from(v["failureThreshold"].as_u64()?).ok()?,
+            reset_timeout: Duration::from_millis(v["resetTimeoutMs"].as_u64()?),
+            min_healthy_period: Duration::from_millis(v["minHealthyPeriodMs"].as_u64()?),
+            request_limit: v["requestLimit"].as_u64().and_then(|l| usize::try_from(l).ok()),
+            applied_at: SystemTime::UNIX_EPOCH + Duration::from_millis(v["appliedAtMs"].as_u64()?),
+            applied_by: v["appliedBy"].as_str()?.to_string(),
+        })
     }
 }
 
@@ -121,6 +160,9 @@ impl Generation {
                 None => Arc::new(Circuit::new(&uc.name, uc.breaker.clone(), shared.metrics.upstream(&uc.name), shared.events.clone(), now)),
             };
             upstreams.insert(uc.name.clone(), Arc::new(Upstream::new(uc.clone(), circuit, prev.map(|p| &**p))));
+        }
+        if let Some(store) = &shared.persist {
+            store.overrides(overrides.iter().map(|(name, o)| (name.clone(), o.to_json())).collect());
         }
         drop(overrides);
         if let Some(prev) = previous {

@@ -4,7 +4,8 @@
 //! - `PUT|DELETE circuit-breaker/{service}/config` — runtime override.
 //! - `POST circuit-breaker/{service}/reset` — close and clear history.
 //! - `POST circuit-breaker/{service}/force` — operator modes, with ttl.
-//! - `GET  circuit-breaker/{service}/history?timeframe=1h|24h|7d|30d`.
+//! - `GET  circuit-breaker/{service}/history?timeframe=1h|24h|7d|30d`
+//!   (with a store, also the stored transitions of the timeframe).
 //! - `POST config/reload` — reload the YAML now.
 //! - `GET  audit` — the last admin mutations.
 //!
@@ -84,7 +85,7 @@ pub async fn handle(req: Request<Incoming>, state: &Arc<AppState>) -> Option<Res
     let resp = match (method.clone(), parts.as_slice()) {
         (Method::GET, ["circuit-breaker", "status"]) => read(&req, state).map_or_else(|e| e, |_| status(state)),
         (Method::GET, ["circuit-breaker", service, "history"]) => match read(&req, state) {
-            Ok(_) => history(state, service, req.uri().query()),
+            Ok(_) => history(state, service, req.uri().query()).await,
             Err(e) => e,
         },
         (Method::GET, ["audit"]) => match read(&req, state) {
@@ -202,6 +203,14 @@ fn find(state: &AppState, service: &str) -> Result<Arc<Upstream>, Resp> {
         .ok_or_else(|| error(StatusCode::NOT_FOUND, "unknown_service", &format!("no upstream named `{service}`")))
 }
 
+/// Writes an operator's change of a circuit to the store at once (the
+/// periodic snapshot would lose it to a crash in between).
+fn save_circuit(state: &AppState, up: &Upstream) {
+    if let Some(store) = &state.store.shared.persist {
+        store.circuit(&up.config.name, up.circuit.saved(clock::now()));
+    }
+}
+
 fn audit(state: &AppState, who: &Principal, action: &str, service: Option<&str>, reason: &str, before: Value, after: Value) {
     tracing::info!(target: "fusebox::audit", who = %who.subject, action, service = service.unwrap_or("-"), reason, before = %before, after = %after, "admin {action} by {}", who.subject);
     let entry = json!({
@@ -213,6 +222,9 @@ fn audit(state: &AppState, who: &Principal, action: &str, service: Option<&str>,
         "before": before,
         "after": after,
     });
+    if let Some(store) = &state.store.shared.persist {
+        store.audit(SystemTime::now(), &entry);
+    }
     let mut log = state.audit.lock().unwrap_or_else(|e| e.into_inner());
     if log.len() >= AUDIT_KEEP {
         log.pop_front();
@@ -356,6 +368,7 @@ fn reset(state: &AppState, who: &Principal, service: &str, body: ResetBody) -> R
     }
     let action = format!("reset by {}: {}", who.subject, body.reason);
     let report = up.circuit.reset(&action, now);
+    save_circuit(state, &up);
     let previous = json!({
         "state": report.previous.as_str(),
         "failureCount": report.failure_count,
@@ -398,6 +411,7 @@ fn force(state: &AppState, who: &Principal, service: &str, body: ForceBody) -> R
     }
     let action = format!("{} by {}: {}", mode.as_str(), who.subject, body.reason);
     up.circuit.force(mode, ttl, &action, now);
+    save_circuit(state, &up);
     let after = up.circuit.snapshot(now);
     let until = after.mode_until.map(|t| clock::rfc3339(clock::wall(t)));
     audit(
@@ -422,7 +436,7 @@ fn force(state: &AppState, who: &Principal, service: &str, body: ForceBody) -> R
     )
 }
 
-fn history(state: &AppState, service: &str, query: Option<&str>) -> Resp {
+async fn history(state: &AppState, service: &str, query: Option<&str>) -> Resp {
     let up = match find(state, service) {
         Ok(u) => u,
         Err(e) => return e,
@@ -439,6 +453,7 @@ fn history(state: &AppState, service: &str, query: Option<&str>) -> Resp {
     };
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (periods, ops) = up.circuit.history(|h| (h.periods(now, span), h.operations(now, span)));
+    let transitions = stored_transitions(state, service, now.saturating_sub(span)).await;
     let entries: Vec<Value> = periods
         .into_iter()
         .map(|(p, duration)| {
@@ -457,6 +472,7 @@ fn history(state: &AppState, service: &str, query: Option<&str>) -> Resp {
             "service": service,
             "timeframe": timeframe,
             "history": entries,
+            "transitions": transitions,
             "metrics": {
                 "timeframe": timeframe,
                 "data": {
@@ -470,6 +486,34 @@ fn history(state: &AppState, service: &str, query: Option<&str>) -> Resp {
             },
         }),
     )
+}
+
+/// The stored transitions of `service` since Unix second `since` (newest
+/// 1,000), or null without a store. Read on a blocking thread.
+async fn stored_transitions(state: &AppState, service: &str, since: u64) -> Value {
+    let Some(store) = state.store.shared.persist.clone() else { return Value::Null };
+    let name = service.to_string();
+    let since_ms = i64::try_from(since.saturating_mul(1000)).unwrap_or(i64::MAX);
+    match tokio::task::spawn_blocking(move || store.transitions(&name, since_ms, 1000)).await {
+        Ok(Ok(list)) => list
+            .into_iter()
+            .map(|t| {
+                json!({
+                    "timestamp": clock::rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(t.at_ms).unwrap_or(0))),
+                    "from": t.from,
+                    "to": t.to,
+                    "rule": t.rule,
+                    "reason": t.reason,
+                    "shadow": t.shadow,
+                })
+            })
+            .collect(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "reading stored transitions failed");
+            Value::Null
+        }
+        Err(_) => Value::Null,
+    }
 }
 
 fn reload(state: &Arc<AppState>, who: &Principal) -> Resp {

@@ -90,6 +90,10 @@ pub fn detailed(state: &AppState) -> Response<ProxyBody> {
                 },
             },
             "websocket": { "clients": state.store.shared.metrics.websocket_clients.get() },
+            "store": state.store.shared.persist.as_ref().map(|p| json!({
+                "path": p.path().display().to_string(),
+                "droppedWrites": p.dropped(),
+            })),
             "services": services,
         }),
     )

@@ -15,6 +15,7 @@ use crate::breaker::{Breaker, CallOutcome, Mode, Permit, Policy, Rejection, Rese
 use crate::clock;
 use crate::config::{LoadBalancing, UpstreamConfig};
 use crate::history::History;
+use crate::store::SavedCircuit;
 use crate::telemetry::metrics::Outcome;
 use crate::telemetry::UpstreamMetrics;
 
@@ -207,6 +208,28 @@ impl Circuit {
 
     pub fn subscribe(&self) -> broadcast::Receiver<CircuitEvent> {
         self.events.subscribe()
+    }
+
+    /// What the store keeps of this circuit: its operator mode and history.
+    pub fn saved(&self, now: Instant) -> SavedCircuit {
+        let core = self.lock();
+        let snap = core.breaker.snapshot(now);
+        SavedCircuit {
+            saved_ms: crate::store::unix_ms(clock::wall(now)),
+            mode: snap.mode.as_str().to_string(),
+            mode_until_ms: snap.mode_until.map(|t| crate::store::unix_ms(clock::wall(t))),
+            history: core.history.to_json(),
+        }
+    }
+
+    /// Takes back a history saved before a restart: fusebox's downtime
+    /// since `saved_ms` reads as "unknown", then the status from now on.
+    pub fn restore_history(&self, history: History, saved_ms: i64, now: Instant) {
+        let mut core = self.lock();
+        let status = core.breaker.status(now);
+        core.history = history;
+        core.history.status(u64::try_from(saved_ms / 1000).unwrap_or(0), "unknown", false);
+        core.history.status(unix_secs(now), status.as_str(), false);
     }
 }
 

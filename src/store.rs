@@ -1,0 +1,348 @@
+//! The embedded store of SPEC section 8: one SQLite file (`store.path`)
+//! with every circuit transition and the health/operation history of each
+//! upstream (7-day retention for transitions), the audit log, runtime config
+//! overrides and operator modes, so that all of them survive a restart.
+//!
+//! Writes go through a bounded queue ([`QUEUE`]) to one writer thread that
+//! commits them in batches; a full queue drops the write with a warning and
+//! a metric instead of blocking anyone. Nothing on the request path writes
+//! here: transitions, admin actions and a periodic history snapshot do.
+//! Everything is read back once, at startup ([`Restored`]), and transitions
+//! on demand for the admin history endpoint (on a blocking thread).
+//!
+//! Must not: block an async task on the disk, hold a lock while writing, or
+//! lose the old data when the file cannot be opened (startup then fails
+//! with the path and the reason).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection};
+use serde_json::Value;
+
+/// Writes waiting for the writer thread; more are dropped (and counted).
+pub const QUEUE: usize = 4096;
+/// Transitions older than this are deleted.
+pub const TRANSITION_RETENTION: Duration = Duration::from_secs(7 * 86_400);
+/// Audit entries kept in the file (the newest).
+pub const AUDIT_KEEP: i64 = 10_000;
+/// Audit entries read back at startup (what the admin API keeps in memory).
+const AUDIT_RESTORE: usize = crate::admin::api::AUDIT_KEEP;
+/// Writes committed in one transaction at most.
+const BATCH: usize = 512;
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+CREATE TABLE IF NOT EXISTS transitions (
+    id INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    upstream TEXT NOT NULL,
+    from_state TEXT NOT NULL,
+    to_state TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    shadow INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS transitions_by_upstream ON transitions (upstream, at_ms);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL,
+    entry TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS overrides (
+    upstream TEXT PRIMARY KEY,
+    entry TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS circuits (
+    upstream TEXT PRIMARY KEY,
+    saved_ms INTEGER NOT NULL,
+    mode TEXT NOT NULL,
+    mode_until_ms INTEGER,
+    history TEXT NOT NULL
+);
+";
+
+/// One circuit transition, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredTransition {
+    pub at_ms: i64,
+    pub upstream: String,
+    pub from: String,
+    pub to: String,
+    pub rule: String,
+    pub reason: String,
+    pub shadow: bool,
+}
+
+/// A circuit's saved state: its operator mode and its history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavedCircuit {
+    pub saved_ms: i64,
+    pub mode: String,
+    pub mode_until_ms: Option<i64>,
+    pub history: String,
+}
+
+/// What the store held at startup.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// Runtime overrides by upstream (the JSON the admin side wrote).
+    pub overrides: Vec<(String, Value)>,
+    pub circuits: Vec<(String, SavedCircuit)>,
+    /// The newest audit entries, oldest first.
+    pub audit: Vec<Value>,
+}
+
+enum Op {
+    Transition(StoredTransition),
+    Audit {
+        at_ms: i64,
+        entry: String,
+    },
+    /// The whole set of overrides (replaces what is stored).
+    Overrides(Vec<(String, String)>),
+    Circuit(String, SavedCircuit),
+    /// Answered once everything queued before it is committed.
+    Flush(mpsc::Sender<()>),
+}
+
+/// The handle the rest of fusebox writes through. Cheap to share.
+pub struct Store {
+    path: PathBuf,
+    tx: SyncSender<Op>,
+    dropped: AtomicU64,
+    /// The writer thread; it ends when the last handle (and `tx`) is gone.
+    _writer: JoinHandle<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("store {path}: {message}")]
+pub struct StoreError {
+    path: String,
+    message: String,
+}
+
+// === impl Store ===
+
+impl Store {
+    /// Opens (or creates) the file, reads what it holds and starts the
+    /// writer thread. The parent directory must exist.
+    pub fn open(path: &Path) -> Result<(Store, Restored), StoreError> {
+        let fail = |e: &dyn std::fmt::Display| StoreError { path: path.display().to_string(), message: e.to_string() };
+        let conn = Connection::open(path).map_err(|e| fail(&e))?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(|e| fail(&e))?;
+        conn.execute_batch(SCHEMA).map_err(|e| fail(&e))?;
+        let restored = read_all(&conn).map_err(|e| fail(&e))?;
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let writer = std::thread::Builder::new().name("fusebox-store".into()).spawn(move || write_loop(conn, rx)).map_err(|e| fail(&e))?;
+        Ok((Store { path: path.to_path_buf(), tx, dropped: AtomicU64::new(0), _writer: writer }, restored))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    pub fn transition(&self, t: StoredTransition) {
+        self.send(Op::Transition(t));
+    }
+
+    pub fn audit(&self, at: SystemTime, entry: &Value) {
+        self.send(Op::Audit { at_ms: unix_ms(at), entry: entry.to_string() });
+    }
+
+    /// Replaces the stored overrides with `all`.
+    pub fn overrides(&self, all: Vec<(String, Value)>) {
+        self.send(Op::Overrides(all.into_iter().map(|(k, v)| (k, v.to_string())).collect()));
+    }
+
+    pub fn circuit(&self, upstream: &str, saved: SavedCircuit) {
+        self.send(Op::Circuit(upstream.to_string(), saved));
+    }
+
+    /// Waits (at most `limit`) until everything queued so far is on disk.
+    pub fn flush(&self, limit: Duration) -> bool {
+        const STEP: Duration = Duration::from_millis(5);
+        let (done, wait) = mpsc::channel();
+        // A flush must not be dropped: wait for room, briefly.
+        let mut op = Op::Flush(done);
+        let mut waited = Duration::ZERO;
+        loop {
+            match self.tx.try_send(op) {
+                Ok(()) => break,
+                Err(TrySendError::Full(back)) if waited < limit => {
+                    op = back;
+                    std::thread::sleep(STEP);
+                    waited += STEP;
+                }
+                Err(_) => return false,
+            }
+        }
+        wait.recv_timeout(limit.saturating_sub(waited)).is_ok()
+    }
+
+    /// Transitions of `upstream` since `since_ms`, newest last, at most
+    /// `limit`. Opens its own read connection: call it on a blocking thread.
+    pub fn transitions(&self, upstream: &str, since_ms: i64, limit: usize) -> Result<Vec<StoredTransition>, StoreError> {
+        let fail = |e: rusqlite::Error| StoreError { path: self.path.display().to_string(), message: e.to_string() };
+        let conn = Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(fail)?;
+        conn.busy_timeout(Duration::from_secs(2)).map_err(fail)?;
+        let mut stmt = conn
+            .prepare(
+                "SELECT at_ms, upstream, from_state, to_state, rule, reason, shadow FROM (
+                     SELECT * FROM transitions WHERE upstream = ?1 AND at_ms >= ?2 ORDER BY at_ms DESC, id DESC LIMIT ?3
+                 ) ORDER BY at_ms, id",
+            )
+            .map_err(fail)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt
+            .query_map(params![upstream, since_ms, limit], |r| {
+                Ok(StoredTransition {
+                    at_ms: r.get(0)?,
+                    upstream: r.get(1)?,
+                    from: r.get(2)?,
+                    to: r.get(3)?,
+                    rule: r.get(4)?,
+                    reason: r.get(5)?,
+                    shadow: r.get::<_, i64>(6)? != 0,
+                })
+            })
+            .map_err(fail)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(fail)
+    }
+
+    fn send(&self, op: Op) {
+        match self.tx.try_send(op) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                if self.dropped.fetch_add(1, Ordering::Relaxed) % 1000 == 0 {
+                    tracing::warn!(path = %self.path.display(), "store queue full: a write was dropped (the disk is slower than the events)");
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn read_all(conn: &Connection) -> rusqlite::Result<Restored> {
+    let mut restored = Restored::default();
+    let mut stmt = conn.prepare("SELECT upstream, entry FROM overrides ORDER BY upstream")?;
+    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+        let (name, entry) = row?;
+        match serde_json::from_str(&entry) {
+            Ok(v) => restored.overrides.push((name, v)),
+            Err(e) => tracing::warn!(upstream = %name, error = %e, "stored override unreadable: ignored"),
+        }
+    }
+    let mut stmt = conn.prepare("SELECT upstream, saved_ms, mode, mode_until_ms, history FROM circuits ORDER BY upstream")?;
+    for row in stmt.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, SavedCircuit { saved_ms: r.get(1)?, mode: r.get(2)?, mode_until_ms: r.get(3)?, history: r.get(4)? }))
+    })? {
+        restored.circuits.push(row?);
+    }
+    let mut stmt = conn.prepare("SELECT entry FROM (SELECT id, entry FROM audit ORDER BY id DESC LIMIT ?1) ORDER BY id")?;
+    for row in stmt.query_map([i64::try_from(AUDIT_RESTORE).unwrap_or(i64::MAX)], |r| r.get::<_, String>(0))? {
+        if let Ok(v) = serde_json::from_str(&row?) {
+            restored.audit.push(v);
+        }
+    }
+    Ok(restored)
+}
+
+/// The writer thread: commits queued writes in batches until every
+/// [`Store`] handle is gone.
+fn write_loop(mut conn: Connection, rx: Receiver<Op>) {
+    // Wall clock: this thread is outside tokio, and a prune only needs to
+    // happen now and then.
+    let mut last_prune = SystemTime::UNIX_EPOCH;
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut flushed = Vec::new();
+        if let Err(e) = commit(&mut conn, batch, &mut flushed) {
+            tracing::error!(error = %e, "store write failed: this batch is lost");
+        }
+        if SystemTime::now().duration_since(last_prune).map_or(true, |d| d > Duration::from_secs(600)) {
+            last_prune = SystemTime::now();
+            if let Err(e) = prune(&conn) {
+                tracing::warn!(error = %e, "store prune failed");
+            }
+        }
+        for done in flushed {
+            let _ = done.send(());
+        }
+    }
+}
+
+fn commit(conn: &mut Connection, batch: Vec<Op>, flushed: &mut Vec<mpsc::Sender<()>>) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    for op in batch {
+        match op {
+            Op::Transition(t) => {
+                tx.prepare_cached(
+                    "INSERT INTO transitions (at_ms, upstream, from_state, to_state, rule, reason, shadow) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?
+                .execute(params![t.at_ms, t.upstream, t.from, t.to, t.rule, t.reason, i64::from(t.shadow)])?;
+            }
+            Op::Audit { at_ms, entry } => {
+                tx.prepare_cached("INSERT INTO audit (at_ms, entry) VALUES (?1, ?2)")?.execute(params![at_ms, entry])?;
+            }
+            Op::Overrides(all) => {
+                tx.execute("DELETE FROM overrides", [])?;
+                for (name, entry) in all {
+                    tx.prepare_cached("INSERT INTO overrides (upstream, entry) VALUES (?1, ?2)")?.execute(params![name, entry])?;
+                }
+            }
+            Op::Circuit(name, c) => {
+                tx.prepare_cached(
+                    "INSERT INTO circuits (upstream, saved_ms, mode, mode_until_ms, history) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (upstream) DO UPDATE SET saved_ms = ?2, mode = ?3, mode_until_ms = ?4, history = ?5",
+                )?
+                .execute(params![name, c.saved_ms, c.mode, c.mode_until_ms, c.history])?;
+            }
+            Op::Flush(done) => flushed.push(done),
+        }
+    }
+    tx.commit()
+}
+
+fn prune(conn: &Connection) -> rusqlite::Result<()> {
+    let cutoff = unix_ms(SystemTime::now()) - i64::try_from(TRANSITION_RETENTION.as_millis()).unwrap_or(i64::MAX);
+    conn.execute("DELETE FROM transitions WHERE at_ms < ?1", params![cutoff])?;
+    conn.execute("DELETE FROM audit WHERE id <= (SELECT MAX(id) FROM audit) - ?1", params![AUDIT_KEEP])?;
+    Ok(())
+}
+
+/// The stored mode of a circuit that is still in force at `now_ms`.
+pub fn live_mode(saved: &SavedCircuit, now_ms: i64) -> Option<(&str, Option<Duration>)> {
+    if saved.mode == "auto" {
+        return None;
+    }
+    match saved.mode_until_ms {
+        None => Some((saved.mode.as_str(), None)),
+        Some(until) if until > now_ms => {
+            Some((saved.mode.as_str(), Some(Duration::from_millis(u64::try_from(until - now_ms).unwrap_or(0)))))
+        }
+        Some(_) => None,
+    }
+}

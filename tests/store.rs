@@ -34,6 +34,18 @@ async fn admin(app: &fusebox::App, method: Method, path: &str, body: Value) -> (
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
+/// A runtime override of `ok`'s failure threshold through the admin API.
+async fn override_ok(app: &fusebox::App, failure_threshold: u32) {
+    let (s, v) = admin(
+        app,
+        Method::PUT,
+        "/api/admin/circuit-breaker/ok/config",
+        json!({ "failureThreshold": failure_threshold, "resetTimeoutMs": 30000, "minHealthyPeriodMs": 1000 }),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+}
+
 async fn service(app: &fusebox::App, name: &str) -> Value {
     let v = get_json(&client(), &format!("http://{}/api/admin/circuit-breaker/status", app.admin_addr())).await;
     v["services"].as_array().and_then(|s| s.iter().find(|x| x["service"] == name).cloned()).unwrap_or_else(|| panic!("no {name} in {v}"))
@@ -57,14 +69,7 @@ async fn history_audit_override_and_mode_survive_a_restart() {
     for i in 0..5 {
         assert_eq!(get(&c, &format!("http://{}/n{i}", first.data_addr())).await.0, StatusCode::OK);
     }
-    let (s, v) = admin(
-        &first,
-        Method::PUT,
-        "/api/admin/circuit-breaker/ok/config",
-        json!({ "failureThreshold": 7, "resetTimeoutMs": 30000, "minHealthyPeriodMs": 1000 }),
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK, "{v}");
+    override_ok(&first, 7).await;
     let (s, v) = admin(
         &first,
         Method::POST,
@@ -117,14 +122,7 @@ async fn an_override_is_dropped_when_its_upstream_changed_while_down() {
     let ok = upstream("ok").await;
 
     let first = fusebox(&config(&db, &api.url(), &ok.url(), "failureThreshold: 5")).await;
-    let (s, v) = admin(
-        &first,
-        Method::PUT,
-        "/api/admin/circuit-breaker/ok/config",
-        json!({ "failureThreshold": 7, "resetTimeoutMs": 30000, "minHealthyPeriodMs": 1000 }),
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK, "{v}");
+    override_ok(&first, 7).await;
     first.shutdown().await;
 
     let same = fusebox(&config(&db, &api.url(), &ok.url(), "failureThreshold: 5")).await;

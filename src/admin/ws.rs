@@ -10,8 +10,11 @@
 //!
 //! It must not touch the data path: circuits only `send` on the shared
 //! transition broadcast they already own; a session subscribes to it, reads
-//! snapshots (one short per-circuit lock, like `/health`) and takes no lock
-//! of its own. A slow client only hurts itself: its outgoing queue is
+//! snapshots (one short per-circuit lock, like `/health`). Updates and
+//! snapshots are rendered once and shared by every session (the hub's
+//! render cache, locked only to take or store an `Arc<str>`), so thousands
+//! of clients cost one serialization per change. A slow client only hurts
+//! itself: its outgoing queue is
 //! bounded, and when it falls behind its backlog is dropped and it gets the
 //! next full snapshot instead.
 
@@ -91,18 +94,82 @@ type Ws = WebSocketStream<TokioIo<Upgraded>>;
 type WsSink = SplitSink<Ws, Message>;
 type WsStream = SplitStream<Ws>;
 
-/// Process-wide WebSocket state: the shutdown signal every session watches.
-/// Client counts live in [`Metrics`].
+/// Process-wide WebSocket state: the shutdown signal every session watches
+/// and the messages rendered once for all sessions. Client counts live in
+/// [`Metrics`].
 pub struct Hub {
     closing: watch::Sender<bool>,
+    renders: std::sync::Mutex<Renders>,
 }
+
+/// How long a rendered message may be reused by other sessions. Within a
+/// batch window, so no client sees older data than batching already allows.
+const RENDER_FRESH: Duration = Duration::from_millis(100);
+
+/// Messages rendered (without `seq`) and shared: with thousands of clients
+/// a transition or a periodic snapshot is serialized once, not once per
+/// client; each session splices its own `seq` into the text.
+#[derive(Default)]
+struct Renders {
+    /// The latest `services:state`, by generation number.
+    snapshot: Option<Rendered<u64>>,
+    /// The latest `service:update` per service, by what it covers.
+    updates: HashMap<Arc<str>, Rendered<UpdateKey>>,
+}
+
+struct Rendered<K> {
+    at: Instant,
+    key: K,
+    text: Arc<str>,
+}
+
+/// What a `service:update` covers: the circuit's transition count and the
+/// session's pending transitions (how many, the last one's time).
+type UpdateKey = (u64, usize, Option<std::time::Instant>);
 
 // === impl Hub ===
 
 impl Hub {
     pub fn new() -> Hub {
         let (closing, _) = watch::channel(false);
-        Hub { closing }
+        Hub { closing, renders: std::sync::Mutex::new(Renders::default()) }
+    }
+
+    fn renders(&self) -> std::sync::MutexGuard<'_, Renders> {
+        self.renders.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The `services:state` of `generation`, rendered at most once per
+    /// [`RENDER_FRESH`].
+    fn snapshot_text(&self, generation: u64, render: impl FnOnce() -> Value) -> Arc<str> {
+        let now = Instant::now();
+        if let Some(r) = &self.renders().snapshot {
+            if r.key == generation && now.saturating_duration_since(r.at) < RENDER_FRESH {
+                return r.text.clone();
+            }
+        }
+        let text: Arc<str> = Arc::from(render().to_string());
+        self.renders().snapshot = Some(Rendered { at: now, key: generation, text: text.clone() });
+        text
+    }
+
+    /// The `service:update` of `service` covering `key`, rendered at most
+    /// once per [`RENDER_FRESH`].
+    fn update_text(&self, service: &Arc<str>, key: UpdateKey, render: impl FnOnce() -> Value) -> Arc<str> {
+        let now = Instant::now();
+        if let Some(r) = self.renders().updates.get(service) {
+            if r.key == key && now.saturating_duration_since(r.at) < RENDER_FRESH {
+                return r.text.clone();
+            }
+        }
+        let text: Arc<str> = Arc::from(render().to_string());
+        let mut renders = self.renders();
+        if renders.updates.len() > 4096 {
+            // Services removed by reloads: forget what went stale.
+            renders.updates.retain(|_, r| now.saturating_duration_since(r.at) < RENDER_FRESH);
+        }
+        renders.updates.insert(service.clone(), Rendered { at: now, key, text: text.clone() });
+        text
     }
 
     /// Tells every session to close with 1001 (going away), refuses new
@@ -710,24 +777,29 @@ impl Session {
             let Some(upstream) = generation.upstreams.get(&*name) else {
                 continue;
             };
-            let snapshot = upstream.circuit.snapshot(at);
-            let entry = entry(upstream, &snapshot, at);
-            let mut data = json!({
-                "status": entry["status"],
-                "circuit": entry["circuit"],
-                "operations": entry["operations"],
-                "transition": pending.transitions.last().map(transition_json),
+            let key =
+                (upstream.circuit.version.load(Ordering::Relaxed), pending.transitions.len(), pending.transitions.last().map(|t| t.at));
+            let text = self.state.ws.update_text(&name, key, || {
+                let snapshot = upstream.circuit.snapshot(at);
+                let entry = entry(upstream, &snapshot, at);
+                let mut data = json!({
+                    "status": entry["status"],
+                    "circuit": entry["circuit"],
+                    "operations": entry["operations"],
+                    "transition": pending.transitions.last().map(transition_json),
+                });
+                if pending.transitions.len() > 1 {
+                    data["transitions"] = pending.transitions.iter().map(transition_json).collect();
+                }
+                json!({
+                    "type": "service:update",
+                    "timestamp": clock::timestamp(),
+                    "service": &*name,
+                    "data": data,
+                    "services": [entry],
+                })
             });
-            if pending.transitions.len() > 1 {
-                data["transitions"] = pending.transitions.iter().map(transition_json).collect();
-            }
-            self.send(json!({
-                "type": "service:update",
-                "timestamp": clock::timestamp(),
-                "service": &*name,
-                "data": data,
-                "services": [entry],
-            }));
+            self.send_rendered(&text);
             self.last_sent.insert(name, now);
         }
         self.last_sent.retain(|_, t| now.saturating_duration_since(*t) < BATCH);
@@ -756,15 +828,18 @@ impl Session {
             return;
         }
         let generation = self.state.store.current();
-        let at = clock::now();
-        let services: Vec<Value> = generation.sorted_upstreams().into_iter().map(|u| entry(u, &u.circuit.snapshot(at), at)).collect();
+        let text = self.state.ws.snapshot_text(generation.number, || {
+            let at = clock::now();
+            let services: Vec<Value> = generation.sorted_upstreams().into_iter().map(|u| entry(u, &u.circuit.snapshot(at), at)).collect();
+            json!({
+                "type": "services:state",
+                "timestamp": clock::timestamp(),
+                "generation": generation.number,
+                "services": services,
+            })
+        });
         self.need_snapshot = false;
-        let sent = self.send(json!({
-            "type": "services:state",
-            "timestamp": clock::timestamp(),
-            "generation": generation.number,
-            "services": services,
-        }));
+        let sent = self.send_rendered(&text);
         if !sent {
             self.snapshot_retry = Instant::now() + BATCH;
         }
@@ -780,6 +855,13 @@ impl Session {
         self.seq += 1;
         message["seq"] = self.seq.into();
         self.push(Message::Text(message.to_string()), true)
+    }
+
+    /// Like [`Session::send`] for a message rendered once for every
+    /// session: the text of a JSON object, into which `seq` is spliced.
+    fn send_rendered(&mut self, text: &str) -> bool {
+        self.seq += 1;
+        self.push(Message::Text(with_seq(text, self.seq)), true)
     }
 
     fn push(&mut self, message: Message, counted: bool) -> bool {
@@ -830,6 +912,20 @@ impl RateWindow {
     }
 }
 
+/// `text` (a JSON object) with `"seq": seq` added as its last member.
+fn with_seq(text: &str, seq: u64) -> String {
+    let body = text.trim_end().strip_suffix('}').unwrap_or(text);
+    let mut message = String::with_capacity(body.len() + 32);
+    message.push_str(body);
+    if !body.trim_end().ends_with('{') {
+        message.push(',');
+    }
+    message.push_str("\"seq\":");
+    message.push_str(&seq.to_string());
+    message.push('}');
+    message
+}
+
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -872,6 +968,19 @@ fn transition_json(t: &Transition) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seq_is_spliced_into_a_shared_rendering() {
+        let shared = json!({ "type": "service:update", "data": { "x": [1, 2] } }).to_string();
+        for seq in [1, 42, u64::MAX] {
+            let v: Value = serde_json::from_str(&with_seq(&shared, seq)).expect("still JSON");
+            assert_eq!(v["seq"], seq);
+            assert_eq!(v["type"], "service:update");
+            assert_eq!(v["data"]["x"], json!([1, 2]));
+        }
+        let v: Value = serde_json::from_str(&with_seq("{}", 7)).expect("still JSON");
+        assert_eq!(v, json!({ "seq": 7 }));
+    }
 
     #[test]
     fn query_token_is_percent_decoded() {

@@ -143,3 +143,49 @@ async fn idle_connections_expire() {
     assert_eq!(get(&client(), &url).await.0, StatusCode::OK);
     assert_eq!(up.connections(), 2, "the expired connection was replaced");
 }
+
+#[tokio::test]
+async fn a_connection_still_uploading_is_not_waited_for() {
+    // The upstream answers every request head at once and never reads a
+    // request body, keeping the connection open (a keep-alive answer to an
+    // upload still in flight).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly").await;
+                // Hold the socket; read nothing more.
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+        }
+    });
+    // The default request timeout (30 s) is far longer than this test.
+    let app = fusebox(&one_upstream(&format!("http://{addr}"), "failureThreshold: 3")).await;
+
+    // A: an upload that never finishes, answered early and read to the end.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    tx.send(Bytes::from_static(b"first chunk")).await.unwrap();
+    let body = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(http_body::Frame::data(b)), rx))
+    }));
+    let upload: hyper_util::client::legacy::Client<_, http_body_util::StreamBody<_>> =
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::post(format!("http://{}/upload", app.data_addr())).body(http_body_util::StreamBody::new(body)).unwrap();
+    let resp = upload.request(req).await.expect("the early answer arrives");
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "early");
+
+    // B: gets a connection of its own instead of waiting for A's upload.
+    let b = tokio::time::timeout(Duration::from_secs(10), get(&client(), &format!("http://{}/next", app.data_addr()))).await;
+    let (status, _, body) = b.expect("B is not stuck behind A's unfinished upload");
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "early"));
+    drop(tx);
+}

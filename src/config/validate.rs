@@ -124,11 +124,16 @@ fn structural_error(e: serde_path_to_error::Error<serde_yaml::Error>) -> ConfigE
     if let Some(rest) = message.strip_prefix("unknown field `") {
         if let Some(end) = rest.find('`') {
             let unknown = &rest[..end];
-            if let Some(best) = suggest(unknown, KNOWN_KEYS) {
-                message = format!("unknown key `{unknown}` (did you mean `{best}`?)");
-            } else {
-                message = format!("unknown key `{unknown}`");
-            }
+            // serde lists the keys this map takes: "expected one of `a`, `b`".
+            let expected: Vec<&str> = rest[end + 1..].split('`').skip(1).step_by(2).collect();
+            let candidates: &[&str] = if expected.is_empty() { KNOWN_KEYS } else { &expected };
+            message = match suggest(unknown, candidates).filter(|best| *best != unknown) {
+                Some(best) => format!("unknown key `{unknown}` (did you mean `{best}`?)"),
+                None if KNOWN_KEYS.contains(&unknown) && !expected.is_empty() => {
+                    format!("`{unknown}` is not valid here (valid here: {})", expected.join(", "))
+                }
+                None => format!("unknown key `{unknown}`"),
+            };
         }
     }
     ConfigError { path, line: loc.as_ref().map(|l| l.line()), column: loc.as_ref().map(|l| l.column()), message }
@@ -746,6 +751,17 @@ mod tests {
         let flow = "upstreams:\n  a:\n    endpoints: [http://x:1, \"b, c\", bad]\nroutes:\n  - { upstream: a }\n  - { upstream: a }\n";
         assert_eq!(locate(flow, "upstreams.a.endpoints[2]"), Some((3, 37)));
         assert_eq!(locate(flow, "upstreams.a.endpoints[5]"), Some((3, 5)), "off the end: the key");
+    }
+
+    #[test]
+    fn a_key_in_the_wrong_map_is_not_suggested_as_itself() {
+        let err = parse("timeouts: { connect: 2s }\nupstreams: {}\nroutes: []\n").expect_err("timeouts belongs under defaults");
+        let msg = &err.errors[0].message;
+        assert!(msg.contains("`timeouts` is not valid here"), "{msg}");
+        assert!(msg.contains("defaults"), "lists the keys valid here: {msg}");
+        assert!(!msg.contains("did you mean `timeouts`"), "{msg}");
+        let err = parse("upstreams:\n  a:\n    endpoints: [http://x:1]\n    breakr: {}\nroutes: []\n").expect_err("typo");
+        assert!(err.errors[0].message.contains("did you mean `breaker`?"), "{}", err.errors[0].message);
     }
 
     #[test]

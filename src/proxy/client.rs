@@ -18,6 +18,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
@@ -184,20 +185,40 @@ impl EndpointPool {
     /// whether it was reused.
     async fn checkout(&self) -> Result<(http1::SendRequest<ProxyBody>, bool), BoxError> {
         let now = clock::now();
+        // Alive but not ready: still sending a request body the upstream
+        // answered early. Never waited for (that could take as long as the
+        // client's upload); kept for later, oldest first.
+        let mut busy = Vec::new();
+        let mut found = None;
         loop {
+            // (The lock guard must not live across the await below.)
             let Some(mut idle) = self.lock().pop_back() else { break };
             if idle.sender.is_closed() || now.saturating_duration_since(idle.since) >= IDLE_TIMEOUT {
                 continue;
             }
-            // Returned as its body ended: the connection turns idle with
-            // its next poll, if it has not already.
-            if idle.sender.is_ready() || idle.sender.ready().await.is_ok() {
-                return Ok((idle.sender, true));
+            let ready = idle.sender.is_ready() || std::future::poll_fn(|cx| Poll::Ready(idle.sender.poll_ready(cx))).await.is_ready();
+            if ready {
+                found = Some(idle.sender);
+                break;
+            }
+            if !idle.sender.is_closed() {
+                busy.push(idle);
             }
         }
-        // Boxed: the connect future is large and rarely needed, and the
-        // exchange future is moved into a timeout on every request.
-        Ok((Box::pin(self.connect()).await?, false))
+        if !busy.is_empty() {
+            let mut pool = self.lock();
+            for idle in busy.into_iter().rev() {
+                if pool.len() < MAX_IDLE_PER_ENDPOINT {
+                    pool.push_front(idle);
+                }
+            }
+        }
+        match found {
+            Some(sender) => Ok((sender, true)),
+            // Boxed: the connect future is large and rarely needed, and the
+            // exchange future is moved into a timeout on every request.
+            None => Ok((Box::pin(self.connect()).await?, false)),
+        }
     }
 
     async fn connect(&self) -> Result<http1::SendRequest<ProxyBody>, BoxError> {

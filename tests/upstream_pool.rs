@@ -51,6 +51,19 @@ async fn bodiless_responses_return_the_connection() {
     assert_eq!(up.connections(), 1, "HEAD and 204 answers (bodies never polled) gave the connection back");
 }
 
+/// Reads one request head (up to the blank line); false if the peer left.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> bool {
+    let mut buf = vec![0u8; 4096];
+    let mut seen = Vec::new();
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
 /// An upstream that says `keep-alive` but closes every connection right
 /// after its answer: each pooled connection is dead by the next request,
 /// sometimes before fusebox notices. Returns (address, connections accepted).
@@ -63,13 +76,8 @@ async fn closing_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
         while let Ok((mut stream, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
+                if !read_head(&mut stream).await {
+                    return;
                 }
                 let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok").await;
                 let _ = stream.shutdown().await;
@@ -154,17 +162,12 @@ async fn a_connection_still_uploading_is_not_waited_for() {
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
+                if !read_head(&mut stream).await {
+                    return;
                 }
                 let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly").await;
-                // Hold the socket; read nothing more.
-                tokio::time::sleep(Duration::from_secs(60)).await;
+                // Hold the socket open; read nothing more.
+                std::future::pending::<()>().await;
             });
         }
     });

@@ -167,11 +167,6 @@ impl EndpointPool {
         }
     }
 
-    /// Idle connections right now (for tests and reports).
-    pub fn idle_count(&self) -> usize {
-        self.lock().len()
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -36,6 +36,26 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Record per-request metrics (`metrics.requests`, default true).
     pub request_metrics: bool,
+    pub client: ClientConfig,
+    /// One info line per request on target `fusebox::access`.
+    pub access_log: bool,
+}
+
+/// Deadlines and limits of the data listener's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// From accept until a complete request head (before protocol detection too).
+    pub header_timeout: Duration,
+    /// Keep-alive idle (h1) or no open stream (h2, then GOAWAY).
+    pub idle_timeout: Duration,
+    /// Above it new data connections wait in the backlog.
+    pub max_connections: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig { header_timeout: Duration::from_secs(10), idle_timeout: Duration::from_secs(60), max_connections: 10_000 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +115,87 @@ pub struct UpstreamConfig {
     pub fallback: Option<Fallback>,
     /// TLS to the upstream (for `https://` endpoints).
     pub tls: crate::tls::UpstreamTls,
+    pub outlier_detection: OutlierDetection,
+    pub retry: RetryPolicy,
+    /// How often hostname endpoints are resolved again.
+    pub dns_refresh: Duration,
+}
+
+/// Passive outlier detection, per endpoint (Envoy's, simplified).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierDetection {
+    /// Upstream faults in a row that eject an endpoint; 0 turns it off.
+    pub consecutive_failures: u32,
+    pub base_ejection_time: Duration,
+    pub max_ejection_time: Duration,
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_failures: 5,
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejection_percent: 50,
+        }
+    }
+}
+
+/// Which failed attempts may be tried again, and how many.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Extra attempts after the first.
+    pub attempts: u32,
+    pub on: RetryOn,
+    /// Retries stay under `ratio` x requests of the last 10 s ...
+    pub budget_ratio: f64,
+    /// ... plus this many per second.
+    pub budget_min_per_second: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { attempts: 1, on: RetryOn::CONNECT_FAILURE, budget_ratio: 0.2, budget_min_per_second: 10 }
+    }
+}
+
+/// The `retry.on` conditions, as bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetryOn(pub u8);
+
+impl RetryOn {
+    pub const CONNECT_FAILURE: RetryOn = RetryOn(1);
+    pub const RESET: RetryOn = RetryOn(2);
+    pub const STATUS_502: RetryOn = RetryOn(4);
+    pub const STATUS_503: RetryOn = RetryOn(8);
+    pub const STATUS_504: RetryOn = RetryOn(16);
+    /// The names `retry.on` accepts, with their bits.
+    pub const NAMES: [(&'static str, RetryOn); 5] = [
+        ("connect-failure", RetryOn::CONNECT_FAILURE),
+        ("reset-before-response", RetryOn::RESET),
+        ("502", RetryOn::STATUS_502),
+        ("503", RetryOn::STATUS_503),
+        ("504", RetryOn::STATUS_504),
+    ];
+
+    pub fn contains(self, other: RetryOn) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The bit for a response status, if `retry.on` can name it.
+    pub fn for_status(status: u16) -> Option<RetryOn> {
+        match status {
+            502 => Some(RetryOn::STATUS_502),
+            503 => Some(RetryOn::STATUS_503),
+            504 => Some(RetryOn::STATUS_504),
+            _ => None,
+        }
+    }
+
+    pub fn names(self) -> Vec<&'static str> {
+        RetryOn::NAMES.iter().filter(|(_, b)| self.contains(*b)).map(|(n, _)| *n).collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,8 +227,12 @@ pub struct HealthCheck {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     pub connect: Duration,
-    /// Time allowed until the upstream's response headers arrive.
+    /// Time allowed until the upstream's response headers arrive, counted
+    /// from the end of the request body.
     pub request: Duration,
+    /// Longest pause of a proxied exchange in either direction (a stalled
+    /// upload is the client's fault, a stalled response body the upstream's).
+    pub idle: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -23,6 +23,8 @@ pub struct RawConfig {
     pub auth: Option<RawAuth>,
     pub defaults: Option<RawDefaults>,
     pub metrics: Option<RawMetrics>,
+    pub client: Option<RawClient>,
+    pub access_log: Option<RawAccessLog>,
     #[serde(default)]
     pub upstreams: UniqueMap<RawUpstream>,
     #[serde(default)]
@@ -54,6 +56,21 @@ pub struct RawStore {
 pub struct RawMetrics {
     /// Per-request series (requests, durations, in-flight, rejections).
     pub requests: Option<bool>,
+}
+
+/// The data listener's side of each connection.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawClient {
+    pub header_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_connections: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawAccessLog {
+    pub enabled: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,6 +110,34 @@ pub struct RawDefaults {
     pub health_check: Option<RawHealthCheck>,
     pub timeouts: Option<RawTimeouts>,
     pub max_concurrent_requests: Option<usize>,
+    pub outlier_detection: Option<RawOutlierDetection>,
+    pub retry: Option<RawRetry>,
+    pub dns_refresh: Option<String>,
+}
+
+/// Passive outlier detection per endpoint.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawOutlierDetection {
+    pub consecutive_failures: Option<u32>,
+    pub base_ejection_time: Option<String>,
+    pub max_ejection_time: Option<String>,
+    pub max_ejection_percent: Option<u32>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawRetry {
+    pub attempts: Option<u32>,
+    pub on: Option<Vec<StatusSpec>>,
+    pub budget: Option<RawRetryBudget>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawRetryBudget {
+    pub ratio: Option<f64>,
+    pub min_per_second: Option<u32>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -134,6 +179,7 @@ pub struct RawHealthCheck {
 pub struct RawTimeouts {
     pub connect: Option<String>,
     pub request: Option<String>,
+    pub idle: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -149,6 +195,9 @@ pub struct RawUpstream {
     pub max_concurrent_requests: Option<usize>,
     pub fallback: Option<RawFallback>,
     pub tls: Option<RawUpstreamTls>,
+    pub outlier_detection: Option<RawOutlierDetection>,
+    pub retry: Option<RawRetry>,
+    pub dns_refresh: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -10,10 +10,14 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme};
 use http::Uri;
 
-use super::model::{RawAuth, RawBreaker, RawConfig, RawDefaults, RawHealthCheck, RawJwt, RawTimeouts, RawUpstream, StatusSpec};
+use super::model::{
+    RawAuth, RawBreaker, RawConfig, RawDefaults, RawHealthCheck, RawJwt, RawOutlierDetection, RawRetry, RawTimeouts, RawUpstream,
+    StatusSpec,
+};
+use super::ClientConfig;
 use super::{
     AdminConfig, AuthConfig, Config, ConfigError, ConfigErrors, Endpoint, Fallback, HealthCheck, JwtConfig, JwtKey, ListenerTls,
-    LoadBalancing, Protocol, RouteConfig, ShutdownConfig, Timeouts, UpstreamConfig,
+    LoadBalancing, OutlierDetection, Protocol, RetryOn, RetryPolicy, RouteConfig, ShutdownConfig, Timeouts, UpstreamConfig,
 };
 use crate::breaker::{Policy, StatusSet};
 
@@ -75,7 +79,32 @@ const KNOWN_KEYS: &[&str] = &[
     "upstream",
     "pathPrefix",
     "host",
+    "idle",
+    "outlierDetection",
+    "consecutiveFailures",
+    "baseEjectionTime",
+    "maxEjectionTime",
+    "maxEjectionPercent",
+    "retry",
+    "attempts",
+    "on",
+    "budget",
+    "ratio",
+    "minPerSecond",
+    "dnsRefresh",
+    "client",
+    "headerTimeout",
+    "idleTimeout",
+    "maxConnections",
+    "accessLog",
+    "enabled",
+    "metrics",
+    "requests",
 ];
+
+/// The longest duration any key accepts: time arithmetic on it can never
+/// overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
 
 /// Parses and validates a whole config text.
 pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
@@ -247,10 +276,17 @@ impl Validator<'_> {
         };
         let defaults = raw.defaults.unwrap_or_default();
         let mut upstreams = Vec::new();
+        let raw_upstreams_empty = raw.upstreams.0.is_empty();
         for (name, up) in raw.upstreams.0 {
             if let Some(u) = self.upstream(&name, up, &defaults) {
                 upstreams.push(u);
             }
+        }
+        if raw_upstreams_empty {
+            self.error("upstreams", "a config must define at least one upstream (an empty file is never a valid config)");
+        }
+        if raw.routes.is_empty() {
+            self.error("routes", "a config must define at least one route (an empty file is never a valid config)");
         }
         let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
         let mut routes = Vec::new();
@@ -273,7 +309,107 @@ impl Validator<'_> {
             routes.push(RouteConfig { host: m.host.map(|h| h.to_ascii_lowercase()), path_prefix: m.path_prefix, upstream });
         }
         let request_metrics = raw.metrics.and_then(|m| m.requests).unwrap_or(true);
-        Config { listen, workers, tls, shutdown, store, admin, auth, upstreams, routes, request_metrics }
+        let client = self.client(raw.client.unwrap_or_default());
+        let access_log = raw.access_log.and_then(|a| a.enabled).unwrap_or(false);
+        Config { listen, workers, tls, shutdown, store, admin, auth, upstreams, routes, request_metrics, client, access_log }
+    }
+
+    fn client(&mut self, raw: super::model::RawClient) -> ClientConfig {
+        let d = ClientConfig::default();
+        let c = ClientConfig {
+            header_timeout: self.duration("client.headerTimeout", raw.header_timeout.as_deref(), d.header_timeout),
+            idle_timeout: self.duration("client.idleTimeout", raw.idle_timeout.as_deref(), d.idle_timeout),
+            max_connections: raw.max_connections.unwrap_or(d.max_connections),
+        };
+        if c.header_timeout.is_zero() {
+            self.error("client.headerTimeout", "must be greater than zero");
+        }
+        if c.idle_timeout.is_zero() {
+            self.error("client.idleTimeout", "must be greater than zero");
+        }
+        if c.max_connections == 0 || c.max_connections > 1_000_000 {
+            self.error("client.maxConnections", format!("{} is not between 1 and 1000000", c.max_connections));
+        }
+        c
+    }
+
+    /// `outlierDetection`, the upstream's keys over `defaults:` over built-ins.
+    fn outlier(&mut self, path: &str, own: Option<&RawOutlierDetection>, def: Option<&RawOutlierDetection>) -> OutlierDetection {
+        let mut o = OutlierDetection::default();
+        for (layer, raw) in [("defaults.outlierDetection".to_string(), def), (format!("{path}.outlierDetection"), own)] {
+            let Some(r) = raw else { continue };
+            let key = |k: &str| format!("{layer}.{k}");
+            if let Some(v) = r.consecutive_failures {
+                o.consecutive_failures = v;
+            }
+            if let Some(v) = &r.base_ejection_time {
+                o.base_ejection_time = self.duration(&key("baseEjectionTime"), Some(v), o.base_ejection_time);
+                if o.base_ejection_time.is_zero() {
+                    self.error(&key("baseEjectionTime"), "must be greater than zero");
+                }
+            }
+            if let Some(v) = &r.max_ejection_time {
+                o.max_ejection_time = self.duration(&key("maxEjectionTime"), Some(v), o.max_ejection_time);
+            }
+            if let Some(v) = r.max_ejection_percent {
+                if v > 100 {
+                    self.error(&key("maxEjectionPercent"), format!("{v} is a percentage in [0, 100]"));
+                }
+                o.max_ejection_percent = v.min(100);
+            }
+        }
+        if o.max_ejection_time < o.base_ejection_time {
+            self.error(
+                &format!("{path}.outlierDetection"),
+                format!("maxEjectionTime ({:?}) is below baseEjectionTime ({:?})", o.max_ejection_time, o.base_ejection_time),
+            );
+        }
+        o
+    }
+
+    /// `retry`, the upstream's keys over `defaults:` over built-ins.
+    fn retry(&mut self, path: &str, own: Option<&RawRetry>, def: Option<&RawRetry>) -> RetryPolicy {
+        let mut r = RetryPolicy::default();
+        for (layer, raw) in [("defaults.retry".to_string(), def), (format!("{path}.retry"), own)] {
+            let Some(raw) = raw else { continue };
+            let key = |k: &str| format!("{layer}.{k}");
+            if let Some(v) = raw.attempts {
+                if v > 10 {
+                    self.error(&key("attempts"), format!("{v} is not between 0 and 10"));
+                }
+                r.attempts = v.min(10);
+            }
+            if let Some(list) = &raw.on {
+                let mut on = RetryOn::default();
+                for (i, item) in list.iter().enumerate() {
+                    let text = match item {
+                        StatusSpec::Code(c) => c.to_string(),
+                        StatusSpec::Text(t) => t.trim().to_string(),
+                    };
+                    match RetryOn::NAMES.iter().find(|(n, _)| *n == text) {
+                        Some((_, bit)) => on.0 |= bit.0,
+                        None => {
+                            let names: Vec<&str> = RetryOn::NAMES.iter().map(|(n, _)| *n).collect();
+                            let hint = suggest(&text, &names).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+                            self.error(&format!("{}[{i}]", key("on")), format!("`{text}` is not one of {}{hint}", names.join(", ")));
+                        }
+                    }
+                }
+                r.on = on;
+            }
+            if let Some(b) = &raw.budget {
+                if let Some(v) = b.ratio {
+                    if !(0.0..=1000.0).contains(&v) {
+                        self.error(&key("budget.ratio"), format!("{v} is not a ratio between 0 and 1000"));
+                    }
+                    r.budget_ratio = v.clamp(0.0, 1000.0);
+                }
+                if let Some(v) = b.min_per_second {
+                    r.budget_min_per_second = v;
+                }
+            }
+        }
+        r
     }
 
     fn addr(&mut self, path: &str, value: Option<&str>, default: &str) -> SocketAddr {
@@ -291,6 +427,10 @@ impl Validator<'_> {
         match value {
             None => default,
             Some(text) => match humantime::parse_duration(text.trim()) {
+                Ok(d) if d > MAX_DURATION => {
+                    self.error(path, format!("`{text}` is longer than the longest duration allowed, 365 days"));
+                    default
+                }
                 Ok(d) => d,
                 Err(e) => {
                     self.error(path, format!("`{text}` is not a duration like 500ms, 30s or 2m ({e})"));
@@ -372,6 +512,16 @@ impl Validator<'_> {
             }
         };
         let timeouts = self.timeouts(&path, raw.timeouts.as_ref(), defaults.timeouts.as_ref());
+        let outlier_detection = self.outlier(&path, raw.outlier_detection.as_ref(), defaults.outlier_detection.as_ref());
+        let retry = self.retry(&path, raw.retry.as_ref(), defaults.retry.as_ref());
+        let dns_refresh = match (&raw.dns_refresh, &defaults.dns_refresh) {
+            (Some(v), _) => self.duration(&format!("{path}.dnsRefresh"), Some(v), Duration::from_secs(30)),
+            (None, Some(v)) => self.duration("defaults.dnsRefresh", Some(v), Duration::from_secs(30)),
+            (None, None) => Duration::from_secs(30),
+        };
+        if dns_refresh < Duration::from_secs(1) {
+            self.error(&format!("{path}.dnsRefresh"), "must be at least 1s");
+        }
         let health_check = self.health_check(&path, raw.health_check.as_ref(), defaults.health_check.as_ref());
         let mut breaker = self.breaker(&path, raw.breaker.as_ref(), defaults.breaker.as_ref());
         breaker.trial_lease = timeouts.connect + timeouts.request;
@@ -440,6 +590,9 @@ impl Validator<'_> {
             max_concurrent_requests,
             fallback,
             tls,
+            outlier_detection,
+            retry,
+            dns_refresh,
         })
     }
 
@@ -452,11 +605,13 @@ impl Validator<'_> {
         };
         let (connect, cp) = pick(|t| t.connect.as_ref());
         let (request, rp) = pick(|t| t.request.as_ref());
+        let (idle, ip) = pick(|t| t.idle.as_ref());
         let t = Timeouts {
             connect: self.duration(&format!("{cp}.connect"), connect.as_deref(), Duration::from_secs(2)),
             request: self.duration(&format!("{rp}.request"), request.as_deref(), Duration::from_secs(30)),
+            idle: self.duration(&format!("{ip}.idle"), idle.as_deref(), Duration::from_secs(60)),
         };
-        if t.connect.is_zero() || t.request.is_zero() {
+        if t.connect.is_zero() || t.request.is_zero() || t.idle.is_zero() {
             self.error(&format!("{path}.timeouts"), "timeouts must be greater than zero");
         }
         t

@@ -26,7 +26,11 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         let transport = Arc::new(fusebox::proxy::client::Transport::new(&up));
-        let pool = fusebox::proxy::client::EndpointPool::new(up.endpoints[0].clone(), transport);
+        let pool = fusebox::proxy::client::EndpointPool::new(
+            up.endpoints[0].clone(),
+            up.endpoints[0].authority.as_str().parse().expect("the floor's endpoint is an ip:port"),
+            transport,
+        );
         let listener = tokio::net::TcpListener::bind(&listen).await?;
         loop {
             let (stream, _) = listener.accept().await?;

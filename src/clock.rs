@@ -25,6 +25,18 @@ pub fn wall(at: Instant) -> SystemTime {
     }
 }
 
+/// Milliseconds of `at` since the clock's anchor (0 for earlier instants),
+/// for instants kept in atomics.
+pub fn ms(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(anchor().0).as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The instant `ms` milliseconds after the clock's anchor (saturating).
+pub fn from_ms(ms: u64) -> Instant {
+    let base = anchor().0;
+    base.checked_add(Duration::from_millis(ms)).unwrap_or(base)
+}
+
 /// RFC 3339 UTC with milliseconds, e.g. `2026-11-22T05:30:00.123Z`.
 pub fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);

@@ -20,10 +20,15 @@
 //! routing tables; it must not parse config files or serve admin endpoints,
 //! and takes no lock shared across upstreams.
 
+pub mod body;
 pub mod client;
+pub mod conn;
+pub mod endpoint;
+pub mod error;
 pub mod forward;
 pub mod probe;
 pub mod respond;
+pub mod retry;
 pub mod route;
 pub mod server;
 pub mod upstream;
@@ -169,6 +174,14 @@ impl Generation {
             for name in prev.upstreams.keys() {
                 if !upstreams.contains_key(name) {
                     shared.metrics.remove_upstream(name);
+                }
+                if let (Some(old), new) = (prev.upstreams.get(name), upstreams.get(name)) {
+                    // Endpoints that are gone take their ejection gauge along.
+                    for m in old.endpoints.members().iter() {
+                        if !new.is_some_and(|n| n.endpoints.members().iter().any(|k| Arc::ptr_eq(k, m))) {
+                            shared.metrics.remove_endpoint(name, &m.label);
+                        }
+                    }
                 }
             }
         }

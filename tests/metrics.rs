@@ -285,8 +285,11 @@ async fn label_values_come_only_from_config_names() {
     }
     assert_eq!(requests(&m, "success", "2xx"), n_routed as f64);
 
+    let endpoint = up.addr.to_string();
     let allowed: HashMap<&str, Vec<&str>> = HashMap::from([
         ("upstream", vec!["api"]),
+        // The endpoint's address, from the config.
+        ("endpoint", vec![endpoint.as_str()]),
         ("outcome", vec!["success", "failure", "rejected", "timeout"]),
         ("code_class", vec!["1xx", "2xx", "3xx", "4xx", "5xx", "none"]),
         ("state", STATES.to_vec()),

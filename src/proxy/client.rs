@@ -17,6 +17,7 @@
 //! list has its own lock, held for a push or a pop.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -48,15 +49,22 @@ pub const MAX_IDLE_PER_ENDPOINT: usize = 1024;
 /// Shared by its endpoints' pools, and carried across reloads while those
 /// settings stay the same.
 pub struct Transport {
-    connector: HttpsConnector<HttpConnector>,
-    h2: Option<H2Client>,
+    http: HttpConnector,
+    tls: rustls::ClientConfig,
+    /// `tls.serverName`, when set: the name every endpoint is checked against.
+    server_name: Option<String>,
+    protocol: Protocol,
 }
 
 /// The keep-alive connections to one endpoint.
 pub struct EndpointPool {
     endpoint: Endpoint,
-    /// `scheme://authority`, what the connector dials.
+    /// `scheme://address`, what the connector dials.
     target: Uri,
+    /// TCP, then TLS for `https` endpoints with the endpoint's name as SNI.
+    connector: HttpsConnector<HttpConnector>,
+    /// The HTTP/2 client, for `protocol: http2` upstreams.
+    h2: Option<H2Client>,
     /// For requests that came without a `Host` (HTTP/1.0 clients).
     host: Option<HeaderValue>,
     transport: Arc<Transport>,
@@ -67,6 +75,19 @@ pub struct EndpointPool {
 struct Idle {
     sender: http1::SendRequest<ProxyBody>,
     since: Instant,
+}
+
+/// Why a request got no response head.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// It never left fusebox (connect failed, or the connection closed
+    /// before it was written): `request` comes back, where it can.
+    #[error("request not sent: {error}")]
+    NotSent { error: BoxError, request: Option<Box<Request<ProxyBody>>> },
+    /// It was written, at least in part, and the exchange failed before a
+    /// complete response head. `reused`: on a pooled keep-alive connection.
+    #[error("exchange failed: {error}")]
+    Failed { error: BoxError, reused: bool },
 }
 
 /// A pooled connection in use by one exchange. [`Lease::release`] returns it
@@ -93,27 +114,23 @@ impl Transport {
             tracing::error!(upstream = %config.name, error = %e, "upstream TLS config unusable: its https calls will fail");
             tls::trust_nothing()
         });
-        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
-        let builder = match &config.tls.server_name {
-            Some(name) => match rustls::pki_types::ServerName::try_from(name.clone()) {
-                Ok(sni) => builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(sni)),
-                Err(_) => builder,
-            },
-            None => builder,
+        Transport { http, tls, server_name: config.tls.server_name.clone(), protocol: config.protocol }
+    }
+
+    /// The connector for one endpoint: it dials the address it is given
+    /// and checks the server's certificate against `tls.serverName` or the
+    /// endpoint's own host name.
+    fn connector(&self, endpoint: &Endpoint) -> HttpsConnector<HttpConnector> {
+        let name =
+            self.server_name.clone().unwrap_or_else(|| endpoint.authority.host().trim_start_matches('[').trim_end_matches(']').to_string());
+        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(self.tls.clone()).https_or_http();
+        let builder = match rustls::pki_types::ServerName::try_from(name) {
+            Ok(sni) => builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(sni)),
+            Err(_) => builder,
         };
-        match config.protocol {
-            Protocol::Http1 => Transport { connector: builder.enable_http1().wrap_connector(http), h2: None },
-            Protocol::Http2 => {
-                let connector = builder.enable_http2().wrap_connector(http);
-                let mut client = Client::builder(TokioExecutor::new());
-                client
-                    .timer(TokioTimer::new())
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(IDLE_TIMEOUT)
-                    .pool_max_idle_per_host(MAX_IDLE_PER_ENDPOINT)
-                    .http2_only(true);
-                Transport { connector: connector.clone(), h2: Some(client.build(connector)) }
-            }
+        match self.protocol {
+            Protocol::Http1 => builder.enable_http1().wrap_connector(self.http.clone()),
+            Protocol::Http2 => builder.enable_http2().wrap_connector(self.http.clone()),
         }
     }
 }
@@ -121,11 +138,24 @@ impl Transport {
 // === impl EndpointPool ===
 
 impl EndpointPool {
-    pub fn new(endpoint: Endpoint, transport: Arc<Transport>) -> Arc<EndpointPool> {
-        let target = Uri::builder().scheme(endpoint.scheme.clone()).authority(endpoint.authority.clone()).path_and_query("/").build();
+    /// The pool of connections to `endpoint` at `address` (one of the
+    /// addresses its name resolves to, or its own).
+    pub fn new(endpoint: Endpoint, address: SocketAddr, transport: Arc<Transport>) -> Arc<EndpointPool> {
+        let target = Uri::builder().scheme(endpoint.scheme.clone()).authority(address.to_string()).path_and_query("/").build();
         let target = target.unwrap_or_else(|_| Uri::from_static("http://invalid"));
         let host = HeaderValue::from_str(endpoint.authority.as_str()).ok();
-        let pool = Arc::new(EndpointPool { endpoint, target, host, transport, idle: Mutex::new(VecDeque::new()) });
+        let connector = transport.connector(&endpoint);
+        let h2 = (transport.protocol == Protocol::Http2).then(|| {
+            let mut client = Client::builder(TokioExecutor::new());
+            client
+                .timer(TokioTimer::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(IDLE_TIMEOUT)
+                .pool_max_idle_per_host(MAX_IDLE_PER_ENDPOINT)
+                .http2_only(true);
+            client.build(connector.clone())
+        });
+        let pool = Arc::new(EndpointPool { endpoint, target, connector, h2, host, transport, idle: Mutex::new(VecDeque::new()) });
         spawn_reaper(Arc::downgrade(&pool));
         pool
     }
@@ -140,30 +170,68 @@ impl EndpointPool {
 
     /// Sends `req` (origin-form URI) to this endpoint. HTTP/1.1 exchanges
     /// return the connection's [`Lease`]; HTTP/2 ones need none.
-    pub async fn send(self: &Arc<Self>, mut req: Request<ProxyBody>) -> Result<(Response<Incoming>, Option<Lease>), BoxError> {
-        if let Some(h2) = &self.transport.h2 {
-            *req.uri_mut() = self.absolute(req.uri())?;
-            let resp = h2.request(req).await?;
-            return Ok((resp, None));
+    ///
+    /// A reused connection that turns out closed before the request was
+    /// written is replaced by a new one, once. A request that never left
+    /// comes back in [`SendError::NotSent`], so it can be tried elsewhere.
+    pub async fn send(self: &Arc<Self>, mut req: Request<ProxyBody>) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+        if let Some(h2) = &self.h2 {
+            match self.absolute(req.uri()) {
+                Ok(uri) => *req.uri_mut() = uri,
+                Err(error) => return Err(SendError::NotSent { error, request: Some(Box::new(req)) }),
+            }
+            return match h2.request(req).await {
+                Ok(resp) => Ok((resp, None)),
+                Err(e) if e.is_connect() => Err(SendError::NotSent { error: Box::new(e), request: None }),
+                Err(e) => Err(SendError::Failed { error: Box::new(e), reused: false }),
+            };
         }
         if !req.headers().contains_key(header::HOST) {
             if let Some(host) = &self.host {
                 req.headers_mut().insert(header::HOST, host.clone());
             }
         }
-        let (mut sender, reused) = self.checkout().await?;
+        let (sender, reused) = match self.checkout().await {
+            Ok(found) => found,
+            Err(error) => return Err(SendError::NotSent { error, request: Some(Box::new(req)) }),
+        };
+        match self.exchange(sender, req, reused).await {
+            Err(SendError::NotSent { error, request: Some(req) }) if reused => {
+                tracing::debug!(endpoint = %self.endpoint, error = %error, "pooled connection closed before the request was sent: retrying on a new one");
+                match Box::pin(self.connect()).await {
+                    Ok(sender) => self.exchange(sender, *req, false).await,
+                    Err(error) => Err(SendError::NotSent { error, request: Some(req) }),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// One request on one connection.
+    async fn exchange(
+        self: &Arc<Self>,
+        mut sender: http1::SendRequest<ProxyBody>,
+        req: Request<ProxyBody>,
+        reused: bool,
+    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         match sender.try_send_request(req).await {
             Ok(resp) => Ok((resp, Some(Lease { sender, pool: self.clone() }))),
             Err(mut e) => match e.take_message() {
-                // Never written: the reused connection was closed under us.
-                Some(req) if reused => {
-                    tracing::debug!(endpoint = %self.endpoint, error = %e.error(), "pooled connection closed before the request was sent: retrying on a new one");
-                    let mut sender = Box::pin(self.connect()).await?;
-                    let resp = sender.send_request(req).await?;
-                    Ok((resp, Some(Lease { sender, pool: self.clone() })))
-                }
-                _ => Err(Box::new(e.into_error())),
+                Some(req) => Err(SendError::NotSent { error: Box::new(e.into_error()), request: Some(Box::new(req)) }),
+                None => Err(SendError::Failed { error: Box::new(e.into_error()), reused }),
             },
+        }
+    }
+
+    /// Opens a new connection to this endpoint (it is not pooled until its
+    /// first exchange ends).
+    pub async fn fresh(self: &Arc<Self>, req: Request<ProxyBody>) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+        if self.h2.is_some() {
+            return self.send(req).await;
+        }
+        match Box::pin(self.connect()).await {
+            Ok(sender) => self.exchange(sender, req, false).await,
+            Err(error) => Err(SendError::NotSent { error, request: Some(Box::new(req)) }),
         }
     }
 
@@ -173,7 +241,8 @@ impl EndpointPool {
 
     fn absolute(&self, uri: &Uri) -> Result<Uri, BoxError> {
         let path = uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        Ok(Uri::builder().scheme(self.endpoint.scheme.clone()).authority(self.endpoint.authority.clone()).path_and_query(path).build()?)
+        let authority = self.target.authority().map_or_else(|| self.endpoint.authority.clone(), Clone::clone);
+        Ok(Uri::builder().scheme(self.endpoint.scheme.clone()).authority(authority).path_and_query(path).build()?)
     }
 
     /// The warmest usable idle connection, or a new one. The flag says
@@ -217,7 +286,7 @@ impl EndpointPool {
     }
 
     async fn connect(&self) -> Result<http1::SendRequest<ProxyBody>, BoxError> {
-        let mut connector = self.transport.connector.clone();
+        let mut connector = self.connector.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
         let io = connector.call(self.target.clone()).await?;
         let (sender, conn) = http1::Builder::new().handshake(io).await?;

@@ -1,28 +1,32 @@
-//! The request handler: route, admit, forward, classify/record, respond.
-//! Bodies stream in both directions; nothing is buffered whole.
+//! The request handler, in the phases of `proxy`'s module doc: check,
+//! route, admit, forward (with retries over the endpoints), classify and
+//! record, respond. Bodies stream in both directions; nothing is buffered
+//! whole. Every failure is a typed [`Fault`] mapped once (`error`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
-use http_body::{Body, Frame};
-use http_body_util::BodyExt;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::clock;
-use crate::config::Protocol;
+use crate::config::{Protocol, RetryOn};
 
-use super::client::Lease;
+use super::body::{ClientBody, TrackedBody, Upload};
+use super::client::{Lease, SendError};
+use super::endpoint::EndpointLease;
+use super::error::{describe, is_resource_exhaustion, ClientFault, Fault, LocalFault, UpstreamFault};
 use super::respond;
 use super::route::request_host;
-use super::upstream::{BoxError, CallGuard, EndpointSlot, ProxyBody, Upstream};
+use super::upstream::{BoxError, CallGuard, ProxyBody, Upstream};
 use super::Generation;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -31,14 +35,14 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Headers that describe one hop, never forwarded (RFC 9110 7.6.1).
-static HOP_BY_HOP: [HeaderName; 8] = [
+/// `Trailer` is not one of them: it announces trailers that are forwarded.
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
 
@@ -49,7 +53,6 @@ pub struct DataPlane {
     pub scheme: &'static str,
 }
 
-/// Entry point for one request on the data listener.
 /// The client's IP as a header value, made once per connection.
 #[derive(Clone)]
 pub struct PeerIp(HeaderValue);
@@ -60,24 +63,66 @@ impl PeerIp {
     }
 }
 
+/// What the access log and the debug line say of a proxied request.
+#[derive(Default)]
+struct Exchange {
+    endpoint: Option<Arc<str>>,
+    outcome: &'static str,
+    retries: u32,
+}
+
+/// Entry point for one request on the data listener.
 pub async fn handle(req: Request<Incoming>, plane: Arc<DataPlane>, peer: PeerIp) -> Result<Response<ProxyBody>, Infallible> {
     let generation = plane.store.load_full();
     let request_id = request_id(req.headers());
-    let log = tracing::enabled!(tracing::Level::DEBUG).then(|| (clock::now(), req.method().clone(), req.uri().path().to_owned()));
-    let (upstream, mut resp) = match route(&generation, &req) {
-        None => (None, respond::no_route(request_host(&req), req.uri().path())),
-        Some(up) => {
-            let resp = proxy(up.clone(), req, peer, &request_id, plane.scheme).await;
-            (Some(up), resp)
+    let access = generation.config.access_log;
+    let log =
+        (access || tracing::enabled!(tracing::Level::DEBUG)).then(|| (clock::now(), req.method().clone(), req.uri().path().to_owned()));
+    let mut exchange = Exchange::default();
+    let (upstream, mut resp) = match check(&req) {
+        Err(fault) => {
+            exchange.outcome = "client_error";
+            (None, respond::fault(None, fault, ""))
         }
+        Ok(()) => match route(&generation, &req) {
+            None => {
+                exchange.outcome = "no_route";
+                (None, respond::no_route(request_host(&req), req.uri().path()))
+            }
+            Some(up) => {
+                let resp = proxy(up.clone(), req, &peer, &request_id, plane.scheme, &mut exchange).await;
+                (Some(up), resp)
+            }
+        },
     };
     if let Some((started, method, path)) = log {
         let name = upstream.as_ref().map_or("-", |u| u.config.name.as_str());
         let ms = clock::now().saturating_duration_since(started).as_secs_f64() * 1e3;
-        tracing::debug!(request_id = ?request_id, %method, %path, upstream = name, status = resp.status().as_u16(), ms, "request");
+        let endpoint = exchange.endpoint.as_deref().unwrap_or("-");
+        let status = resp.status().as_u16();
+        let client = peer.0.to_str().unwrap_or("-");
+        if access {
+            tracing::info!(target: "fusebox::access", request_id = ?request_id, client, %method, path = ?path, upstream = name, operation = "-", endpoint, status, outcome = exchange.outcome, retries = exchange.retries, duration_ms = ms, "{method} {path:?} {status}");
+        } else {
+            tracing::debug!(request_id = ?request_id, %method, path = ?path, upstream = name, endpoint, status, outcome = exchange.outcome, retries = exchange.retries, ms, "request");
+        }
     }
     resp.headers_mut().entry(REQUEST_ID).or_insert(request_id);
     Ok(resp)
+}
+
+/// Phase 0: what makes a request malformed before routing (RFC 9112 3.2):
+/// an HTTP/1.1 request needs exactly one `Host`; none has two.
+fn check(req: &Request<Incoming>) -> Result<(), Fault> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Fault::Client(ClientFault::BadRequest("more than one Host header")));
+    }
+    if first.is_none() && req.version() == Version::HTTP_11 {
+        return Err(Fault::Client(ClientFault::BadRequest("an HTTP/1.1 request needs a Host header")));
+    }
+    Ok(())
 }
 
 /// Phase 1: the first matching route.
@@ -85,89 +130,303 @@ fn route(generation: &Generation, req: &Request<Incoming>) -> Option<Arc<Upstrea
     generation.router.route(request_host(req), req.uri().path()).cloned()
 }
 
+/// The head of a bodyless idempotent request, kept to send it again.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    fn request(&self) -> Request<ProxyBody> {
+        let mut req = Request::new(Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync());
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+/// One attempt's failure: its fault, the request if it never left, and
+/// what the error said.
+struct Failed {
+    fault: Fault,
+    request: Option<Box<Request<ProxyBody>>>,
+    detail: String,
+}
+
 /// Phases 2-5 for a routed request.
 async fn proxy(
     up: Arc<Upstream>,
     mut req: Request<Incoming>,
-    peer: PeerIp,
+    peer: &PeerIp,
     request_id: &HeaderValue,
     scheme: &'static str,
+    exchange: &mut Exchange,
 ) -> Response<ProxyBody> {
     // Phase 2: admit.
     let refused_status = up.config.fallback.as_ref().map_or(503, |f| f.status.as_u16());
-    let mut guard = match up.circuit.admit(up.config.max_concurrent_requests, refused_status, clock::now()) {
+    let now = clock::now();
+    let mut guard = match up.circuit.admit(up.config.max_concurrent_requests, refused_status, now) {
         Ok(g) => g,
-        Err(refusal) => return respond::refused(&up, &refusal),
+        Err(refusal) => {
+            exchange.outcome = "rejected";
+            return respond::refused(&up, &refusal);
+        }
     };
-    // Phase 3: forward.
-    let slot = up.pick();
+    up.retry_budget.on_request(now);
+    if let Some(ctl) = req.extensions().get::<super::conn::ConnControl>() {
+        ctl.set_stall_timeout(up.config.timeouts.idle);
+    }
+    // Phase 3: forward, on one endpoint and maybe again on another.
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let out = rewrite(req, up.config.protocol, peer, request_id, scheme, upgrade);
-    let sent = tokio::time::timeout(up.config.timeouts.request, slot.pool().send(out)).await;
-    // Phase 4: classify and record.
-    let now = clock::now();
-    let (mut resp, lease) = match sent {
-        Err(_) => {
-            guard.finish(None, true, now);
-            return respond::gateway_timeout(&up.config.name);
+    let bodyless = req.body().is_end_stream();
+    let idempotent = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE);
+    let (out, upload) = rewrite(req, &up, peer, request_id, scheme, upgrade, bodyless);
+    let replay = (bodyless && idempotent && !upgrade).then(|| Replay {
+        method: out.method().clone(),
+        uri: out.uri().clone(),
+        version: out.version(),
+        headers: out.headers().clone(),
+    });
+    up.endpoints.ensure_resolved().await;
+    let mut next = Some(out);
+    let mut exclude: Option<Arc<super::endpoint::Member>> = None;
+    let mut retrying: Option<&'static str> = None;
+    let (mut resp, conn, lease) = loop {
+        let now = clock::now();
+        let Some(mut lease) = up.endpoints.pick(exclude.as_deref(), now) else {
+            exchange.outcome = "local_error";
+            return respond::fault(Some(&up.config.name), Fault::Local(LocalFault::NoEndpoint), "");
+        };
+        exchange.endpoint = Some(lease.member.label.clone());
+        let req = match next.take() {
+            Some(r) => r,
+            None => match &replay {
+                Some(r) => r.request(),
+                // (Unreachable: a retry without the request needs a replay.)
+                None => return finish_with_fault(&up, guard, exchange, Fault::Local(LocalFault::Resources), "request lost"),
+            },
+        };
+        let result = attempt(&up, &lease, req, upload.as_deref(), replay.as_ref()).await;
+        let now = clock::now();
+        let failed = match result {
+            Ok((resp, conn)) => {
+                let status = resp.status().as_u16();
+                let failure = up.config.breaker.failure_statuses.contains(status);
+                up.endpoints.record(&mut lease, failure.then_some(Fault::Upstream(UpstreamFault::Status(status))), now);
+                let retry_status = RetryOn::for_status(status).filter(|on| up.config.retry.on.contains(*on));
+                if let Some(reason) = retrying.take() {
+                    up.circuit.metrics.retry(reason, if failure || retry_status.is_some() { "failure" } else { "success" });
+                }
+                match retry_status {
+                    Some(_) if replay.is_some() && may_retry(&up, exchange, "status", &lease, now) => {
+                        retrying = Some(status_reason(status));
+                        exclude = Some(lease.member.clone());
+                        continue;
+                    }
+                    _ => break (resp, conn, lease),
+                }
+            }
+            Err(failed) => failed,
+        };
+        up.endpoints.record(&mut lease, Some(failed.fault), now);
+        if let Some(reason) = retrying.take() {
+            up.circuit.metrics.retry(reason, "failure");
         }
-        Ok(Err(e)) => {
-            guard.finish(None, false, now);
-            let detail = describe(&*e);
-            tracing::debug!(upstream = %up.config.name, endpoint = %slot.endpoint(), error = %detail, "upstream call failed");
-            return respond::bad_gateway(&up.config.name, &detail);
+        tracing::debug!(upstream = %up.config.name, endpoint = %lease.member.label, fault = failed.fault.label(), error = %failed.detail, "upstream attempt failed");
+        // A request that never left may always go again; one that left
+        // only when bodyless, idempotent and its fault is in `retry.on`.
+        let retryable = match (&failed.request, failed.fault.retry_on()) {
+            (_, None) => false,
+            (Some(_), Some(_)) => true,
+            (None, Some(on)) => replay.is_some() && up.config.retry.on.contains(on),
+        };
+        if retryable && may_retry(&up, exchange, failed.fault.label(), &lease, now) {
+            retrying = Some(failed.fault.label());
+            exclude = Some(lease.member.clone());
+            next = failed.request.map(|r| *r);
+            continue;
         }
-        Ok(Ok(sent)) => sent,
+        return finish_with_fault(&up, guard, exchange, failed.fault, &failed.detail);
     };
-    guard.finish(Some(resp.status().as_u16()), false, now);
+    // Phase 4: classify and record the client request's one outcome.
+    let status = resp.status().as_u16();
+    let outcome = guard.finish(Some(status), false, clock::now());
+    exchange.outcome = if outcome.failure { "failure" } else { "success" };
     // Phase 5: respond.
+    let set = up.endpoints.clone();
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            tokio::spawn(splice(client_upgrade, upstream_upgrade, guard, slot));
+            tokio::spawn(splice(client_upgrade, upstream_upgrade, guard, lease));
             let (parts, _) = resp.into_parts();
             return Response::from_parts(parts, respond::full(Bytes::new()));
         }
     }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
-    let body = TrackedBody { inner: body, guard: Some(guard), lease, _slot: slot };
+    let body = TrackedBody::new(body, guard, conn, (lease, set), up.config.timeouts.idle);
     Response::from_parts(parts, body.boxed_unsync())
 }
 
-/// Builds the upstream request: endpoint URI, hop-by-hop headers removed,
-/// `x-forwarded-*` and `x-request-id` set.
+/// Whether one more attempt may be made: attempts left, budget, and the
+/// circuit not open meanwhile. Counts a refusal by the budget.
+fn may_retry(up: &Upstream, exchange: &mut Exchange, reason: &'static str, _lease: &EndpointLease, now: Instant) -> bool {
+    if exchange.retries >= up.config.retry.attempts || up.circuit_refuses() {
+        return false;
+    }
+    if !up.retry_budget.try_retry(&up.config.retry, now) {
+        up.circuit.metrics.retry(reason, "budget_exhausted");
+        return false;
+    }
+    exchange.retries += 1;
+    true
+}
+
+fn status_reason(status: u16) -> &'static str {
+    match status {
+        502 => "502",
+        503 => "503",
+        _ => "504",
+    }
+}
+
+/// Records a failed client request once and answers it.
+fn finish_with_fault(up: &Upstream, mut guard: CallGuard, exchange: &mut Exchange, fault: Fault, detail: &str) -> Response<ProxyBody> {
+    match fault {
+        Fault::Upstream(f) => {
+            guard.finish(None, f == UpstreamFault::Timeout, clock::now());
+            exchange.outcome = if f == UpstreamFault::Timeout { "timeout" } else { "failure" };
+        }
+        // Not the upstream's: the permit is given back uncounted.
+        Fault::Client(_) => {
+            up.circuit.metrics.client_error(fault.label());
+            exchange.outcome = "client_error";
+        }
+        Fault::Local(_) => {
+            up.circuit.metrics.rejected(None, 503);
+            exchange.outcome = "local_error";
+        }
+    }
+    respond::fault(Some(&up.config.name), fault, detail)
+}
+
+/// One attempt on one endpoint, within `timeouts.request` counted from the
+/// end of the upload. A bodyless idempotent request that a reused
+/// keep-alive connection lost after it was written (the upstream closed
+/// that connection as we sent: the keep-alive race) goes once more on a
+/// new connection to the same endpoint, as Go's and nginx's clients do;
+/// that is not the endpoint's fault.
+async fn attempt(
+    up: &Upstream,
+    lease: &EndpointLease,
+    req: Request<ProxyBody>,
+    upload: Option<&Upload>,
+    replay: Option<&Replay>,
+) -> Result<(Response<Incoming>, Option<Lease>), Failed> {
+    let pool = lease.member.pool();
+    let timeout = up.config.timeouts.request;
+    let sent = within(timeout, upload, pool.send(req)).await;
+    let sent = match sent {
+        Some(Err(SendError::Failed { error, reused: true })) if replay.is_some() && upload.is_none() => {
+            tracing::debug!(upstream = %up.config.name, endpoint = %lease.member.label, error = %describe(&*error), "keep-alive connection closed under the request: sending it again on a new connection");
+            let again = replay.map(Replay::request).map(|r| pool.fresh(r));
+            match again {
+                Some(f) => within(timeout, None, f).await,
+                None => Some(Err(SendError::Failed { error, reused: true })),
+            }
+        }
+        other => other,
+    };
+    match sent {
+        None => {
+            Err(Failed { fault: Fault::Upstream(UpstreamFault::Timeout), request: None, detail: format!("no response within {timeout:?}") })
+        }
+        Some(Ok(x)) => Ok(x),
+        Some(Err(SendError::NotSent { error, request })) => {
+            let fault =
+                if is_resource_exhaustion(&*error) { Fault::Local(LocalFault::Resources) } else { Fault::Upstream(UpstreamFault::Connect) };
+            Err(Failed { fault, request, detail: describe(&*error) })
+        }
+        Some(Err(SendError::Failed { error, .. })) => {
+            let fault = match upload.and_then(Upload::client_fault) {
+                Some(c) => Fault::Client(c),
+                None => classify(&*error),
+            };
+            Err(Failed { fault, request: None, detail: describe(&*error) })
+        }
+    }
+}
+
+/// An exchange error that is not the client's: the upstream's, unless it
+/// is fusebox out of resources.
+fn classify(error: &(dyn std::error::Error + Send + Sync + 'static)) -> Fault {
+    if is_resource_exhaustion(error) {
+        return Fault::Local(LocalFault::Resources);
+    }
+    match error.downcast_ref::<hyper::Error>() {
+        Some(e) if e.is_parse() || e.is_parse_status() => Fault::Upstream(UpstreamFault::Protocol),
+        _ => Fault::Upstream(UpstreamFault::Reset),
+    }
+}
+
+/// Runs `send` with the request deadline: `timeout` from the end of the
+/// upload (at once for a bodyless request). `None` when it expired.
+async fn within<F: std::future::Future>(timeout: std::time::Duration, upload: Option<&Upload>, send: F) -> Option<F::Output> {
+    match upload {
+        None => tokio::time::timeout(timeout, send).await.ok(),
+        Some(upload) => {
+            let deadline = async {
+                upload.finished().await;
+                tokio::time::sleep(timeout).await;
+            };
+            tokio::select! {
+                r = send => Some(r),
+                () = deadline => None,
+            }
+        }
+    }
+}
+
+/// Builds the upstream request: origin-form URI, hop-by-hop headers removed,
+/// `Host` from an absolute-form target (RFC 9112 3.2.2), `x-forwarded-*`
+/// and `x-request-id` set. A body that is not empty is wrapped to watch the
+/// upload; the [`Upload`] it reports to comes back with it.
 fn rewrite(
     req: Request<Incoming>,
-    protocol: Protocol,
-    peer: PeerIp,
+    up: &Upstream,
+    peer: &PeerIp,
     request_id: &HeaderValue,
     scheme: &'static str,
     upgrade: bool,
-) -> Request<ProxyBody> {
+    bodyless: bool,
+) -> (Request<ProxyBody>, Option<Arc<Upload>>) {
     let (mut parts, body) = req.into_parts();
     let path_and_query = parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    // The client's host: the URI authority (HTTP/2) or the Host header.
-    let original_host = match parts.uri.authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => parts.headers.get(header::HOST).cloned(),
-    };
+    // The client's host: the target's authority (absolute form, HTTP/2)
+    // wins over the Host header.
+    let authority = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    let h = &mut parts.headers;
+    if let Some(a) = authority {
+        h.insert(header::HOST, a);
+    }
+    let original_host = h.get(header::HOST).cloned();
     // Origin form; the endpoint's pool dials the endpoint.
     parts.uri = Uri::from(path_and_query);
     strip_hop_by_hop(&mut parts.headers, upgrade);
     let h = &mut parts.headers;
     if let Some(host) = original_host {
-        if !h.contains_key(header::HOST) {
-            h.insert(header::HOST, host.clone());
-        }
         h.insert(X_FORWARDED_HOST, host);
     }
     // One comma-joined line: some upstreams read only the first
     // x-forwarded-for line, and the rightmost hop must be ours.
     let mut prev = h.get_all(X_FORWARDED_FOR).iter().peekable();
     let xff = if prev.peek().is_none() {
-        Some(peer.0)
+        Some(peer.0.clone())
     } else {
         let mut joined = Vec::with_capacity(64);
         for v in prev {
@@ -182,15 +441,20 @@ fn rewrite(
     }
     h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
     h.insert(REQUEST_ID, request_id.clone());
-    parts.version = match protocol {
+    parts.version = match up.config.protocol {
         Protocol::Http1 => Version::HTTP_11,
         Protocol::Http2 => Version::HTTP_2,
     };
-    if protocol == Protocol::Http2 {
+    if up.config.protocol == Protocol::Http2 {
         parts.headers.remove(header::HOST);
     }
-    let body = body.map_err(BoxError::from).boxed_unsync();
-    Request::from_parts(parts, body)
+    if bodyless {
+        let body = body.map_err(BoxError::from).boxed_unsync();
+        return (Request::from_parts(parts, body), None);
+    }
+    let upload = Arc::new(Upload::default());
+    let body = ClientBody::new(body, upload.clone(), up.config.timeouts.idle).boxed_unsync();
+    (Request::from_parts(parts, body), Some(upload))
 }
 
 /// Removes hop-by-hop headers, including those named by `Connection`.
@@ -257,8 +521,7 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
         "proxy-authenticate" => 3,
         "proxy-authorization" => 4,
         "te" => 5,
-        "trailer" => 6,
-        "transfer-encoding" => 7,
+        "transfer-encoding" => 6,
         "upgrade" => HOP_BY_HOP.len(),
         _ => return None,
     })
@@ -308,20 +571,9 @@ fn next_random() -> u64 {
     })
 }
 
-fn describe(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
-}
-
 /// Copies bytes both ways between an upgraded client and upstream.
-async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, guard: CallGuard, slot: EndpointSlot) {
-    let _hold = (guard, slot);
+async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, guard: CallGuard, lease: EndpointLease) {
+    let _hold = (guard, lease);
     match tokio::try_join!(client, upstream) {
         Ok((c, u)) => {
             let mut c = TokioIo::new(c);
@@ -331,66 +583,6 @@ async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
             }
         }
         Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-    }
-}
-
-/// The upstream's response body on its way to the client. Holds the call's
-/// bulkhead slot and endpoint slot until the body ends; a body that breaks
-/// mid-way is recorded as a failure of the upstream. The connection goes
-/// back to its pool only when the body has ended.
-struct TrackedBody {
-    inner: Incoming,
-    guard: Option<CallGuard>,
-    lease: Option<Lease>,
-    _slot: EndpointSlot,
-}
-
-impl TrackedBody {
-    fn ended(&mut self) {
-        self.guard.take();
-        if let Some(lease) = self.lease.take() {
-            lease.release();
-        }
-    }
-}
-
-impl Body for TrackedBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Err(e))) => {
-                this.lease.take();
-                if let Some(g) = this.guard.take() {
-                    g.circuit().with(|b| b.on_late_failure(clock::now()));
-                }
-                Poll::Ready(Some(Err(Box::new(e))))
-            }
-            Poll::Ready(None) => {
-                this.ended();
-                Poll::Ready(None)
-            }
-            other => other.map_err(|e| Box::new(e) as BoxError),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for TrackedBody {
-    fn drop(&mut self) {
-        // An empty body (204, HEAD, `content-length: 0`) is never polled.
-        if self.lease.is_some() && self.inner.is_end_stream() {
-            self.ended();
-        }
     }
 }
 

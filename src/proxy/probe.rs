@@ -1,15 +1,19 @@
 //! Active health probes: one GET of the upstream's `healthCheck.path` (or
-//! `/`) on an endpoint, within `healthCheck.timeout` (or the connect
-//! timeout). Used by the periodic checker and by on-demand checks from the
-//! admin side. In half-open with a health check configured, the probe is
-//! the trial (it takes the trial lease), so no user request is spent on a
-//! broken upstream.
+//! `/`) on every endpoint at once, within `healthCheck.timeout` (or the
+//! request timeout). Each endpoint is ejected or restored on its own
+//! result; the upstream is healthy when any endpoint is. Used by the
+//! periodic checker and by on-demand checks from the admin side. In
+//! half-open with a health check configured, the probe is the trial (it
+//! takes the trial lease), so no user request is spent on a broken
+//! upstream.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use http::{Request, StatusCode};
 
+use super::endpoint::Member;
 use super::respond::full;
 use super::upstream::Upstream;
 use crate::clock;
@@ -21,32 +25,45 @@ pub struct ProbeResult {
     pub latency: Duration,
 }
 
-/// Probes `up` once and feeds the result to its circuit.
+/// Probes every endpoint of `up` once, feeds each result to its endpoint
+/// and the whole to its circuit.
 pub async fn probe(up: &Arc<Upstream>) -> ProbeResult {
     let circuit = &up.circuit;
     let permit = circuit.with(|b| b.try_acquire_probe(clock::now()).ok());
-    let slot = up.pick();
-    let path = up.config.health_check.as_ref().map_or("/", |h| h.path.as_str());
-    let timeout = up.config.health_check.as_ref().map_or(up.config.timeouts.request, |h| h.timeout);
+    up.endpoints.ensure_resolved().await;
+    let members = up.endpoints.members();
     let started = clock::now();
-    let healthy = match Request::get(path).header("user-agent", "fusebox-health-check").body(full(bytes::Bytes::new())) {
-        // The probe's connection is not pooled again: its body is not read.
-        Ok(req) => match tokio::time::timeout(timeout, slot.pool().send(req)).await {
-            Ok(Ok((resp, _lease))) => {
-                resp.status() != StatusCode::SERVICE_UNAVAILABLE && !up.config.breaker.failure_statuses.contains(resp.status().as_u16())
-            }
-            _ => false,
-        },
-        Err(_) => false,
-    };
+    let results = join_all(members.iter().map(|m| probe_one(up, m))).await;
     let now = clock::now();
     let latency = now.saturating_duration_since(started);
+    if members.len() > 1 {
+        for (m, healthy) in members.iter().zip(&results) {
+            up.endpoints.health(m, *healthy, now);
+        }
+    }
+    let healthy = results.iter().any(|h| *h);
     circuit.with(|b| match permit {
         Some(p) => b.on_probe(p, healthy, latency, now),
         None => b.note_probe(),
     });
     circuit.metrics.health_check(healthy);
     ProbeResult { healthy, latency }
+}
+
+/// One GET on one endpoint.
+async fn probe_one(up: &Upstream, member: &Arc<Member>) -> bool {
+    let path = up.config.health_check.as_ref().map_or("/", |h| h.path.as_str());
+    let timeout = up.config.health_check.as_ref().map_or(up.config.timeouts.request, |h| h.timeout);
+    let Ok(req) = Request::get(path).header("user-agent", "fusebox-health-check").body(full(bytes::Bytes::new())) else {
+        return false;
+    };
+    // The probe's connection is not pooled again: its body is not read.
+    match tokio::time::timeout(timeout, member.pool().send(req)).await {
+        Ok(Ok((resp, _lease))) => {
+            resp.status() != StatusCode::SERVICE_UNAVAILABLE && !up.config.breaker.failure_statuses.contains(resp.status().as_u16())
+        }
+        _ => false,
+    }
 }
 
 /// Probes every `interval` while the upstream exists in the current config.

@@ -1,6 +1,7 @@
 //! Responses fusebox writes itself: the fail-fast 503 contract (or the
-//! upstream's fallback), overload 503, 404 for no route, 502/504 for
-//! upstream errors. Small JSON bodies, always with `x-request-id`.
+//! upstream's fallback), overload 503, 404 for no route, and the answer to
+//! every typed [`Fault`] (400/408 for the client's, 502/504 for the
+//! upstream's, the overloaded 503 for fusebox's own). Small JSON bodies, always with `x-request-id`.
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
@@ -9,6 +10,7 @@ use serde_json::json;
 
 use crate::breaker::{RejectReason, Rejection};
 
+use super::error::Fault;
 use super::upstream::{ProxyBody, Refusal, Upstream};
 
 pub const CIRCUIT_HEADER: &str = "x-fusebox-circuit";
@@ -33,12 +35,24 @@ pub fn no_route(host: Option<&str>, path: &str) -> Response<ProxyBody> {
     error(StatusCode::NOT_FOUND, "no_route", format!("no route matches host {:?} path {path:?}", host.unwrap_or("")))
 }
 
-pub fn bad_gateway(upstream: &str, detail: &str) -> Response<ProxyBody> {
-    error(StatusCode::BAD_GATEWAY, "upstream_unavailable", format!("upstream {upstream}: {detail}"))
-}
-
-pub fn gateway_timeout(upstream: &str) -> Response<ProxyBody> {
-    error(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", format!("upstream {upstream} did not answer in time"))
+/// The answer to a request that failed: status, code and header from the
+/// fault's one mapping (`error::Fault`).
+pub fn fault(upstream: Option<&str>, fault: Fault, detail: &str) -> Response<ProxyBody> {
+    let message = match (upstream, detail.is_empty()) {
+        (Some(u), false) => format!("upstream {u}: {fault}: {detail}"),
+        (Some(u), true) => format!("upstream {u}: {fault}"),
+        (None, _) => fault.to_string(),
+    };
+    let mut resp = error(fault.status(), fault.code(), message);
+    if fault.overloaded() {
+        resp.headers_mut().insert(OVERLOADED_HEADER, HeaderValue::from_static("true"));
+    }
+    if fault.status() == StatusCode::REQUEST_TIMEOUT || fault.status() == StatusCode::BAD_REQUEST {
+        // The request body was not read to its end: the connection cannot
+        // carry another request.
+        resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// The answer to a refused request.

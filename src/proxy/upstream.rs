@@ -13,13 +13,14 @@ use tokio::sync::broadcast;
 
 use crate::breaker::{Breaker, CallOutcome, Mode, Permit, Policy, Rejection, ResetReport, Snapshot, Transition};
 use crate::clock;
-use crate::config::{LoadBalancing, UpstreamConfig};
+use crate::config::UpstreamConfig;
 use crate::history::History;
 use crate::store::SavedCircuit;
 use crate::telemetry::metrics::Outcome;
 use crate::telemetry::UpstreamMetrics;
 
-use super::client::{EndpointPool, Transport};
+use super::endpoint::EndpointSet;
+use super::retry::RetryBudget;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -70,16 +71,10 @@ pub struct CallGuard {
 pub struct Upstream {
     pub config: UpstreamConfig,
     pub circuit: Arc<Circuit>,
-    /// One connection pool per endpoint, in `config.endpoints` order.
-    pools: Vec<Arc<EndpointPool>>,
-    next: AtomicUsize,
-    endpoint_load: Vec<AtomicUsize>,
-}
-
-/// A slot on one endpoint for least-request balancing; freed on drop.
-pub struct EndpointSlot {
-    upstream: Arc<Upstream>,
-    index: usize,
+    /// Its endpoints, balanced beneath the circuit.
+    pub endpoints: Arc<EndpointSet>,
+    /// Kept across reloads with the circuit's name.
+    pub retry_budget: Arc<RetryBudget>,
 }
 
 /// What one lock guards: the breaker and the history it feeds, so a
@@ -284,60 +279,20 @@ fn unix_secs(at: Instant) -> u64 {
 
 impl Upstream {
     /// `previous` is this upstream in the generation before, if any: its
-    /// connection pools are kept for the endpoints that stay, as long as
-    /// protocol, timeouts and TLS are unchanged.
+    /// endpoints (connection pools, outlier state) are kept for the
+    /// endpoints that stay, as long as protocol, timeouts and TLS are
+    /// unchanged, and so is its retry budget.
     pub fn new(config: UpstreamConfig, circuit: Arc<Circuit>, previous: Option<&Upstream>) -> Upstream {
-        let same_transport =
-            |p: &&Upstream| p.config.protocol == config.protocol && p.config.timeouts == config.timeouts && p.config.tls == config.tls;
-        let previous = previous.filter(same_transport);
-        let transport = match previous.and_then(|p| p.pools.first()) {
-            Some(pool) => pool.transport().clone(),
-            None => Arc::new(Transport::new(&config)),
-        };
-        let pools = config
-            .endpoints
-            .iter()
-            .map(|e| match previous.and_then(|p| p.pools.iter().find(|pool| pool.endpoint() == e)) {
-                Some(pool) => pool.clone(),
-                None => EndpointPool::new(e.clone(), transport.clone()),
-            })
-            .collect();
-        let endpoint_load = config.endpoints.iter().map(|_| AtomicUsize::new(0)).collect();
-        Upstream { config, circuit, pools, next: AtomicUsize::new(0), endpoint_load }
+        let same_transport = previous.is_some_and(|p| {
+            p.config.protocol == config.protocol && p.config.timeouts.connect == config.timeouts.connect && p.config.tls == config.tls
+        });
+        let endpoints = EndpointSet::new(&config, previous.map(|p| &*p.endpoints), same_transport, circuit.metrics.clone());
+        let retry_budget = previous.map_or_else(|| Arc::new(RetryBudget::new()), |p| p.retry_budget.clone());
+        Upstream { config, circuit, endpoints, retry_budget }
     }
 
-    /// Picks an endpoint (round robin or least request).
-    pub fn pick(self: &Arc<Self>) -> EndpointSlot {
-        let n = self.config.endpoints.len();
-        let index = match (self.config.load_balancing, n) {
-            (_, 0 | 1) => 0,
-            (LoadBalancing::RoundRobin, _) => self.next.fetch_add(1, Ordering::Relaxed) % n,
-            (LoadBalancing::LeastRequest, _) => {
-                // Ties rotate so equal endpoints share the load.
-                let start = self.next.fetch_add(1, Ordering::Relaxed);
-                (0..n).map(|i| (start + i) % n).min_by_key(|&i| self.endpoint_load[i].load(Ordering::Relaxed)).unwrap_or(0)
-            }
-        };
-        self.endpoint_load[index].fetch_add(1, Ordering::Relaxed);
-        EndpointSlot { upstream: self.clone(), index }
-    }
-}
-
-// === impl EndpointSlot ===
-
-impl EndpointSlot {
-    pub fn endpoint(&self) -> &crate::config::Endpoint {
-        &self.upstream.config.endpoints[self.index]
-    }
-
-    /// The endpoint's connection pool.
-    pub fn pool(&self) -> &Arc<EndpointPool> {
-        &self.upstream.pools[self.index]
-    }
-}
-
-impl Drop for EndpointSlot {
-    fn drop(&mut self) {
-        self.upstream.endpoint_load[self.index].fetch_sub(1, Ordering::Relaxed);
+    /// Whether the circuit refuses traffic now (a retry never passes it).
+    pub fn circuit_refuses(&self) -> bool {
+        matches!(self.circuit.with(|b| b.state()), crate::breaker::CircuitState::Open | crate::breaker::CircuitState::ForcedOpen)
     }
 }

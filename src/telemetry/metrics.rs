@@ -36,6 +36,10 @@ pub struct Metrics {
     duration: HistogramVec,
     in_flight: IntGaugeVec,
     health_checks: IntCounterVec,
+    endpoint_ejections: IntCounterVec,
+    endpoint_ejected: IntGaugeVec,
+    retries: IntCounterVec,
+    client_errors: IntCounterVec,
     pub reloads: IntCounterVec,
     pub last_reload_success: Gauge,
     /// 1 when the last reload attempt succeeded, 0 while it is failing.
@@ -49,6 +53,7 @@ pub struct Metrics {
 }
 
 /// Handles for one upstream, resolved once.
+#[derive(Clone)]
 pub struct UpstreamMetrics {
     name: String,
     /// outcome x code_class, resolved on first use so a scrape carries
@@ -62,6 +67,10 @@ pub struct UpstreamMetrics {
     transitions: IntCounterVec,
     shadow_transitions: IntCounterVec,
     health_checks: IntCounterVec,
+    endpoint_ejections: IntCounterVec,
+    endpoint_ejected: IntGaugeVec,
+    retries: IntCounterVec,
+    client_errors: IntCounterVec,
     recording: Arc<AtomicBool>,
 }
 
@@ -117,6 +126,22 @@ impl Metrics {
             must(IntGaugeVec::new(Opts::new("fusebox_in_flight_requests", "Requests in flight to the upstream."), &["upstream"]));
         let health_checks =
             must(IntCounterVec::new(Opts::new("fusebox_health_checks_total", "Active health probes by result."), &["upstream", "result"]));
+        let endpoint_ejections = must(IntCounterVec::new(
+            Opts::new("fusebox_endpoint_ejections_total", "Endpoints taken out of balancing by outlier detection or health checks."),
+            &["upstream", "endpoint", "reason"],
+        ));
+        let endpoint_ejected = must(IntGaugeVec::new(
+            Opts::new("fusebox_endpoint_ejected", "1 while an endpoint is ejected (not balanced to), 0 otherwise."),
+            &["upstream", "endpoint"],
+        ));
+        let retries = must(IntCounterVec::new(
+            Opts::new("fusebox_retries_total", "Retried attempts by the fault that caused them and the retry's result."),
+            &["upstream", "reason", "result"],
+        ));
+        let client_errors = must(IntCounterVec::new(
+            Opts::new("fusebox_client_errors_total", "Requests that failed by the client's fault (never counted against an upstream)."),
+            &["upstream", "reason"],
+        ));
         let reloads = must(IntCounterVec::new(Opts::new("fusebox_config_reloads_total", "Config reload attempts by result."), &["result"]));
         let last_reload_success =
             must(Gauge::new("fusebox_config_last_reload_success_timestamp_seconds", "Unix time of the last successful config load."));
@@ -136,6 +161,10 @@ impl Metrics {
         reg(Box::new(duration.clone()));
         reg(Box::new(in_flight.clone()));
         reg(Box::new(health_checks.clone()));
+        reg(Box::new(endpoint_ejections.clone()));
+        reg(Box::new(endpoint_ejected.clone()));
+        reg(Box::new(retries.clone()));
+        reg(Box::new(client_errors.clone()));
         reg(Box::new(reloads.clone()));
         reg(Box::new(last_reload_success.clone()));
         reg(Box::new(config_generation.clone()));
@@ -156,6 +185,10 @@ impl Metrics {
             duration,
             in_flight,
             health_checks,
+            endpoint_ejections,
+            endpoint_ejected,
+            retries,
+            client_errors,
             reloads,
             last_reload_success,
             last_reload_ok,
@@ -203,6 +236,10 @@ impl Metrics {
             transitions: self.transitions.clone(),
             shadow_transitions: self.shadow_transitions.clone(),
             health_checks: self.health_checks.clone(),
+            endpoint_ejections: self.endpoint_ejections.clone(),
+            endpoint_ejected: self.endpoint_ejected.clone(),
+            retries: self.retries.clone(),
+            client_errors: self.client_errors.clone(),
             recording: self.recording.clone(),
         };
         for (outcome, class) in
@@ -232,6 +269,11 @@ impl Metrics {
         let _ = self.duration.remove_label_values(&[name]);
         let _ = self.in_flight.remove_label_values(&[name]);
         // Transition series carry history operators alert on; keep them.
+    }
+
+    /// Drops the ejection gauge of an endpoint that is gone.
+    pub fn remove_endpoint(&self, upstream: &str, endpoint: &str) {
+        let _ = self.endpoint_ejected.remove_label_values(&[upstream, endpoint]);
     }
 
     /// The Prometheus text exposition.
@@ -312,6 +354,30 @@ impl UpstreamMetrics {
     /// from `transition` so alerts on real trips never fire for it.
     pub fn shadow_transition(&self, from: CircuitState, to: CircuitState, rule: &str) {
         self.shadow_transitions.with_label_values(&[&self.name, from.as_str(), to.as_str(), rule]).inc();
+    }
+
+    /// The ejection gauge of one endpoint, exported at 0 from the start.
+    pub fn endpoint_gauge(&self, endpoint: &str) -> IntGauge {
+        self.endpoint_ejected.with_label_values(&[&self.name, endpoint])
+    }
+
+    /// Drops the ejection gauge of an endpoint that is gone.
+    pub fn remove_endpoint(&self, endpoint: &str) {
+        let _ = self.endpoint_ejected.remove_label_values(&[&self.name, endpoint]);
+    }
+
+    pub fn endpoint_ejection(&self, endpoint: &str, reason: &str) {
+        self.endpoint_ejections.with_label_values(&[&self.name, endpoint, reason]).inc();
+    }
+
+    /// A retried attempt: `reason` is the fault it retried, `result`
+    /// `success`, `failure` or `budget_exhausted` (not retried).
+    pub fn retry(&self, reason: &str, result: &str) {
+        self.retries.with_label_values(&[&self.name, reason, result]).inc();
+    }
+
+    pub fn client_error(&self, reason: &str) {
+        self.client_errors.with_label_values(&[&self.name, reason]).inc();
     }
 
     pub fn health_check(&self, healthy: bool) {

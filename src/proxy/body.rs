@@ -1,0 +1,237 @@
+//! The two bodies of a proxied exchange, each with its idle deadline
+//! (`timeouts.idle`):
+//!
+//! - [`ClientBody`]: the client's upload on its way to the upstream. It
+//!   tells the data path when the upload ended (the request timeout runs
+//!   from there) and whether it broke by the client's fault (malformed,
+//!   cut short: 400; stalled: 408), so the upstream is never blamed for it.
+//! - [`TrackedBody`]: the upstream's response on its way to the client. It
+//!   holds the call's bulkhead slot, endpoint and pooled connection until
+//!   the body ends; a body that breaks or stalls is the upstream's fault,
+//!   recorded for its circuit and endpoint, and aborts the client's
+//!   connection (the response cannot be completed honestly).
+//!
+//! Timers are armed only when a body actually waits, so a body that is
+//! already in memory costs none. Must not: classify anything but body
+//! events, or buffer.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::sync::Notify;
+use tokio::time::Sleep;
+
+use super::client::Lease;
+use super::endpoint::{EndpointLease, EndpointSet};
+use super::error::{ClientFault, Fault, UpstreamFault};
+use super::upstream::{BoxError, CallGuard};
+use crate::clock;
+
+/// How far the client's upload got, shared with the data path.
+#[derive(Debug, Default)]
+pub struct Upload {
+    state: AtomicU8,
+    ended: Notify,
+}
+
+const SENDING: u8 = 0;
+const ENDED: u8 = 1;
+const MALFORMED: u8 = 2;
+const STALLED: u8 = 3;
+
+impl Upload {
+    /// The client's fault, if the upload broke by it.
+    pub fn client_fault(&self) -> Option<ClientFault> {
+        match self.state.load(Ordering::Acquire) {
+            MALFORMED => Some(ClientFault::MalformedBody),
+            STALLED => Some(ClientFault::UploadStalled),
+            _ => None,
+        }
+    }
+
+    /// Resolves once the upload has ended (or broke).
+    pub async fn finished(&self) {
+        loop {
+            let notified = self.ended.notified();
+            if self.state.load(Ordering::Acquire) != SENDING {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn set(&self, state: u8) {
+        if self.state.compare_exchange(SENDING, state, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            self.ended.notify_waiters();
+        }
+    }
+}
+
+/// The error a [`ClientBody`] ends with (hyper aborts the upstream request).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BodyError(Fault);
+
+/// The client's request body with its idle deadline.
+pub struct ClientBody {
+    inner: Incoming,
+    upload: Arc<Upload>,
+    idle: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl ClientBody {
+    pub fn new(inner: Incoming, upload: Arc<Upload>, idle: Duration) -> ClientBody {
+        ClientBody { inner, upload, idle, timer: None }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(t) = this.timer.as_mut() {
+                    t.as_mut().reset(deadline(this.idle));
+                }
+                if this.inner.is_end_stream() {
+                    this.upload.set(ENDED);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.upload.set(MALFORMED);
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(None) => {
+                this.upload.set(ENDED);
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let idle = this.idle;
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline(idle))));
+                if timer.as_mut().poll(cx).is_ready() {
+                    this.upload.set(STALLED);
+                    return Poll::Ready(Some(Err(Box::new(BodyError(Fault::Client(ClientFault::UploadStalled))))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn deadline(idle: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(idle).unwrap_or(now)
+}
+
+/// The upstream's response body on its way to the client.
+pub struct TrackedBody {
+    inner: Incoming,
+    guard: Option<CallGuard>,
+    lease: Option<Lease>,
+    endpoint: Option<(EndpointLease, Arc<EndpointSet>)>,
+    idle: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl TrackedBody {
+    pub fn new(
+        inner: Incoming,
+        guard: CallGuard,
+        lease: Option<Lease>,
+        endpoint: (EndpointLease, Arc<EndpointSet>),
+        idle: Duration,
+    ) -> Self {
+        TrackedBody { inner, guard: Some(guard), lease, endpoint: Some(endpoint), idle, timer: None }
+    }
+
+    fn ended(&mut self) {
+        self.guard.take();
+        self.endpoint.take();
+        if let Some(lease) = self.lease.take() {
+            lease.release();
+        }
+    }
+
+    /// The upstream broke the body: its fault, for circuit and endpoint.
+    fn broke(&mut self, fault: UpstreamFault) {
+        self.lease.take();
+        let now = clock::now();
+        if let Some(g) = self.guard.take() {
+            g.circuit().with(|b| b.on_late_failure(now));
+        }
+        if let Some((mut lease, set)) = self.endpoint.take() {
+            set.record(&mut lease, Some(Fault::Upstream(fault)), now);
+        }
+    }
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(t) = this.timer.as_mut() {
+                    t.as_mut().reset(deadline(this.idle));
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.broke(UpstreamFault::BodyBroken);
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(None) => {
+                this.ended();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let idle = this.idle;
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline(idle))));
+                if timer.as_mut().poll(cx).is_ready() {
+                    this.broke(UpstreamFault::BodyStalled);
+                    return Poll::Ready(Some(Err(Box::new(BodyError(Fault::Upstream(UpstreamFault::BodyStalled))))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        // An empty body (204, HEAD, `content-length: 0`) is never polled.
+        if self.lease.is_some() && self.inner.is_end_stream() {
+            self.ended();
+        }
+    }
+}

@@ -1,0 +1,497 @@
+//! The endpoints beneath one upstream's circuit (SPEC 3a): balancing over
+//! the endpoints that are not ejected, passive outlier detection with
+//! exponential ejection capped by `maxEjectionPercent`, the single probation
+//! request that brings an ejected endpoint back, active health results per
+//! endpoint, and hostname endpoints expanded to every address they resolve
+//! to, re-resolved every `dnsRefresh`.
+//!
+//! Owns: each endpoint's [`Member`] (its address, connection pool, load and
+//! outlier state), kept across reloads and re-resolutions while endpoint,
+//! address and transport stay the same. Must not: touch circuits, classify
+//! errors (callers pass a [`Fault`]) or hold a lock on the request path —
+//! picking reads atomics; only an ejection or a return takes the set's
+//! ejection lock.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use http::uri::Scheme;
+use prometheus::IntGauge;
+
+use super::client::{EndpointPool, Transport};
+use super::error::Fault;
+use crate::clock;
+use crate::config::{Endpoint, LoadBalancing, OutlierDetection, UpstreamConfig};
+use crate::telemetry::UpstreamMetrics;
+
+/// How long one DNS lookup may take before the old addresses are kept.
+const DNS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// All endpoints of one upstream (one config generation's view).
+pub struct EndpointSet {
+    upstream: Arc<str>,
+    policy: OutlierDetection,
+    balancing: LoadBalancing,
+    dns_refresh: Duration,
+    sources: Vec<Source>,
+    members: ArcSwap<Vec<Arc<Member>>>,
+    next: AtomicUsize,
+    /// Held to decide an ejection against `maxEjectionPercent`, and for a
+    /// re-resolution; never on the path of a successful request.
+    changes: Mutex<()>,
+    resolving: tokio::sync::Mutex<()>,
+    resolved: AtomicBool,
+    transport: Arc<Transport>,
+    gauges: UpstreamMetrics,
+}
+
+/// One configured endpoint: an address, or a name to resolve.
+#[derive(Clone)]
+enum Source {
+    Address(Endpoint, SocketAddr),
+    Name(Endpoint, String, u16),
+}
+
+/// One address balanced to.
+pub struct Member {
+    /// The configured endpoint it came from (its authority is the `Host`
+    /// of requests that come without one, and the TLS server name).
+    pub endpoint: Endpoint,
+    pub address: SocketAddr,
+    /// `ip:port`, as shown in metrics, logs and the status API.
+    pub label: Arc<str>,
+    pool: Arc<EndpointPool>,
+    load: AtomicUsize,
+    consecutive: AtomicU32,
+    /// `clock::ms` of the end of the ejection, plus one; 0 = in rotation.
+    ejected_until: AtomicU64,
+    /// Ejected or on probation (not yet returned).
+    out: AtomicBool,
+    /// The one probation request is in flight.
+    probing: AtomicBool,
+    gauge: IntGauge,
+    outlier: Mutex<Outlier>,
+}
+
+#[derive(Default)]
+struct Outlier {
+    ejections: u32,
+    reason: Option<String>,
+    returned_at: Option<Instant>,
+}
+
+/// An endpoint picked for one attempt; frees its load slot when dropped.
+pub struct EndpointLease {
+    pub member: Arc<Member>,
+    /// This attempt is the probation request of an ejected endpoint.
+    probing: bool,
+}
+
+/// The state of one endpoint, for the status API and the WebSocket.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointView {
+    pub address: String,
+    /// `active`, `ejected` or `probation`.
+    pub state: &'static str,
+    pub ejected_until: Option<String>,
+    pub reason: Option<String>,
+    pub ejections: u32,
+    pub consecutive_failures: u32,
+    pub in_flight: usize,
+}
+
+// === impl EndpointSet ===
+
+impl EndpointSet {
+    /// The endpoints of `config`. Members of `previous` whose endpoint and
+    /// address stay are taken over (pool and outlier state) when
+    /// `same_transport`; hostname endpoints start unresolved.
+    pub fn new(config: &UpstreamConfig, previous: Option<&EndpointSet>, same_transport: bool, gauges: UpstreamMetrics) -> Arc<EndpointSet> {
+        let sources: Vec<Source> = config.endpoints.iter().map(Source::of).collect();
+        let previous = previous.filter(|_| same_transport);
+        let transport = match previous {
+            Some(p) => p.transport.clone(),
+            None => Arc::new(Transport::new(config)),
+        };
+        let old: Vec<Arc<Member>> = previous.map(|p| p.members.load().to_vec()).unwrap_or_default();
+        let mut members = Vec::new();
+        for s in &sources {
+            match s {
+                Source::Address(e, addr) => members.push(take_or_make(&old, e, *addr, &transport, &gauges)),
+                Source::Name(e, ..) => {
+                    // Keep the addresses this name had until it is resolved again.
+                    members.extend(old.iter().filter(|m| m.endpoint == *e).cloned());
+                }
+            }
+        }
+        let has_names = sources.iter().any(|s| matches!(s, Source::Name(..)));
+        let resolved = !has_names || previous.is_some_and(|p| p.resolved.load(Ordering::Acquire));
+        let set = Arc::new(EndpointSet {
+            upstream: Arc::from(config.name.as_str()),
+            policy: config.outlier_detection,
+            balancing: config.load_balancing,
+            dns_refresh: config.dns_refresh,
+            sources,
+            members: ArcSwap::from_pointee(members),
+            next: AtomicUsize::new(0),
+            changes: Mutex::new(()),
+            resolving: tokio::sync::Mutex::new(()),
+            resolved: AtomicBool::new(resolved),
+            transport,
+            gauges,
+        });
+        if has_names {
+            spawn_resolver(Arc::downgrade(&set));
+        }
+        set
+    }
+
+    pub fn transport(&self) -> &Arc<Transport> {
+        &self.transport
+    }
+
+    /// Every member now.
+    pub fn members(&self) -> Arc<Vec<Arc<Member>>> {
+        self.members.load_full()
+    }
+
+    /// Resolves hostname endpoints if that never succeeded yet (first
+    /// requests after start), so they need not wait for the resolver.
+    pub async fn ensure_resolved(&self) {
+        if !self.resolved.load(Ordering::Acquire) {
+            self.resolve().await;
+        }
+    }
+
+    /// Picks an endpoint for one attempt: round robin or least request over
+    /// the endpoints in rotation, skipping `exclude` (the one that just
+    /// failed) when another can serve. An ejected endpoint whose time is up
+    /// gets exactly one probation request. `None` only when the set is
+    /// empty (a hostname that resolved to nothing).
+    pub fn pick(&self, exclude: Option<&Member>, now: Instant) -> Option<EndpointLease> {
+        let members = self.members.load();
+        let n = members.len();
+        if n == 1 {
+            return Some(EndpointLease::new(members[0].clone(), false));
+        }
+        let now_ms = clock::ms(now).saturating_add(1);
+        let excluded = |m: &Member| exclude.is_some_and(|x| std::ptr::eq(x, m));
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        // An endpoint back from ejection first: it needs its one request.
+        for i in 0..n {
+            let m = &members[(start + i) % n];
+            if !excluded(m) && m.probation_due(now_ms) && m.claim_probation() {
+                return Some(EndpointLease::new(m.clone(), true));
+            }
+        }
+        let in_rotation = |m: &&Arc<Member>| !excluded(m) && m.ejected_until.load(Ordering::Acquire) == 0;
+        let chosen = match self.balancing {
+            LoadBalancing::RoundRobin => (0..n).map(|i| &members[(start + i) % n]).find(in_rotation),
+            // Ties rotate so equal endpoints share the load.
+            LoadBalancing::LeastRequest => {
+                (0..n).map(|i| &members[(start + i) % n]).filter(in_rotation).min_by_key(|m| m.load.load(Ordering::Relaxed))
+            }
+        };
+        if let Some(m) = chosen {
+            return Some(EndpointLease::new(m.clone(), false));
+        }
+        // Nothing else in rotation: the excluded one if it is, else the
+        // ejected endpoint that returns first (never refuse for this).
+        if let Some(x) = members.iter().find(|m| excluded(m) && m.ejected_until.load(Ordering::Acquire) == 0) {
+            return Some(EndpointLease::new(x.clone(), false));
+        }
+        members.iter().min_by_key(|m| m.ejected_until.load(Ordering::Acquire)).map(|m| EndpointLease::new(m.clone(), false))
+    }
+
+    /// Whether another endpoint than `member` is in rotation.
+    pub fn has_other(&self, member: &Member) -> bool {
+        self.members.load().iter().any(|m| !std::ptr::eq(&**m, member) && m.ejected_until.load(Ordering::Acquire) == 0)
+    }
+
+    /// Records one attempt's result for its endpoint: `None` is a success,
+    /// a fault that counts is a failure (the client's and fusebox's own
+    /// faults change nothing).
+    pub fn record(&self, lease: &mut EndpointLease, fault: Option<Fault>, now: Instant) {
+        let m = lease.member.clone();
+        match fault {
+            None => {
+                if m.consecutive.load(Ordering::Relaxed) != 0 {
+                    m.consecutive.store(0, Ordering::Relaxed);
+                }
+                if lease.probing {
+                    lease.probing = false;
+                    self.restore(&m, "its probation request succeeded", now);
+                }
+            }
+            Some(f) if f.counts() => {
+                let in_a_row = m.consecutive.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+                if lease.probing {
+                    lease.probing = false;
+                    self.eject(&m, "consecutive-failures", format!("its probation request failed: {f}"), now);
+                } else if self.policy.consecutive_failures > 0 && in_a_row >= self.policy.consecutive_failures && !m.is_out() {
+                    self.eject(&m, "consecutive-failures", format!("{in_a_row} upstream faults in a row (last: {f})"), now);
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// An active health check's verdict on one endpoint.
+    pub fn health(&self, member: &Arc<Member>, healthy: bool, now: Instant) {
+        if healthy {
+            member.consecutive.store(0, Ordering::Relaxed);
+            if member.out.load(Ordering::Acquire) {
+                self.restore(member, "it passed a health check", now);
+            }
+        } else if !member.out.load(Ordering::Acquire) || member.ejected_until.load(Ordering::Acquire) <= clock::ms(now).saturating_add(1) {
+            self.eject(member, "health-check", "it failed a health check".to_string(), now);
+        }
+    }
+
+    fn eject(&self, m: &Arc<Member>, rule: &'static str, why: String, now: Instant) {
+        let _changes = lock(&self.changes);
+        let members = self.members.load();
+        if !m.out.load(Ordering::Acquire) {
+            let n = members.len();
+            let cap = (n * self.policy.max_ejection_percent as usize / 100).max(usize::from(n >= 2));
+            let out = members.iter().filter(|x| x.out.load(Ordering::Acquire)).count();
+            if out >= cap {
+                tracing::debug!(upstream = %self.upstream, endpoint = %m.label, "not ejected: maxEjectionPercent ({}%) reached: {why}", self.policy.max_ejection_percent);
+                return;
+            }
+        }
+        let mut o = lock(&m.outlier);
+        if o.returned_at.is_some_and(|t| now.saturating_duration_since(t) >= self.policy.max_ejection_time) {
+            // Healthy for a whole maxEjectionTime: start over from the base.
+            o.ejections = 0;
+        }
+        o.ejections = o.ejections.saturating_add(1);
+        let factor = 1u32.checked_shl(o.ejections.saturating_sub(1).min(31)).unwrap_or(u32::MAX);
+        let time = self.policy.base_ejection_time.saturating_mul(factor).min(self.policy.max_ejection_time);
+        let until = now.checked_add(time).unwrap_or(now);
+        m.ejected_until.store(clock::ms(until).saturating_add(1).max(1), Ordering::Release);
+        m.out.store(true, Ordering::Release);
+        m.consecutive.store(0, Ordering::Relaxed);
+        o.reason = Some(format!("{rule}: {why}"));
+        let ejections = o.ejections;
+        drop(o);
+        m.gauge.set(1);
+        self.gauges.endpoint_ejection(&m.label, rule);
+        tracing::warn!(upstream = %self.upstream, endpoint = %m.label, rule, seconds = time.as_secs_f64(), ejections, "endpoint {} of {} ejected for {:?}: {why}", m.label, self.upstream, time);
+    }
+
+    fn restore(&self, m: &Arc<Member>, why: &str, now: Instant) {
+        let _changes = lock(&self.changes);
+        if !m.out.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        m.ejected_until.store(0, Ordering::Release);
+        m.probing.store(false, Ordering::Release);
+        let mut o = lock(&m.outlier);
+        o.reason = None;
+        o.returned_at = Some(now);
+        drop(o);
+        m.gauge.set(0);
+        tracing::info!(upstream = %self.upstream, endpoint = %m.label, "endpoint {} of {} back in rotation: {why}", m.label, self.upstream);
+    }
+
+    /// Each endpoint's state, in order.
+    pub fn view(&self, now: Instant) -> Vec<EndpointView> {
+        let now_ms = clock::ms(now).saturating_add(1);
+        self.members
+            .load()
+            .iter()
+            .map(|m| {
+                let until = m.ejected_until.load(Ordering::Acquire);
+                let out = m.out.load(Ordering::Acquire);
+                let o = lock(&m.outlier);
+                EndpointView {
+                    address: m.label.to_string(),
+                    state: match (out, until > now_ms) {
+                        (false, _) => "active",
+                        (true, true) => "ejected",
+                        (true, false) => "probation",
+                    },
+                    ejected_until: (until > now_ms).then(|| clock::rfc3339(clock::wall(clock::from_ms(until - 1)))),
+                    reason: o.reason.clone(),
+                    ejections: o.ejections,
+                    consecutive_failures: m.consecutive.load(Ordering::Relaxed),
+                    in_flight: m.load.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
+    }
+
+    /// Resolves every hostname endpoint now; on failure the addresses it
+    /// had are kept.
+    pub async fn resolve(&self) {
+        let _one = self.resolving.lock().await;
+        let old = self.members.load_full();
+        let mut members = Vec::with_capacity(old.len());
+        let mut ok = true;
+        for s in &self.sources {
+            match s {
+                Source::Address(e, addr) => {
+                    if let Some(m) = old.iter().find(|m| m.endpoint == *e && m.address == *addr) {
+                        members.push(m.clone());
+                    }
+                }
+                Source::Name(e, host, port) => match lookup(host, *port).await {
+                    Ok(addrs) => {
+                        for a in addrs {
+                            members.push(take_or_make(&old, e, a, &self.transport, &self.gauges));
+                        }
+                    }
+                    Err(why) => {
+                        ok = false;
+                        tracing::warn!(upstream = %self.upstream, endpoint = %e, error = %why, "cannot resolve endpoint: keeping its last addresses");
+                        members.extend(old.iter().filter(|m| m.endpoint == *e).cloned());
+                    }
+                },
+            }
+        }
+        let _changes = lock(&self.changes);
+        let changed = members.len() != old.len() || members.iter().zip(old.iter()).any(|(a, b)| !Arc::ptr_eq(a, b));
+        if changed {
+            for gone in old.iter().filter(|m| !members.iter().any(|n| Arc::ptr_eq(n, m))) {
+                self.gauges.remove_endpoint(&gone.label);
+            }
+            let list: Vec<&str> = members.iter().map(|m| &*m.label).collect();
+            tracing::info!(upstream = %self.upstream, endpoints = ?list, "endpoints resolved");
+            self.members.store(Arc::new(members));
+        }
+        if ok {
+            self.resolved.store(true, Ordering::Release);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing here can be left half-updated by a panic in a way worse than
+    // the state it had; keep serving.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The member for `(endpoint, address)` from `old`, or a new one.
+fn take_or_make(old: &[Arc<Member>], e: &Endpoint, addr: SocketAddr, transport: &Arc<Transport>, gauges: &UpstreamMetrics) -> Arc<Member> {
+    if let Some(m) = old.iter().find(|m| m.endpoint == *e && m.address == addr) {
+        return m.clone();
+    }
+    let label: Arc<str> = Arc::from(addr.to_string());
+    let gauge = gauges.endpoint_gauge(&label);
+    gauge.set(0);
+    Arc::new(Member {
+        endpoint: e.clone(),
+        address: addr,
+        pool: EndpointPool::new(e.clone(), addr, transport.clone()),
+        label,
+        load: AtomicUsize::new(0),
+        consecutive: AtomicU32::new(0),
+        ejected_until: AtomicU64::new(0),
+        out: AtomicBool::new(false),
+        probing: AtomicBool::new(false),
+        gauge,
+        outlier: Mutex::new(Outlier::default()),
+    })
+}
+
+/// Every address of `host`, IPv4 first like Envoy's `V4_PREFERRED`: when
+/// there are IPv4 addresses only those are used (so `localhost` is one
+/// endpoint, not a refused `::1` beside it).
+async fn lookup(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    let found = tokio::time::timeout(DNS_TIMEOUT, tokio::net::lookup_host((host, port))).await;
+    let mut addrs: Vec<SocketAddr> = match found {
+        Err(_) => return Err(format!("lookup took longer than {DNS_TIMEOUT:?}")),
+        Ok(Err(e)) => return Err(e.to_string()),
+        Ok(Ok(a)) => a.collect(),
+    };
+    if addrs.iter().any(SocketAddr::is_ipv4) {
+        addrs.retain(SocketAddr::is_ipv4);
+    }
+    addrs.sort();
+    addrs.dedup();
+    if addrs.is_empty() {
+        return Err("no address".to_string());
+    }
+    Ok(addrs)
+}
+
+/// Re-resolves the set every `dnsRefresh` until it is gone (first at once).
+fn spawn_resolver(set: Weak<EndpointSet>) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+    handle.spawn(async move {
+        loop {
+            let every = {
+                let Some(set) = set.upgrade() else { return };
+                set.resolve().await;
+                set.dns_refresh
+            };
+            tokio::time::sleep(every).await;
+        }
+    });
+}
+
+// === impl Source ===
+
+impl Source {
+    fn of(e: &Endpoint) -> Source {
+        let default_port = if e.scheme == Scheme::HTTPS { 443 } else { 80 };
+        let port = e.authority.port_u16().unwrap_or(default_port);
+        let host = e.authority.host();
+        match host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+            Ok(ip) => Source::Address(e.clone(), SocketAddr::new(ip, port)),
+            Err(_) => Source::Name(e.clone(), host.to_string(), port),
+        }
+    }
+}
+
+// === impl Member ===
+
+impl Member {
+    pub fn pool(&self) -> &Arc<EndpointPool> {
+        &self.pool
+    }
+
+    /// Ejected and its time is up: due its probation request.
+    fn probation_due(&self, now_ms: u64) -> bool {
+        let until = self.ejected_until.load(Ordering::Acquire);
+        until != 0 && until <= now_ms && !self.probing.load(Ordering::Acquire)
+    }
+
+    fn claim_probation(&self) -> bool {
+        self.probing.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// Whether the endpoint is out of rotation (ejected or on probation).
+    pub fn is_out(&self) -> bool {
+        self.out.load(Ordering::Acquire)
+    }
+
+    pub fn ejected_at(&self, now: Instant) -> Option<SystemTime> {
+        let until = self.ejected_until.load(Ordering::Acquire);
+        (until > clock::ms(now).saturating_add(1)).then(|| clock::wall(clock::from_ms(until - 1)))
+    }
+}
+
+// === impl EndpointLease ===
+
+impl EndpointLease {
+    fn new(member: Arc<Member>, probing: bool) -> EndpointLease {
+        member.load.fetch_add(1, Ordering::Relaxed);
+        EndpointLease { member, probing }
+    }
+}
+
+impl Drop for EndpointLease {
+    fn drop(&mut self) {
+        self.member.load.fetch_sub(1, Ordering::Relaxed);
+        if self.probing {
+            // Ended without a result (client gone): the next request probes.
+            self.member.probing.store(false, Ordering::Release);
+        }
+    }
+}

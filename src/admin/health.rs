@@ -118,6 +118,7 @@ pub fn circuit_breakers(state: &AppState) -> Response<ProxyBody> {
                 "totalIncidents": s.total_incidents,
                 "rejected": s.rejected,
                 "inFlight": u.circuit.in_flight(),
+                "endpoints": u.endpoints.view(now),
                 "openUntil": s.open_until.map(|t| clock::rfc3339(clock::wall(t))),
                 "trip": s.trip.as_ref().map(|r| json!({ "rule": r.rule(), "detail": r.to_string() })),
                 "lastTransition": s.last_transition.as_ref().map(|t| json!({
@@ -160,5 +161,6 @@ pub fn service_entry(u: &Upstream, s: &Snapshot) -> Value {
             "averageOperationTimeMs": s.average_duration.map_or(0.0, |d| d.as_secs_f64() * 1e3),
             "lastOperationTimeMs": s.last_duration.map_or(0.0, |d| d.as_secs_f64() * 1e3),
         },
+        "endpoints": u.endpoints.view(clock::now()),
     })
 }

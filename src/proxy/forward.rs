@@ -447,6 +447,10 @@ fn rewrite(
     };
     if up.config.protocol == Protocol::Http2 {
         parts.headers.remove(header::HOST);
+    } else if !bodyless && !upgrade && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+        // hyper's client sends no body for a GET or HEAD of unknown length
+        // unless told to chunk it; every method's body is forwarded.
+        parts.headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
     }
     if bodyless {
         let body = body.map_err(BoxError::from).boxed_unsync();

@@ -26,7 +26,7 @@ use crate::config::{AuthConfig, Config, ConfigErrors};
 use crate::history::History;
 use crate::proxy::forward::DataPlane;
 use crate::proxy::probe;
-use crate::proxy::server::{self, bind};
+use crate::proxy::server::{self, bind, ConnPolicy};
 use crate::proxy::upstream::CircuitEvent;
 use crate::proxy::{RuntimeOverride, Shared};
 use crate::store::{Restored, Store, StoredTransition};
@@ -158,6 +158,7 @@ impl App {
     /// Binds both listeners and starts serving `config`. `path` is the file
     /// reloads read (None for a built-in config).
     pub async fn start(config: Config, path: Option<PathBuf>) -> Result<App, AppError> {
+        server::raise_nofile_limit();
         let data_listener = bind(config.listen).await?;
         let admin_listener = bind(config.admin.listen).await?;
         let data_addr = data_listener.local_addr()?;
@@ -251,6 +252,7 @@ impl App {
             },
             Duration::from_secs(1),
             None,
+            ConnPolicy::admin,
             move |_peer| {
                 let st = admin_state.clone();
                 service_fn(move |req| admin::handle(req, st.clone()))

@@ -1,42 +1,105 @@
-//! The data listener: accepts connections, serves HTTP/1.1 and h2c (prior
-//! knowledge) with upgrades, and shuts down gracefully. Malformed requests
-//! and oversized headers are answered by hyper (400 / 431) before any
-//! routing, so they never reach a breaker; slow-loris clients are cut by the
-//! header read timeout.
+//! The listeners' connection handling: accepts connections (the data
+//! listener at most `client.maxConnections` at once, the rest waiting in the
+//! kernel backlog; accept errors such as running out of file descriptors
+//! back off instead of spinning), serves HTTP/1.1 and h2c / h2 with
+//! upgrades, enforces each connection's deadlines, and drains on shutdown.
+//!
+//! Deadlines of a data connection (all from `client:`, read per connection
+//! so a reload applies to new ones): `headerTimeout` from accept to a
+//! complete request head, protocol detection and TLS handshake included
+//! (and for each later HTTP/1.1 head, from its first byte);
+//! `idleTimeout` with no request in flight (HTTP/1.1: closed; h2: GOAWAY,
+//! then closed); a write that stays blocked past the stall timeout (default
+//! `idleTimeout`, per request through [`ConnControl`]) closes the
+//! connection, dropping its in-flight responses and their bulkhead slots.
+//! Malformed requests and oversized headers are answered by hyper (400 /
+//! 431) before any routing, so they never reach a breaker.
+//!
+//! This module owns connection lifetimes; it must not route, forward or
+//! answer requests (that is `forward` and `admin`), nor look into a request
+//! beyond counting it in and out (that is `conn`).
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use std::convert::Infallible;
-
-use http::{Request, Response};
-use hyper::body::Incoming;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use super::conn::{later, ConnControl, ConnIo, Expiry, Timeouts, Tracked};
 use super::forward::{self, DataPlane};
+use crate::config::ClientConfig;
 
-/// Longest a client may take to send its request headers.
+/// Longest an admin client may take to send its request headers (the
+/// data listener uses `client.headerTimeout`).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head accepted (431 above it).
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// First pause after a failed accept; doubles on each failure in a row.
+pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// Longest pause after failed accepts.
+pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// The connection builder shared by the data and admin listeners.
-pub fn http_builder() -> auto::Builder<TokioExecutor> {
+/// How a listener treats its connections; read again for every connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnPolicy {
+    /// From accept to a complete request head (TLS handshake and protocol
+    /// detection included).
+    pub header_timeout: Duration,
+    /// No request in flight this long: closed (h1) or GOAWAY (h2).
+    pub idle_timeout: Option<Duration>,
+    /// Default longest a write may stay blocked.
+    pub stall_timeout: Option<Duration>,
+    /// Connections served at once; the others wait in the backlog.
+    pub max_connections: Option<usize>,
+}
+
+// === impl ConnPolicy ===
+
+impl ConnPolicy {
+    /// The admin listener: the header timeout only (as it always had).
+    pub fn admin() -> ConnPolicy {
+        ConnPolicy { header_timeout: HEADER_READ_TIMEOUT, idle_timeout: None, stall_timeout: None, max_connections: None }
+    }
+
+    /// The data listener, from `client:`.
+    pub fn data(c: &ClientConfig) -> ConnPolicy {
+        ConnPolicy {
+            header_timeout: c.header_timeout,
+            idle_timeout: Some(c.idle_timeout),
+            stall_timeout: Some(c.idle_timeout),
+            max_connections: Some(c.max_connections),
+        }
+    }
+
+    fn timeouts(&self) -> Timeouts {
+        Timeouts { header: self.header_timeout, idle: self.idle_timeout }
+    }
+}
+
+/// The connection builder for one connection under `policy`.
+///
+/// hyper's HTTP/1.1 header read timer also runs while a keep-alive
+/// connection waits for its next request, so it would cut idle connections
+/// at the header timeout; it is set to the longer of the two timeouts as a
+/// backstop, and the connection task enforces each exactly.
+pub fn http_builder(policy: &ConnPolicy) -> auto::Builder<TokioExecutor> {
+    let header_read = policy.idle_timeout.map_or(policy.header_timeout, |idle| idle.max(policy.header_timeout));
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(MAX_HEADER_BYTES).keep_alive(true);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read).max_buf_size(MAX_HEADER_BYTES).keep_alive(true);
     builder.http2().timer(TokioTimer::new()).max_concurrent_streams(1024);
     builder
 }
-
-/// Longest a client may take to finish the TLS handshake.
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The data listener: serves the proxy until `stop` resolves, then stops
 /// accepting and gives open connections `grace` to finish their requests.
@@ -48,7 +111,9 @@ pub async fn serve(
     grace: Duration,
     tls: Option<TlsAcceptor>,
 ) {
-    accept_loop(listener, stop, grace, tls, move |peer| {
+    let generations = plane.store.clone();
+    let policy = move || ConnPolicy::data(&generations.load().config.client);
+    accept_loop(listener, stop, grace, tls, policy, move |peer| {
         let plane = plane.clone();
         let peer_ip = forward::PeerIp::new(peer);
         service_fn(move |req| forward::handle(req, plane.clone(), peer_ip.clone()))
@@ -56,72 +121,318 @@ pub async fn serve(
     .await;
 }
 
+/// What the connection tasks are told by their listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Serve,
+    /// Finish the requests in flight, take no new ones.
+    Drain,
+    /// The grace period is over: close now.
+    Close,
+}
+
 /// Accepts connections until `stop`, serving each with the service that
-/// `make_service` builds for its peer (HTTP/1.1 with upgrades, or h2),
-/// then drains. Shared by the data and admin listeners.
-pub async fn accept_loop<F, S, B>(
+/// `make_service` builds for its peer (HTTP/1.1 with upgrades, or h2) under
+/// the deadlines and limit of `policy()`, then drains. Shared by the data
+/// and admin listeners.
+pub async fn accept_loop<F, S, B, P>(
     listener: TcpListener,
     stop: impl Future<Output = ()>,
     grace: Duration,
     tls: Option<TlsAcceptor>,
+    policy: P,
     make_service: F,
 ) where
+    P: Fn() -> ConnPolicy,
     F: Fn(SocketAddr) -> S,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let builder = http_builder();
-    let graceful = GracefulShutdown::new();
+    let (phase_tx, phase_rx) = watch::channel(Phase::Serve);
+    let mut slots: Option<Slots> = None;
+    let mut backoff = Backoff::default();
     tokio::pin!(stop);
     loop {
+        let permit = match policy().max_connections {
+            None => None,
+            Some(max) => {
+                let slots = slots.get_or_insert_with(|| Slots::new(max));
+                slots.resize(max);
+                tokio::select! {
+                    permit = slots.acquire() => Some(permit),
+                    () = &mut stop => break,
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off briefly.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok(x) => {
+                    backoff.reset();
+                    x
+                }
+                Err(e) if is_per_connection(&e) => {
+                    tracing::debug!(error = %e, "accept: connection gone before it was accepted");
                     continue;
+                }
+                Err(e) => {
+                    let pause = backoff.failed(&e);
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => continue,
+                        () = &mut stop => break,
+                    }
                 }
             },
             () = &mut stop => break,
         };
+        let accepted = Instant::now();
+        let policy = policy();
         let _ = stream.set_nodelay(true);
-        let svc = make_service(peer);
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let ctl = ConnControl::new(accepted, policy.stall_timeout);
+        let io = ConnIo::new(stream, ctl.clone(), permit);
+        let svc = Tracked::new(make_service(peer), ctl.clone());
+        let phase = phase_rx.clone();
         let tls = tls.clone();
-        tokio::spawn(async move {
-            let result = match tls {
-                None => watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc)).await,
-                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc)).await,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                },
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
+        tokio::spawn(connection(io, tls, svc, ctl, policy, accepted, phase, peer));
     }
     drop(listener);
-    drain(graceful, grace).await;
+    drop(phase_rx);
+    drain(phase_tx, grace).await;
 }
 
-/// Waits for watched connections to finish, at most `grace`.
-pub async fn drain(graceful: GracefulShutdown, grace: Duration) {
+/// Accept errors that concern one connection (reset before it was
+/// accepted), retried at once; every other error backs off.
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted)
+}
+
+/// One connection: the TLS handshake (if any), then HTTP under the watchdog.
+#[allow(clippy::too_many_arguments)]
+async fn connection<S, B>(
+    io: ConnIo<TcpStream>,
+    tls: Option<TlsAcceptor>,
+    svc: Tracked<S>,
+    ctl: ConnControl,
+    policy: ConnPolicy,
+    accepted: Instant,
+    mut phase: watch::Receiver<Phase>,
+    peer: SocketAddr,
+) where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let builder = http_builder(&policy);
+    let timeouts = policy.timeouts();
+    match tls {
+        None => watch_connection(&builder, TokioIo::new(io), svc, &ctl, timeouts, &mut phase, peer).await,
+        Some(acceptor) => {
+            let handshake = tokio::time::timeout_at(later(accepted, policy.header_timeout), acceptor.accept(io));
+            match handshake.await {
+                Ok(Ok(stream)) => watch_connection(&builder, TokioIo::new(stream), svc, &ctl, timeouts, &mut phase, peer).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+/// Serves one connection until it ends, racing it against its deadlines
+/// and the listener's drain.
+async fn watch_connection<I, S, B>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    svc: S,
+    ctl: &ConnControl,
+    timeouts: Timeouts,
+    phase: &mut watch::Receiver<Phase>,
+    peer: SocketAddr,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = builder.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(conn);
+    // When graceful_shutdown was called (idle or drain): at most once.
+    let mut shut_at: Option<Instant> = None;
+    let mut watch_phase = true;
+    if *phase.borrow_and_update() != Phase::Serve {
+        conn.as_mut().graceful_shutdown();
+        shut_at = Some(Instant::now());
+    }
+    loop {
+        let deadline = ctl.deadline(&timeouts, shut_at);
+        let timer = async {
+            match deadline {
+                Some((at, _)) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = timer => {
+                let now = Instant::now();
+                let Some((at, why)) = ctl.deadline(&timeouts, shut_at) else { continue };
+                if at > now {
+                    continue;
+                }
+                match (why, shut_at) {
+                    (Expiry::Header, _) => {
+                        tracing::debug!(%peer, "no complete request head within client.headerTimeout: closing");
+                        return;
+                    }
+                    (Expiry::Idle, Some(_)) => {
+                        tracing::debug!(%peer, "still open after its shutdown: closing");
+                        return;
+                    }
+                    (Expiry::Idle, None) => {
+                        tracing::debug!(%peer, "idle for client.idleTimeout: shutting down");
+                        conn.as_mut().graceful_shutdown();
+                        shut_at = Some(now);
+                    }
+                }
+            }
+            () = ctl.changed() => {}
+            r = phase.changed(), if watch_phase => {
+                let p = match r {
+                    Ok(()) => *phase.borrow_and_update(),
+                    Err(_) => {
+                        // The listener is gone without a drain: drain anyway.
+                        watch_phase = false;
+                        Phase::Drain
+                    }
+                };
+                match p {
+                    Phase::Serve => {}
+                    Phase::Drain => {
+                        if shut_at.is_none() {
+                            conn.as_mut().graceful_shutdown();
+                            shut_at = Some(Instant::now());
+                        }
+                    }
+                    Phase::Close => return,
+                }
+            }
+        }
+    }
+}
+
+/// Tells every connection to finish, and waits for them at most `grace`;
+/// those still open then are closed.
+async fn drain(phase: watch::Sender<Phase>, grace: Duration) {
+    phase.send_replace(Phase::Drain);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections drained"),
-        () = tokio::time::sleep(grace) => tracing::warn!("grace period over: closing the remaining connections"),
+        () = phase.closed() => tracing::info!("all connections drained"),
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!("grace period over: closing the remaining connections");
+            phase.send_replace(Phase::Close);
+        }
+    }
+}
+
+/// The connection limit: a semaphore whose size follows the config. A
+/// shrink below the connections open is paid back as they close.
+struct Slots {
+    sem: Arc<Semaphore>,
+    limit: usize,
+    /// Permits still to forget after a shrink.
+    debt: usize,
+}
+
+// === impl Slots ===
+
+impl Slots {
+    fn new(limit: usize) -> Slots {
+        let limit = limit.clamp(1, Semaphore::MAX_PERMITS);
+        Slots { sem: Arc::new(Semaphore::new(limit)), limit, debt: 0 }
+    }
+
+    fn resize(&mut self, limit: usize) {
+        let limit = limit.clamp(1, Semaphore::MAX_PERMITS);
+        if limit > self.limit {
+            let grow = limit - self.limit;
+            let paid = grow.min(self.debt);
+            self.debt -= paid;
+            self.sem.add_permits(grow - paid);
+        } else if limit < self.limit {
+            let shrink = self.limit - limit;
+            let forgotten = self.sem.forget_permits(shrink);
+            self.debt = self.debt.saturating_add(shrink - forgotten);
+        }
+        self.limit = limit;
+    }
+
+    /// A slot for one connection, waiting while all are taken.
+    async fn acquire(&mut self) -> OwnedSemaphorePermit {
+        loop {
+            // The semaphore is never closed.
+            let Ok(permit) = self.sem.clone().acquire_owned().await else { return std::future::pending().await };
+            if self.debt > 0 {
+                permit.forget();
+                self.debt -= 1;
+                continue;
+            }
+            return permit;
+        }
+    }
+}
+
+/// Pauses after failed accepts: 10 ms doubling up to 1 s, reset by the
+/// next accepted connection; a warning at most once a second.
+struct Backoff {
+    next: Duration,
+    warned_at: Option<Instant>,
+    quiet: u64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: ACCEPT_BACKOFF_MIN, warned_at: None, quiet: 0 }
+    }
+}
+
+// === impl Backoff ===
+
+impl Backoff {
+    /// How long to pause after `e`.
+    fn failed(&mut self, e: &io::Error) -> Duration {
+        let pause = self.next;
+        self.next = self.next.saturating_mul(2).min(ACCEPT_BACKOFF_MAX);
+        let now = Instant::now();
+        if self.warned_at.is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(1)) {
+            tracing::warn!(error = %e, pause = ?pause, failures_not_logged = self.quiet, "accept failed (out of file descriptors or memory?): backing off");
+            self.warned_at = Some(now);
+            self.quiet = 0;
+        } else {
+            self.quiet = self.quiet.saturating_add(1);
+        }
+        pause
+    }
+
+    fn reset(&mut self) {
+        self.next = ACCEPT_BACKOFF_MIN;
+    }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (as Go's runtime and
+/// nginx's `worker_rlimit_nofile` do): each connection takes a descriptor,
+/// and the usual soft limit of 1024 is far below `client.maxConnections`.
+pub fn raise_nofile_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open file limit (RLIMIT_NOFILE)"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit (RLIMIT_NOFILE)"),
     }
 }
 
@@ -137,4 +448,39 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true).map_err(named)?;
     socket.bind(addr).map_err(named)?;
     socket.listen(LISTEN_BACKLOG).map_err(named)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn slots_follow_the_limit_and_pay_back_a_shrink() {
+        let mut slots = Slots::new(2);
+        let a = slots.acquire().await;
+        let b = slots.acquire().await;
+        slots.resize(1);
+        assert_eq!(slots.debt, 1, "both slots taken: the shrink is owed");
+        drop(a);
+        // The freed slot pays the debt: still full.
+        assert!(tokio::time::timeout(Duration::from_millis(20), slots.acquire()).await.is_err());
+        drop(b);
+        let _c = slots.acquire().await;
+        slots.resize(3);
+        assert_eq!(slots.sem.available_permits(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_doubles_to_a_second_and_resets() {
+        let mut b = Backoff::default();
+        let e = io::Error::other("EMFILE");
+        let pauses: Vec<_> = (0..9).map(|_| b.failed(&e)).collect();
+        assert_eq!(pauses[0], Duration::from_millis(10));
+        assert_eq!(pauses[1], Duration::from_millis(20));
+        assert_eq!(pauses[7], Duration::from_secs(1));
+        assert_eq!(pauses[8], Duration::from_secs(1));
+        assert!(b.quiet > 0, "one warning a second");
+        b.reset();
+        assert_eq!(b.failed(&e), Duration::from_millis(10));
+    }
 }

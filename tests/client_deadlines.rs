@@ -323,3 +323,36 @@ async fn a_client_that_stops_reading_releases_its_bulkhead_slot() {
     assert!(closed.is_ok(), "the stalled connection is still open");
     drop(app);
 }
+
+// --- reload ---
+
+#[tokio::test]
+async fn a_reload_applies_client_deadlines_to_new_connections() {
+    let up = upstream("api").await;
+    let dir = support::temp_dir("client-reload");
+    let path = dir.join("fusebox.yaml");
+    let yaml = |client: &str| {
+        format!(
+            "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nauth: none\nclient: {client}\n{}",
+            one_upstream(&up.url(), "failureThreshold: 3")
+        )
+    };
+    std::fs::write(&path, yaml("{ headerTimeout: 5s }")).unwrap();
+    let app = support::fusebox_file(&path).await;
+    let mut old = TcpStream::connect(app.data_addr()).await.unwrap();
+    // Accepted under the first config.
+    old.write_all(get_request("/old").as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut old).await.0, 200);
+
+    std::fs::write(&path, yaml("{ headerTimeout: 300ms, idleTimeout: 500ms }")).unwrap();
+    app.state.reload("test").unwrap();
+    let mut new = TcpStream::connect(app.data_addr()).await.unwrap();
+    let (_, took) = read_until_closed(&mut new, Duration::from_secs(3)).await;
+    assert!(took >= Duration::from_millis(250), "closed too early: {took:?}");
+    // The connection from before the reload keeps its 60 s idle timeout.
+    let mut byte = [0u8; 1];
+    assert!(timeout(Duration::from_millis(200), old.peek(&mut byte)).await.is_err(), "the old connection was closed");
+    old.write_all(get_request("/old-again").as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut old).await.0, 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}

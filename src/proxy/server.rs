@@ -152,6 +152,8 @@ pub async fn accept_loop<F, S, B, P>(
 {
     let (phase_tx, phase_rx) = watch::channel(Phase::Serve);
     let mut slots: Option<Slots> = None;
+    // The builder of the last policy seen (rebuilt when a reload changes it).
+    let mut built: Option<(ConnPolicy, auto::Builder<TokioExecutor>)> = None;
     let mut backoff = Backoff::default();
     tokio::pin!(stop);
     loop {
@@ -188,13 +190,21 @@ pub async fn accept_loop<F, S, B, P>(
         };
         let accepted = Instant::now();
         let policy = policy();
+        let builder = match &built {
+            Some((p, b)) if *p == policy => b.clone(),
+            _ => {
+                let b = http_builder(&policy);
+                built = Some((policy, b.clone()));
+                b
+            }
+        };
         let _ = stream.set_nodelay(true);
         let ctl = ConnControl::new(accepted, policy.stall_timeout);
         let io = ConnIo::new(stream, ctl.clone(), permit);
         let svc = Tracked::new(make_service(peer), ctl.clone());
         let phase = phase_rx.clone();
         let tls = tls.clone();
-        tokio::spawn(connection(io, tls, svc, ctl, policy, accepted, phase, peer));
+        tokio::spawn(connection(io, tls, builder, svc, ctl, policy, accepted, phase, peer));
     }
     drop(listener);
     drop(phase_rx);
@@ -212,6 +222,7 @@ fn is_per_connection(e: &io::Error) -> bool {
 async fn connection<S, B>(
     io: ConnIo<TcpStream>,
     tls: Option<TlsAcceptor>,
+    builder: auto::Builder<TokioExecutor>,
     svc: Tracked<S>,
     ctl: ConnControl,
     policy: ConnPolicy,
@@ -224,7 +235,6 @@ async fn connection<S, B>(
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let builder = http_builder(&policy);
     let timeouts = policy.timeouts();
     match tls {
         None => watch_connection(&builder, TokioIo::new(io), svc, &ctl, timeouts, &mut phase, peer).await,

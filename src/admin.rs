@@ -33,6 +33,20 @@ use crate::proxy::upstream::ProxyBody;
 
 /// Routes one admin request.
 pub async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Result<Response<ProxyBody>, Infallible> {
+    let mutation = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let websocket = req.method() == Method::GET && req.uri().path() == ws::PATH;
+    if mutation || websocket {
+        if let Err(resp) = same_origin(&req, &state) {
+            return Ok(resp);
+        }
+    }
+    if mutation && req.uri().path().starts_with("/api/admin/") && has_body(&req) && !is_json(&req) {
+        return Ok(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "admin mutations take a JSON body: send content-type: application/json",
+        ));
+    }
     if req.uri().path().starts_with("/api/admin/") {
         if let Some(resp) = api::handle(req, &state).await {
             return Ok(resp);
@@ -82,6 +96,41 @@ pub async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Result<Resp
         _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
     };
     Ok(resp)
+}
+
+/// CSRF defence (also with `auth: none`): a browser names the page that
+/// sent a request in `Origin`; a mutation or a WebSocket handshake from any
+/// origin but the admin listener's own (the `Host` it was reached at) or
+/// one of `admin.allowedOrigins` is refused. Clients that are not browsers
+/// send no `Origin` and are not affected.
+fn same_origin(req: &Request<Incoming>, state: &AppState) -> Result<(), Response<ProxyBody>> {
+    let Some(origin) = req.headers().get(http::header::ORIGIN) else { return Ok(()) };
+    let origin = origin.to_str().unwrap_or("null").trim().trim_end_matches('/').to_ascii_lowercase();
+    let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_ascii_lowercase);
+    let own = host.is_some_and(|h| origin == format!("http://{h}") || origin == format!("https://{h}"));
+    let allowed = own || state.store.current().config.admin.allowed_origins.contains(&origin);
+    if allowed {
+        return Ok(());
+    }
+    tracing::warn!(origin = ?origin, path = req.uri().path(), "admin request from a foreign origin refused");
+    Err(error(
+        StatusCode::FORBIDDEN,
+        "origin_not_allowed",
+        "this origin may not call the admin API (add it to admin.allowedOrigins to allow it)",
+    ))
+}
+
+fn has_body(req: &Request<Incoming>) -> bool {
+    use http_body::Body;
+    !req.body().is_end_stream()
+}
+
+fn is_json(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// The admin error shape: `{error: {code, message}}`.

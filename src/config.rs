@@ -75,6 +75,9 @@ pub struct ShutdownConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// Origins (`scheme://host[:port]`) besides the listener's own allowed
+    /// to call mutations and open the WebSocket from a browser.
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +94,10 @@ pub struct JwtConfig {
     /// The claim roles are read from; `None` means `role` or `roles`.
     pub role_claim: Option<String>,
     pub require_for_reads: bool,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`.
+    pub leeway: Duration,
 }
 
 /// Where the verification key comes from. Secrets are resolved at load time
@@ -272,10 +279,12 @@ pub struct ConfigErrors {
 impl Config {
     /// Reads, expands `${NAME}` references, parses and validates a file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        let unreadable = |e: String| ConfigErrors {
             file: Some(path.to_path_buf()),
             errors: vec![ConfigError::at_root(format!("cannot read file: {e}"))],
-        })?;
+        };
+        let bytes = validate::read_small_file(path).map_err(unreadable)?;
+        let text = String::from_utf8(bytes).map_err(|_| unreadable("not UTF-8 text".to_string()))?;
         parse(&text).map_err(|mut e| {
             e.file = Some(path.to_path_buf());
             e

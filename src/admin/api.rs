@@ -212,7 +212,9 @@ fn save_circuit(state: &AppState, up: &Upstream) {
 }
 
 fn audit(state: &AppState, who: &Principal, action: &str, service: Option<&str>, reason: &str, before: Value, after: Value) {
-    tracing::info!(target: "fusebox::audit", who = %who.subject, action, service = service.unwrap_or("-"), reason, before = %before, after = %after, "admin {action} by {}", who.subject);
+    // `who` and `reason` come from a token and a request body: escaped
+    // (Debug) so a newline or an escape sequence cannot forge a log line.
+    tracing::info!(target: "fusebox::audit", who = ?who.subject, action, service = service.unwrap_or("-"), reason = ?reason, before = %before, after = %after, "admin {action} by {:?}", who.subject);
     let entry = json!({
         "timestamp": clock::timestamp(),
         "who": who.subject,

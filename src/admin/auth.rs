@@ -12,15 +12,15 @@ use serde_json::Value;
 
 use crate::config::{AuthConfig, JwtConfig, JwtKey};
 
-/// Clock skew tolerated on `exp` and `nbf`.
-const LEEWAY_SECS: u64 = 30;
-
 /// The verified caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     /// `sub` of the token (or `anonymous` with `auth: none`).
     pub subject: String,
     pub admin: bool,
+    /// The token's `exp` (Unix seconds) plus the leeway: a session that
+    /// outlives it ends. `None` with `auth: none`.
+    pub expires_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,10 +78,25 @@ impl Authorizer {
             }
         };
         let mut validation = Validation::new(alg);
-        validation.leeway = LEEWAY_SECS;
+        validation.leeway = jwt.leeway.as_secs();
         validation.validate_nbf = true;
-        validation.validate_aud = false;
-        validation.required_spec_claims = HashSet::new();
+        validation.validate_exp = true;
+        // `exp` is required: a token that never expires is refused.
+        validation.required_spec_claims = HashSet::from(["exp".to_string()]);
+        match &jwt.issuer {
+            Some(iss) => {
+                validation.set_issuer(&[iss]);
+                validation.required_spec_claims.insert("iss".to_string());
+            }
+            None => validation.iss = None,
+        }
+        match &jwt.audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                validation.required_spec_claims.insert("aud".to_string());
+            }
+            None => validation.validate_aud = false,
+        }
         Ok(Mode::Jwt {
             key,
             validation,
@@ -107,17 +122,30 @@ impl Authorizer {
     /// Verifies `token` (None: no token was sent).
     pub fn verify(&self, token: Option<&str>) -> Result<Principal, AuthError> {
         let (key, validation, admin_role, role_claim) = match &self.mode {
-            Mode::Open => return Ok(Principal { subject: "anonymous".to_string(), admin: true }),
+            Mode::Open => return Ok(Principal { subject: "anonymous".to_string(), admin: true, expires_at: None }),
             Mode::DenyAll => return Err(AuthError::Invalid("the configured verification key is unusable".to_string())),
             Mode::Jwt { key, validation, admin_role, role_claim, .. } => (key, validation, admin_role, role_claim),
         };
         let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
         let data = decode::<Value>(token, key, validation).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let claims = data.claims;
+        // jsonwebtoken checks a numeric `exp`; anything else is refused here.
+        let exp = claims.get("exp").and_then(Value::as_f64).filter(|e| e.is_finite() && *e >= 0.0);
+        let Some(exp) = exp else {
+            return Err(AuthError::Invalid("`exp` must be a number of seconds since the epoch".to_string()));
+        };
+        if let Some(iat) = claims.get("iat") {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            match iat.as_f64() {
+                Some(t) if t <= now.saturating_add(validation.leeway) as f64 => {}
+                _ => return Err(AuthError::Invalid("`iat` is not a time in the past".to_string())),
+            }
+        }
         let roles = roles(&claims, role_claim.as_deref());
         Ok(Principal {
             subject: claims.get("sub").and_then(Value::as_str).unwrap_or("unknown").to_string(),
             admin: roles.iter().any(|r| r == admin_role),
+            expires_at: Some((exp as u64).saturating_add(validation.leeway)),
         })
     }
 

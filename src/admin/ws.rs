@@ -72,6 +72,8 @@ pub const MESSAGES_PER_MINUTE: u32 = 60;
 const RATE_WINDOW: Duration = Duration::from_secs(60);
 /// Messages waiting for one client's socket; when full the client is behind.
 const QUEUE: usize = 64;
+/// Bytes the codec may hold for one client that does not read.
+const MAX_WRITE_BUFFER: usize = 8 * 1024 * 1024;
 /// Connected clients at once (beyond: 503 at the handshake).
 const MAX_CLIENTS: i64 = 16_384;
 /// On-demand health checks running at once for one connection.
@@ -256,7 +258,16 @@ pub fn upgrade(mut req: Request<Incoming>, state: Arc<AppState>) -> Response<Pro
 }
 
 fn ws_config() -> WebSocketConfig {
-    WebSocketConfig { max_message_size: Some(MAX_MESSAGE_BYTES), max_frame_size: Some(MAX_MESSAGE_BYTES), ..WebSocketConfig::default() }
+    // The codec's own output buffer (pongs it queues by itself included) is
+    // bounded too: a client that sends and never reads hits the bound and
+    // is dropped instead of growing fusebox's memory.
+    WebSocketConfig {
+        max_message_size: Some(MAX_MESSAGE_BYTES),
+        max_frame_size: Some(MAX_MESSAGE_BYTES),
+        write_buffer_size: 128 * 1024,
+        max_write_buffer_size: MAX_WRITE_BUFFER,
+        ..WebSocketConfig::default()
+    }
 }
 
 /// The `Sec-WebSocket-Key` of a valid RFC 6455 upgrade request, or the
@@ -474,7 +485,7 @@ async fn run(ws: Ws, state: Arc<AppState>, access: Access, mut closing: watch::R
             End::Close(close_frame(AUTH_FAILED, "authentication failed"))
         }
         Access::Granted(principal) => {
-            tracing::debug!(subject = %principal.subject, "state WebSocket client connected");
+            tracing::debug!(subject = ?principal.subject, "state WebSocket client connected");
             session.principal = Some(principal);
             session.send(json!({ "type": "connection:status", "status": "connected", "timestamp": clock::timestamp() }));
             session.send_snapshot();
@@ -612,9 +623,18 @@ impl Session {
         let mut snapshots = tokio::time::interval_at(start + SNAPSHOT_EVERY, SNAPSHOT_EVERY);
         snapshots.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (probe_tx, mut probe_rx) = mpsc::channel::<Value>(MAX_PROBES);
+        // The session ends when its token does.
+        let expiry = self.principal.as_ref().and_then(|p| p.expires_at).map(|exp| {
+            let left = (UNIX_EPOCH + Duration::from_secs(exp)).duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+            start.checked_add(left).unwrap_or(start + Duration::from_secs(365 * 86_400))
+        });
         loop {
             let wake = self.next_wake();
             tokio::select! {
+                _ = sleep_until_opt(expiry) => {
+                    self.error(AUTH_FAILED, "token expired: reconnect with a new token");
+                    return End::Close(close_frame(AUTH_FAILED, "token expired"));
+                }
                 _ = closing.wait_for(|c| *c) => return End::Close(close_frame(1001, "fusebox is shutting down")),
                 _ = &mut *writer => return End::Gone,
                 frame = stream.next() => {
@@ -622,6 +642,10 @@ impl Session {
                     match frame {
                         None => return End::Gone,
                         Some(Err(WsError::Capacity(_))) => return End::TooBig,
+                        // RFC 6455 7.4.1: a protocol violation is 1002,
+                        // text that is not UTF-8 is 1007.
+                        Some(Err(WsError::Protocol(e))) => return End::Close(CloseFrame { code: CloseCode::from(1002), reason: format!("protocol error: {e}").into() }),
+                        Some(Err(WsError::Utf8)) => return End::Close(close_frame(1007, "text frame is not valid UTF-8")),
                         Some(Err(_)) => return End::Gone,
                         Some(Ok(msg)) => {
                             self.last_activity = now;
@@ -629,7 +653,10 @@ impl Session {
                                 Message::Text(text) => self.on_message(Some(&text), &probe_tx, now),
                                 Message::Binary(_) => self.on_message(None, &probe_tx, now),
                                 Message::Close(_) => Some(End::ClientClosed),
-                                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
+                                // Each ping makes the codec queue a pong:
+                                // pings count like messages.
+                                Message::Ping(_) => self.on_ping(now),
+                                Message::Pong(_) | Message::Frame(_) => None,
                             };
                             if let Some(end) = end {
                                 return end;
@@ -668,6 +695,17 @@ impl Session {
     // --- client messages ---
 
     /// One client text message (None: a binary one).
+    fn on_ping(&mut self, now: Instant) -> Option<End> {
+        match self.rate.hit(now) {
+            Rate::Allowed => None,
+            Rate::Limited => {
+                self.error(RATE_LIMITED, "rate limit exceeded: at most 60 messages (ping frames included) per minute");
+                None
+            }
+            Rate::Exceeded => Some(End::Close(close_frame(RATE_LIMITED, "rate limit exceeded"))),
+        }
+    }
+
     fn on_message(&mut self, text: Option<&str>, probes: &mpsc::Sender<Value>, now: Instant) -> Option<End> {
         match self.rate.hit(now) {
             Rate::Allowed => {}

@@ -77,6 +77,9 @@ pub struct RawAccessLog {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawAdmin {
     pub listen: Option<String>,
+    /// Browser origins besides the admin listener's own that may call
+    /// mutations and open the WebSocket.
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 /// `auth: none` or `auth: { jwt: {...} }`.
@@ -101,6 +104,12 @@ pub struct RawJwt {
     pub admin_role: Option<String>,
     pub role_claim: Option<String>,
     pub require_for_reads: Option<bool>,
+    /// Checked against the token's `iss` when set.
+    pub issuer: Option<String>,
+    /// Checked against the token's `aud` when set.
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat` (default 30s).
+    pub leeway: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -45,6 +45,10 @@ const KNOWN_KEYS: &[&str] = &[
     "adminRole",
     "roleClaim",
     "requireForReads",
+    "issuer",
+    "audience",
+    "leeway",
+    "allowedOrigins",
     "breaker",
     "healthCheck",
     "timeouts",
@@ -105,6 +109,34 @@ const KNOWN_KEYS: &[&str] = &[
 /// The longest duration any key accepts: time arithmetic on it can never
 /// overflow.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
+/// The largest config, key or secret file, `${NAME}` expansion and
+/// fallback body accepted.
+pub const MAX_FILE_BYTES: usize = 1024 * 1024;
+/// The largest a config text may grow to through `${NAME}` expansions.
+const MAX_EXPANDED_BYTES: usize = 4 * MAX_FILE_BYTES;
+/// The shortest HS256 secret (RFC 7518 3.2: at least the hash's size).
+pub const MIN_HS256_SECRET: usize = 32;
+
+/// Reads a config, key or secret file: a regular file (never a FIFO, a
+/// device or a directory, which could block or never end) of at most 1 MiB.
+pub fn read_small_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".to_string());
+    }
+    if meta.len() > MAX_FILE_BYTES as u64 {
+        return Err(format!("{} bytes, more than the 1 MiB allowed", meta.len()));
+    }
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_FILE_BYTES as u64 + 1).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    if bytes.len() > MAX_FILE_BYTES {
+        return Err("grew past the 1 MiB allowed while being read".to_string());
+    }
+    Ok(bytes)
+}
 
 /// Parses and validates a whole config text.
 pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
@@ -195,6 +227,12 @@ fn expand_env(text: &str, errors: &mut Vec<ConfigError>) -> String {
             };
             let name = &after[..end];
             match std::env::var(name) {
+                Ok(value) if value.len() > MAX_FILE_BYTES || out.len() + value.len() > MAX_EXPANDED_BYTES => errors.push(ConfigError {
+                    path: String::new(),
+                    line: Some(n + 1),
+                    column: Some(code.len() - rest.len() + start + 1),
+                    message: format!("environment variable `{name}` is too large to expand (at most 1 MiB each, 4 MiB in all)"),
+                }),
                 Ok(value) => out.push_str(&value),
                 Err(_) => errors.push(ConfigError {
                     path: String::new(),
@@ -242,7 +280,15 @@ impl Validator<'_> {
     fn config(&mut self, raw: RawConfig) -> Config {
         let listen = self.addr("listen", raw.listen.as_deref(), "0.0.0.0:8080");
         let admin_raw = raw.admin.unwrap_or_default();
-        let admin = AdminConfig { listen: self.addr("admin.listen", admin_raw.listen.as_deref(), "127.0.0.1:9901") };
+        let mut allowed_origins = Vec::new();
+        for (i, o) in admin_raw.allowed_origins.unwrap_or_default().into_iter().enumerate() {
+            let o = o.trim().trim_end_matches('/').to_ascii_lowercase();
+            match o.parse::<Uri>() {
+                Ok(u) if u.scheme().is_some() && u.authority().is_some() && u.path() == "/" => allowed_origins.push(o),
+                _ => self.error(&format!("admin.allowedOrigins[{i}]"), format!("`{o}` is not an origin like https://ops.example.com")),
+            }
+        }
+        let admin = AdminConfig { listen: self.addr("admin.listen", admin_raw.listen.as_deref(), "127.0.0.1:9901"), allowed_origins };
         if listen == admin.listen && listen.port() != 0 {
             self.error("admin.listen", "the admin listener must not share the data port");
         }
@@ -441,17 +487,28 @@ impl Validator<'_> {
     }
 
     fn jwt(&mut self, jwt: RawJwt) -> AuthConfig {
+        let short = |len: usize| format!("is {len} bytes: an HS256 secret needs at least {MIN_HS256_SECRET} (RFC 7518 3.2)");
         let key = match (jwt.hs256_secret_env, jwt.hs256_secret_file, jwt.public_key_file) {
             (Some(var), None, None) => match std::env::var(&var) {
-                Ok(secret) if !secret.is_empty() => JwtKey::Hs256 { source: format!("env {var}"), secret: secret.into_bytes() },
+                Ok(secret) if secret.trim().len() >= MIN_HS256_SECRET => {
+                    JwtKey::Hs256 { source: format!("env {var}"), secret: secret.into_bytes() }
+                }
+                Ok(secret) if !secret.trim().is_empty() => {
+                    self.error("auth.jwt.hs256SecretEnv", format!("environment variable `{var}` {}", short(secret.trim().len())));
+                    return AuthConfig::None;
+                }
                 _ => {
                     self.error("auth.jwt.hs256SecretEnv", format!("environment variable `{var}` is not set or empty"));
                     return AuthConfig::None;
                 }
             },
-            (None, Some(file), None) => match std::fs::read(&file) {
+            (None, Some(file), None) => match read_small_file(std::path::Path::new(&file)) {
                 Ok(secret) => {
                     let secret = secret.trim_ascii().to_vec();
+                    if secret.len() < MIN_HS256_SECRET {
+                        self.error("auth.jwt.hs256SecretFile", format!("`{file}` {}", short(secret.len())));
+                        return AuthConfig::None;
+                    }
                     JwtKey::Hs256 { source: format!("file {file}"), secret }
                 }
                 Err(e) => {
@@ -459,8 +516,16 @@ impl Validator<'_> {
                     return AuthConfig::None;
                 }
             },
-            (None, None, Some(file)) => match std::fs::read(&file) {
-                Ok(pem) => JwtKey::PublicKey { file: file.into(), pem },
+            (None, None, Some(file)) => match read_small_file(std::path::Path::new(&file)) {
+                Ok(pem) => {
+                    let usable =
+                        jsonwebtoken::DecodingKey::from_rsa_pem(&pem).is_ok() || jsonwebtoken::DecodingKey::from_ec_pem(&pem).is_ok();
+                    if !usable {
+                        self.error("auth.jwt.publicKeyFile", format!("`{file}` is neither an RSA nor an EC public key in PEM"));
+                        return AuthConfig::None;
+                    }
+                    JwtKey::PublicKey { file: file.into(), pem }
+                }
                 Err(e) => {
                     self.error("auth.jwt.publicKeyFile", format!("cannot read `{file}`: {e}"));
                     return AuthConfig::None;
@@ -471,11 +536,18 @@ impl Validator<'_> {
                 return AuthConfig::None;
             }
         };
+        let leeway = self.duration("auth.jwt.leeway", jwt.leeway.as_deref(), Duration::from_secs(30));
+        if leeway > Duration::from_secs(3600) {
+            self.error("auth.jwt.leeway", "is at most 1h");
+        }
         AuthConfig::Jwt(JwtConfig {
             key,
             admin_role: jwt.admin_role.unwrap_or_else(|| "admin".to_string()),
             role_claim: jwt.role_claim,
             require_for_reads: jwt.require_for_reads.unwrap_or(false),
+            issuer: jwt.issuer,
+            audience: jwt.audience,
+            leeway,
         })
     }
 
@@ -545,7 +617,11 @@ impl Validator<'_> {
                     _ => self.error(&format!("{path}.fallback.headers.{k}"), "is not a valid header"),
                 }
             }
-            Fallback { status, headers, body: bytes::Bytes::from(f.body.unwrap_or_default()) }
+            let body = f.body.unwrap_or_default();
+            if body.len() > MAX_FILE_BYTES {
+                self.error(&format!("{path}.fallback.body"), format!("is {} bytes, more than the 1 MiB allowed", body.len()));
+            }
+            Fallback { status, headers, body: bytes::Bytes::from(body) }
         });
         let tls = match raw.tls {
             None => crate::tls::UpstreamTls::default(),

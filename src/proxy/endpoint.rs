@@ -257,7 +257,10 @@ impl EndpointSet {
         let members = self.members.load();
         if !m.out.load(Ordering::Acquire) {
             let n = members.len();
-            let cap = (n * self.policy.max_ejection_percent as usize / 100).max(usize::from(n >= 2));
+            // Never the only endpoint (nothing to balance to instead, and
+            // a lone endpoint never gets the probation request that would
+            // bring it back); always one of two or more.
+            let cap = if n < 2 { 0 } else { (n * self.policy.max_ejection_percent as usize / 100).max(1) };
             let out = members.iter().filter(|x| x.out.load(Ordering::Acquire)).count();
             if out >= cap {
                 tracing::debug!(upstream = %self.upstream, endpoint = %m.label, "not ejected: maxEjectionPercent ({}%) reached: {why}", self.policy.max_ejection_percent);
@@ -275,6 +278,9 @@ impl EndpointSet {
         let until = now.checked_add(time).unwrap_or(now);
         m.ejected_until.store(clock::ms(until).saturating_add(1).max(1), Ordering::Release);
         m.out.store(true, Ordering::Release);
+        // A new ejection period: its probation is due at its end (a failed
+        // probation request must not leave the claim taken for good).
+        m.probing.store(false, Ordering::Release);
         m.consecutive.store(0, Ordering::Relaxed);
         o.reason = Some(format!("{rule}: {why}"));
         let ejections = o.ejections;

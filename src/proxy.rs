@@ -62,6 +62,10 @@ pub struct Shared {
     /// The embedded store, when `store.path` is set: every generation
     /// built writes the overrides that still hold.
     pub persist: Option<Arc<crate::store::Store>>,
+    /// The name of a circuit whose reported status changed without a
+    /// transition (healthy -> degraded after a failure, degraded ->
+    /// healthy when the window clears), for the WebSocket.
+    pub status_changes: broadcast::Sender<Arc<str>>,
 }
 
 /// A runtime change of one upstream's breaker settings (admin `PUT
@@ -92,7 +96,8 @@ impl RuntimeOverride {
 
 impl Shared {
     pub fn new(metrics: Metrics, events: broadcast::Sender<CircuitEvent>) -> Shared {
-        Shared { metrics, events, overrides: Mutex::new(HashMap::new()), persist: None }
+        let (status_changes, _) = broadcast::channel(1024);
+        Shared { metrics, events, overrides: Mutex::new(HashMap::new()), persist: None, status_changes }
     }
 }
 
@@ -162,7 +167,13 @@ impl Generation {
                     }
                     p.circuit.clone()
                 }
-                None => Arc::new(Circuit::new(&uc.name, uc.breaker.clone(), shared.metrics.upstream(&uc.name), shared.events.clone(), now)),
+                None => Arc::new(Circuit::new(
+                    &uc.name,
+                    uc.breaker.clone(),
+                    shared.metrics.upstream(&uc.name),
+                    (shared.events.clone(), shared.status_changes.clone()),
+                    now,
+                )),
             };
             upstreams.insert(uc.name.clone(), Arc::new(Upstream::new(uc.clone(), circuit, prev.map(|p| &**p))));
         }

@@ -176,7 +176,9 @@ impl<W: Write> View<W> {
             self.last_seq = seq;
         }
         match v["type"].as_str() {
-            Some("services:state") => {
+            // A full list: the snapshot, or an update without `service`
+            // (the answer to `subscribe:services`).
+            Some("services:state") | Some("service:update") if v.get("service").is_none() => {
                 let mut changed = Vec::new();
                 let entries = v["services"].as_array().cloned().unwrap_or_default();
                 let names: Vec<String> = entries.iter().filter_map(|e| e["service"].as_str().map(str::to_owned)).collect();
@@ -195,7 +197,12 @@ impl<W: Write> View<W> {
             }
             Some("service:update") => {
                 let transition = &v["data"]["transition"];
-                let entry = v["services"].get(0).cloned().unwrap_or(Value::Null);
+                // `services` holds every service: take the one updated.
+                let entry = v["services"]
+                    .as_array()
+                    .and_then(|all| all.iter().find(|e| e["service"] == v["service"]))
+                    .cloned()
+                    .unwrap_or(Value::Null);
                 let name = self.apply(&entry, Some(transition)).or_else(|| v["service"].as_str().map(str::to_owned));
                 if let (false, Some(name)) = (self.tty, name) {
                     self.line(&name, Some(transition))?;
@@ -314,8 +321,8 @@ fn describe_transition(t: &Value) -> String {
         "{} -> {}{shadow} ({}: {})",
         t["from"].as_str().unwrap_or("?"),
         t["to"].as_str().unwrap_or("?"),
-        t["reason"].as_str().unwrap_or("?"),
-        t["detail"].as_str().unwrap_or("")
+        t["rule"].as_str().or_else(|| t["reason"].as_str()).unwrap_or("?"),
+        t["reason"].as_str().or_else(|| t["detail"].as_str()).unwrap_or("")
     )
 }
 

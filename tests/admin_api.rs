@@ -539,7 +539,7 @@ async fn reset_closes_an_open_circuit() {
     let cb = env.circuit("api").await;
     assert_eq!(cb["lastTransition"]["from"], "open", "{cb}");
     assert_eq!(cb["lastTransition"]["to"], "closed", "{cb}");
-    assert_eq!(cb["lastTransition"]["reason"], "operator", "{cb}");
+    assert_eq!(cb["lastTransition"]["rule"], "operator", "{cb}");
 }
 
 #[tokio::test]
@@ -674,7 +674,7 @@ async fn metrics_only_never_rejects_but_reports_the_would_be_trip() {
     let lt = &cb["lastTransition"];
     assert_eq!(lt["from"], "closed", "{cb}");
     assert_eq!(lt["to"], "open", "{cb}");
-    assert_eq!(lt["reason"], "consecutive", "{cb}");
+    assert_eq!(lt["rule"], "consecutive", "{cb}");
     assert_eq!(lt["shadow"], true, "the trip is reported as a would-be trip: {cb}");
     assert!(lt["detail"].as_str().unwrap().contains("2 consecutive"), "{cb}");
 
@@ -708,7 +708,7 @@ async fn force_ttl_returns_to_auto() {
     let cb = env.wait_state("api", "closed").await;
     assert_eq!(cb["mode"], "auto", "{cb}");
     assert_eq!(cb["lastTransition"]["from"], "forced-open", "{cb}");
-    assert_eq!(cb["lastTransition"]["reason"], "ttl", "{cb}");
+    assert_eq!(cb["lastTransition"]["rule"], "ttl", "{cb}");
     send_n(&env, "/x", 2, StatusCode::OK).await;
     assert_eq!(up.hits(), 2);
     assert_eq!(env.service("api").await["modeUntil"], Value::Null);

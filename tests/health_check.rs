@@ -69,7 +69,7 @@ async fn the_probe_is_the_half_open_trial() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let cb = circuit(&c, &app, "api").await;
-    assert_eq!(cb["lastTransition"]["reason"], "probe", "{cb}");
+    assert_eq!(cb["lastTransition"]["rule"], "probe", "{cb}");
     assert!(up.hits() > hits_before, "the probe reached the upstream");
     assert_eq!(up.header("user-agent").as_deref(), Some("fusebox-health-check"), "only probes reached it while recovering");
     assert_eq!(get(&c, &url).await.0, 200);

@@ -167,10 +167,12 @@ async fn connect_sends_status_then_snapshot_and_seq_increases() {
     let pong2 = next_of(&mut ws, "pong").await;
     assert_eq!(pong2["timestamp"], "2026-01-01T00:00:00Z");
 
-    // subscribe:services answers a snapshot.
+    // subscribe:services answers a service:update carrying every service
+    // (the integration guide's client replaces its list with `services`).
     send(&mut ws, json!({ "type": "subscribe:services" })).await;
-    let snap = next_of(&mut ws, "services:state").await;
+    let snap = next_of(&mut ws, "service:update").await;
     assert_eq!(snap["services"][0]["service"], "api");
+    assert!(snap.get("service").is_none() && snap.get("data").is_none(), "{snap}");
 
     let seqs: Vec<u64> = [&status, &state, &pong, &pong2, &snap].iter().map(|v| v["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[1] > w[0]), "seq must increase: {seqs:?}");
@@ -258,7 +260,7 @@ async fn jwt_in_subprotocol_is_echoed_and_query_token_works() {
     send(&mut ws, json!({ "type": "service:health_check", "service": "api" })).await;
     assert_eq!(next_of(&mut ws, "error").await["code"], 4003);
     send(&mut ws, json!({ "type": "subscribe:services" })).await;
-    next_of(&mut ws, "services:state").await;
+    next_of(&mut ws, "service:update").await;
 }
 
 #[tokio::test]
@@ -351,14 +353,21 @@ async fn a_trip_from_real_traffic_arrives_within_200ms_with_its_reason() {
     let t = &update["data"]["transition"];
     assert_eq!(t["from"], "closed", "{update}");
     assert_eq!(t["to"], "open");
-    assert_eq!(t["reason"], "consecutive");
+    assert_eq!(t["rule"], "consecutive");
+    assert!(t["reason"].as_str().unwrap().contains("3 consecutive failures"), "{t}");
     assert!(t["detail"].as_str().unwrap().contains("3 consecutive failures"), "{t}");
     assert_eq!(update["data"]["status"], "failed");
     assert_eq!(update["data"]["circuit"]["state"], "open");
     assert_eq!(update["data"]["operations"]["failed"], 3);
-    // Both seeds' shapes: data{...} and services[<the same entry>].
+    // All three seeds' shapes: data{...}, services[<every entry>] and the
+    // architecture seed's flat fields.
     let services = update["services"].as_array().unwrap();
     assert_eq!(services.len(), 1);
+    assert_eq!(update["status"], "failed");
+    assert_eq!(update["circuit_breaker"]["isOpen"], true, "{update}");
+    assert_eq!(update["circuit_breaker"]["failures"], 3, "{update}");
+    assert_eq!(update["operations"]["failed"], 3);
+    assert!(update["performance"]["averageOperationTimeMs"].is_number(), "{update}");
     assert_entry_shape(&services[0]);
     assert_eq!(services[0]["circuit"], update["data"]["circuit"]);
     assert!(services[0]["circuit"]["retryInMs"].as_u64().unwrap() > 50_000);
@@ -577,4 +586,27 @@ async fn watch_gives_up_on_a_refused_token() {
     let options = fusebox::watch::WatchOptions { url: ws_url(&app), token: Some("not-a-jwt".to_string()) };
     let result = timeout(WAIT, fusebox::watch::run_with(options, Shared::default(), false)).await.expect("gives up at once");
     assert!(matches!(result, Err(fusebox::watch::WatchError::Auth(_))), "{result:?}");
+}
+
+/// The dashboard seed: "emit updates whenever service state changes" —
+/// a status change without a transition (unknown -> healthy -> degraded)
+/// is a `service:update` of its own, within a second.
+#[tokio::test]
+async fn status_changes_without_a_transition_are_updates() {
+    let up = upstream("api").await;
+    let app = fusebox(&one_upstream(&up.url(), "failureThreshold: 10")).await;
+    let mut ws = connect(&app).await;
+    next_of(&mut ws, "services:state").await;
+    traffic(&app, 1).await;
+    let healthy = timeout(Duration::from_secs(1), next_of(&mut ws, "service:update")).await.expect("an update within 1 s");
+    assert_eq!(healthy["service"], "api");
+    assert_eq!(healthy["data"]["status"], "healthy", "{healthy}");
+    up.set_status(500);
+    traffic(&app, 1).await;
+    let degraded = timeout(Duration::from_secs(1), next_of(&mut ws, "service:update")).await.expect("an update within 1 s");
+    assert_eq!(degraded["data"]["status"], "degraded", "{degraded}");
+    assert_eq!(degraded["data"]["circuit"]["state"], "closed", "no transition: {degraded}");
+    assert!(degraded["data"].get("transition").is_none(), "{degraded}");
+    // The integration guide's client replaces its list with `services`.
+    assert_eq!(degraded["services"].as_array().map(Vec::len), Some(1));
 }

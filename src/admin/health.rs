@@ -122,7 +122,7 @@ pub fn circuit_breakers(state: &AppState) -> Response<ProxyBody> {
                 "openUntil": s.open_until.map(|t| clock::rfc3339(clock::wall(t))),
                 "trip": s.trip.as_ref().map(|r| json!({ "rule": r.rule(), "detail": r.to_string() })),
                 "lastTransition": s.last_transition.as_ref().map(|t| json!({
-                    "from": t.from.as_str(), "to": t.to.as_str(), "reason": t.reason.rule(),
+                    "from": t.from.as_str(), "to": t.to.as_str(), "reason": t.reason.to_string(), "rule": t.reason.rule(),
                     "detail": t.reason.to_string(), "shadow": t.shadow, "at": clock::rfc3339(clock::wall(t.at)),
                 })),
             })
@@ -141,9 +141,19 @@ pub fn metrics(state: &AppState) -> Response<ProxyBody> {
 /// performance.
 pub fn service_entry(u: &Upstream, s: &Snapshot) -> Value {
     let rate = if s.total > 0 { s.successful as f64 * 100.0 / s.total as f64 } else { 100.0 };
+    let open = matches!(s.state, crate::breaker::CircuitState::Open | crate::breaker::CircuitState::ForcedOpen);
     json!({
         "service": u.config.name,
         "status": s.status.as_str(),
+        // The architecture seed's `ServiceState` fields.
+        "running": !open,
+        "circuitBreaker": {
+            "isOpen": open,
+            "failures": s.failure_count,
+            "lastFailure": s.last_failure.map(|t| clock::rfc3339(clock::wall(t))),
+            "lastSuccess": s.last_success.map(|t| clock::rfc3339(clock::wall(t))),
+            "recoveryAttempts": s.recovery_attempts,
+        },
         "circuit": {
             "state": s.state.as_str(),
             "failureCount": s.failure_count,

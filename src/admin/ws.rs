@@ -458,6 +458,7 @@ async fn run(ws: Ws, state: Arc<AppState>, access: Access, mut closing: watch::R
     let _guard = ClientGuard(metrics.clone());
     // Subscribe before the first snapshot, so no transition falls between.
     let mut events = state.store.shared.events.subscribe();
+    let mut statuses = state.store.shared.status_changes.subscribe();
     let (sink, mut stream) = ws.split();
     let (out, rx) = mpsc::channel(QUEUE);
     let (close_tx, close_rx) = oneshot::channel();
@@ -489,7 +490,7 @@ async fn run(ws: Ws, state: Arc<AppState>, access: Access, mut closing: watch::R
             session.principal = Some(principal);
             session.send(json!({ "type": "connection:status", "status": "connected", "timestamp": clock::timestamp() }));
             session.send_snapshot();
-            session.serve(&mut stream, &mut events, &mut closing, &mut writer).await
+            session.serve(&mut stream, (&mut events, &mut statuses), &mut closing, &mut writer).await
         }
     };
     finish(end, stream, writer, session, close_tx).await;
@@ -613,7 +614,7 @@ impl Session {
     async fn serve(
         &mut self,
         stream: &mut WsStream,
-        events: &mut tokio::sync::broadcast::Receiver<CircuitEvent>,
+        (events, statuses): (&mut tokio::sync::broadcast::Receiver<CircuitEvent>, &mut tokio::sync::broadcast::Receiver<Arc<str>>),
         closing: &mut watch::Receiver<bool>,
         writer: &mut JoinHandle<Option<WsSink>>,
     ) -> End {
@@ -671,6 +672,14 @@ impl Session {
                         self.fall_behind();
                     }
                     Err(RecvError::Closed) => return End::Close(close_frame(1001, "fusebox is shutting down")),
+                },
+                changed = statuses.recv() => match changed {
+                    Ok(name) => self.on_status(name, Instant::now()),
+                    Err(RecvError::Lagged(n)) => {
+                        self.metrics.websocket_drops.inc_by(n);
+                        self.fall_behind();
+                    }
+                    Err(RecvError::Closed) => {}
                 },
                 Some(result) = probe_rx.recv() => {
                     self.probes = self.probes.saturating_sub(1);
@@ -730,7 +739,7 @@ impl Session {
             }
         };
         match msg.get("type").and_then(Value::as_str) {
-            Some("subscribe:services") => self.send_snapshot(),
+            Some("subscribe:services") => self.send_all_services(),
             Some("ping") => {
                 let echoed = msg.get("timestamp").cloned().unwrap_or(Value::Null);
                 self.send(json!({ "type": "pong", "timestamp": echoed, "serverTime": epoch_millis() }));
@@ -799,6 +808,19 @@ impl Session {
         }
     }
 
+    /// A status change without a transition (healthy -> degraded): an
+    /// update of its own, batched like transitions.
+    fn on_status(&mut self, name: Arc<str>, now: Instant) {
+        if self.need_snapshot {
+            return;
+        }
+        let due = self.last_sent.get(&name).map_or(now, |t| (*t + BATCH).max(now));
+        self.pending.entry(name).or_insert_with(|| Pending { due, transitions: Vec::new() });
+        if due <= now {
+            self.flush(now);
+        }
+    }
+
     /// Sends every coalesced update that is due.
     fn flush(&mut self, now: Instant) {
         let due: Vec<Arc<str>> = self.pending.iter().filter(|(_, p)| p.due <= now).map(|(k, _)| k.clone()).collect();
@@ -818,14 +840,19 @@ impl Session {
             let key =
                 (upstream.circuit.version.load(Ordering::Relaxed), pending.transitions.len(), pending.transitions.last().map(|t| t.at));
             let text = self.state.ws.update_text(&name, key, || {
-                let snapshot = upstream.circuit.snapshot(at);
-                let entry = entry(upstream, &snapshot, at);
+                // Every service's entry: the integration guide's client
+                // replaces its whole list with `services`.
+                let services: Vec<Value> =
+                    generation.sorted_upstreams().into_iter().map(|u| entry(u, &u.circuit.snapshot(at), at)).collect();
+                let this = services.iter().find(|e| e["service"] == *name).cloned().unwrap_or(Value::Null);
                 let mut data = json!({
-                    "status": entry["status"],
-                    "circuit": entry["circuit"],
-                    "operations": entry["operations"],
-                    "transition": pending.transitions.last().map(transition_json),
+                    "status": this["status"],
+                    "circuit": this["circuit"],
+                    "operations": this["operations"],
                 });
+                if let Some(t) = pending.transitions.last() {
+                    data["transition"] = transition_json(t);
+                }
                 if pending.transitions.len() > 1 {
                     data["transitions"] = pending.transitions.iter().map(transition_json).collect();
                 }
@@ -834,7 +861,12 @@ impl Session {
                     "timestamp": clock::timestamp(),
                     "service": &*name,
                     "data": data,
-                    "services": [entry],
+                    "services": services,
+                    // The architecture seed's flat `WebSocketMessage` fields.
+                    "status": this["status"],
+                    "circuit_breaker": this["circuitBreaker"],
+                    "operations": this["operations"],
+                    "performance": this["performance"],
                 })
             });
             self.send_rendered(&text);
@@ -881,6 +913,16 @@ impl Session {
         if !sent {
             self.snapshot_retry = Instant::now() + BATCH;
         }
+    }
+
+    /// The answer to `subscribe:services`: a `service:update` carrying
+    /// every service in `services` (no `service`/`data`), the shape the
+    /// integration guide's client reads.
+    fn send_all_services(&mut self) {
+        let generation = self.state.store.current();
+        let at = clock::now();
+        let services: Vec<Value> = generation.sorted_upstreams().into_iter().map(|u| entry(u, &u.circuit.snapshot(at), at)).collect();
+        self.send(json!({ "type": "service:update", "timestamp": clock::timestamp(), "services": services }));
     }
 
     fn error(&mut self, code: u16, message: &str) {
@@ -996,7 +1038,10 @@ fn transition_json(t: &Transition) -> Value {
     json!({
         "from": t.from.as_str(),
         "to": t.to.as_str(),
-        "reason": t.reason.rule(),
+        // One meaning everywhere: `reason` is the readable text, `rule`
+        // the rule's name (`detail` kept for older dashboards).
+        "reason": t.reason.to_string(),
+        "rule": t.reason.rule(),
         "detail": t.reason.to_string(),
         "shadow": t.shadow,
         "at": clock::rfc3339(clock::wall(t.at)),

@@ -67,6 +67,28 @@ impl Window {
         b.counts.failures = (b.counts.failures + 1).min(b.counts.calls);
     }
 
+    /// Takes back up to `n` failed calls of the window ending at `t`, newest
+    /// first (failures of an endpoint that was ejected for them: the part
+    /// was routed around, the whole is not failing).
+    pub fn forgive(&mut self, n: u64, t: Duration) {
+        let now = self.index_of(t);
+        let oldest = now.saturating_sub(BUCKETS as u64 - 1);
+        let mut left = n;
+        let mut order: Vec<usize> = (0..BUCKETS).filter(|&i| self.buckets[i].index >= oldest && self.buckets[i].index <= now).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(self.buckets[i].index));
+        for i in order {
+            if left == 0 {
+                break;
+            }
+            let c = &mut self.buckets[i].counts;
+            let take = left.min(c.failures);
+            c.failures -= take;
+            c.calls = c.calls.saturating_sub(take);
+            c.slow = c.slow.min(c.calls);
+            left -= take;
+        }
+    }
+
     /// Sum of the buckets inside the window ending at `t`.
     pub fn totals(&self, t: Duration) -> Counts {
         let now = self.index_of(t);
@@ -104,6 +126,18 @@ mod tests {
         w.record(Duration::from_millis(100), true, false);
         w.record(Duration::from_millis(10_100), false, false);
         assert_eq!(w.totals(Duration::from_millis(10_100)), Counts { calls: 1, failures: 0, slow: 0 });
+    }
+
+    #[test]
+    fn forgiven_failures_leave_the_window_newest_first() {
+        let mut w = Window::new(Duration::from_secs(10));
+        w.record(Duration::from_millis(100), true, false);
+        w.record(Duration::from_millis(1100), true, false);
+        w.record(Duration::from_millis(1200), false, false);
+        w.forgive(1, Duration::from_millis(1300));
+        assert_eq!(w.totals(Duration::from_millis(1300)), Counts { calls: 2, failures: 1, slow: 0 });
+        w.forgive(5, Duration::from_millis(1300));
+        assert_eq!(w.totals(Duration::from_millis(1300)), Counts { calls: 1, failures: 0, slow: 0 });
     }
 
     #[test]

@@ -40,7 +40,11 @@ pub struct Circuit {
     pub metrics: UpstreamMetrics,
     in_flight: AtomicUsize,
     events: broadcast::Sender<CircuitEvent>,
-    /// Bumped on every transition, so watchers can tell a change cheaply.
+    status_changes: broadcast::Sender<Arc<str>>,
+    /// The status last reported (`Status as u8`), to tell a change.
+    status: std::sync::atomic::AtomicU8,
+    /// Bumped on every transition and status change, so watchers can tell
+    /// a change cheaply.
     pub version: AtomicU64,
 }
 
@@ -87,7 +91,13 @@ struct Core {
 // === impl Circuit ===
 
 impl Circuit {
-    pub fn new(name: &str, policy: Policy, metrics: UpstreamMetrics, events: broadcast::Sender<CircuitEvent>, now: Instant) -> Circuit {
+    pub fn new(
+        name: &str,
+        policy: Policy,
+        metrics: UpstreamMetrics,
+        (events, status_changes): (broadcast::Sender<CircuitEvent>, broadcast::Sender<Arc<str>>),
+        now: Instant,
+    ) -> Circuit {
         let seed = rand::random::<u64>();
         metrics.set_state(crate::breaker::CircuitState::Closed);
         Circuit {
@@ -96,6 +106,8 @@ impl Circuit {
             metrics,
             in_flight: AtomicUsize::new(0),
             events,
+            status_changes,
+            status: std::sync::atomic::AtomicU8::new(crate::breaker::Status::Unknown as u8),
             version: AtomicU64::new(0),
         }
     }
@@ -121,6 +133,8 @@ impl Circuit {
                 let status = core.breaker.status(t.at);
                 let incident = t.to == crate::breaker::CircuitState::Open && t.from == crate::breaker::CircuitState::Closed;
                 core.history.status(unix_secs(t.at), status.as_str(), incident);
+                // A transition's update carries its status: no separate one.
+                self.status.store(status as u8, Ordering::Relaxed);
             }
             (r, transitions)
         };
@@ -185,8 +199,20 @@ impl Circuit {
         f(&self.lock().history)
     }
 
+    /// Time-driven changes (open -> half-open, TTLs), and a status change
+    /// that came without a transition, published to `status_changes`.
     pub fn tick(&self, now: Instant) {
-        self.with(|b| b.tick(now));
+        let status = self.with(|b| {
+            b.tick(now);
+            b.status(now)
+        });
+        let before = self.status.swap(status as u8, Ordering::Relaxed);
+        if before != status as u8 {
+            self.version.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(upstream = %self.name, status = status.as_str(), "circuit status changed");
+            // No receivers is fine: nobody is watching.
+            let _ = self.status_changes.send(self.name.clone());
+        }
     }
 
     pub fn set_policy(&self, policy: Policy) {

@@ -409,3 +409,27 @@ fn results_from_before_the_trip_do_not_reopen() {
     r.b.on_result(early, FAIL, MS, r.at(10_004));
     assert_eq!(r.b.snapshot(r.at(10_004)).failure_count, 0);
 }
+
+#[test]
+fn disabled_breaker_counts_but_never_rejects() {
+    let mut r = Rig::new(Policy { enabled: false, ..policy() });
+    for ms in 0..10 {
+        assert!(r.call(ms, FAIL), "never rejected");
+    }
+    assert_eq!(r.state(10), CircuitState::MetricsOnly);
+    assert_eq!(r.b.snapshot(r.at(10)).failed, 10, "still counted");
+}
+
+#[test]
+fn forgiven_failures_of_an_ejected_endpoint_do_not_trip() {
+    let mut r = Rig::new(policy());
+    assert!(r.call(0, FAIL));
+    assert!(r.call(1, FAIL));
+    // The endpoint that failed was ejected: its failures are taken back.
+    r.b.forgive(2, r.at(2));
+    assert!(r.call(3, FAIL));
+    assert_eq!(r.state(4), CircuitState::Closed, "1 consecutive failure, not 3");
+    assert!(r.call(5, FAIL));
+    assert!(r.call(6, FAIL));
+    assert_eq!(r.state(7), CircuitState::Open, "the upstream as a whole still trips");
+}

@@ -102,3 +102,19 @@ fn missing_file_exits_non_zero() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("cannot read file"), "{stderr}");
 }
+
+#[test]
+fn seed_synonyms_name_the_key_they_mean() {
+    for (seed, key) in
+        [("recoveryTimeout", "resetTimeout"), ("expectedResponseTime", "slowCallDuration"), ("resetTimeoutMs", "resetTimeout")]
+    {
+        let path = temp_config(
+            &format!("synonym-{seed}"),
+            &format!("upstreams:\n  a:\n    endpoints: [http://127.0.0.1:1]\n    breaker: {{ {seed}: 30s }}\nroutes:\n  - {{ match: {{ pathPrefix: / }}, upstream: a }}\n"),
+        );
+        let out = check(&path);
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = text(&out.stderr) + &text(&out.stdout);
+        assert!(stderr.contains(&format!("`{key}`")), "{seed} should name {key}: {stderr}");
+    }
+}

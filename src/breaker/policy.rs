@@ -39,6 +39,8 @@ pub struct Policy {
     /// An active health check exists: half-open trials are its probes, and
     /// user requests are not spent on a broken upstream.
     pub probe_trials: bool,
+    /// `breaker.enabled`: false counts every call but never rejects.
+    pub enabled: bool,
 }
 
 /// Inclusive range of HTTP status codes.
@@ -72,6 +74,7 @@ impl Default for Policy {
             failure_statuses: StatusSet(vec![StatusRange { from: 500, to: 599 }]),
             trial_lease: Duration::from_secs(32),
             probe_trials: false,
+            enabled: true,
         }
     }
 }

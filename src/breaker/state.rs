@@ -257,9 +257,20 @@ impl Breaker {
         std::mem::take(&mut self.events)
     }
 
+    /// The mode the circuit acts in: `breaker.enabled: false` (the
+    /// architecture seed's switch) counts but never rejects, as metrics-only
+    /// does, unless an operator chose another mode.
+    fn effective_mode(&self) -> Mode {
+        if !self.policy.enabled && self.mode == Mode::Auto {
+            Mode::MetricsOnly
+        } else {
+            self.mode
+        }
+    }
+
     /// The reported state.
     pub fn state(&self) -> CircuitState {
-        match self.mode {
+        match self.effective_mode() {
             Mode::ForcedOpen => CircuitState::ForcedOpen,
             Mode::ForcedClosed => CircuitState::ForcedClosed,
             Mode::MetricsOnly => CircuitState::MetricsOnly,
@@ -289,7 +300,7 @@ impl Breaker {
     fn acquire(&mut self, now: Instant, probe: bool) -> Result<Permit, Rejection> {
         self.tick(now);
         let epoch = self.epoch;
-        match self.mode {
+        match self.effective_mode() {
             Mode::ForcedOpen => {
                 let retry = self.mode_until.map_or(self.policy.reset_timeout, |u| u.saturating_duration_since(now));
                 return Err(self.reject(RejectReason::CircuitOpen, retry, None));
@@ -349,7 +360,7 @@ impl Breaker {
             // counted in the totals, but it says nothing about the present.
             return;
         }
-        match self.mode {
+        match self.effective_mode() {
             Mode::ForcedOpen | Mode::ForcedClosed => {}
             Mode::Auto | Mode::MetricsOnly => self.advance(permit, outcome, now),
         }
@@ -363,7 +374,7 @@ impl Breaker {
         if permit.lease.is_none() && permit.epoch != self.epoch {
             return;
         }
-        if matches!(self.mode, Mode::Auto | Mode::MetricsOnly) {
+        if matches!(self.effective_mode(), Mode::Auto | Mode::MetricsOnly) {
             self.advance(permit, outcome, now);
         }
     }
@@ -382,6 +393,17 @@ impl Breaker {
         }
     }
 
+    /// Takes back `n` failures counted in the closed state: they came from
+    /// an endpoint that has now been ejected and is routed around, so they
+    /// say nothing about the upstream as a whole.
+    pub fn forgive(&mut self, n: u32, now: Instant) {
+        if let Phase::Closed { consecutive, .. } = &mut self.phase {
+            *consecutive = consecutive.saturating_sub(n);
+            let t = now.saturating_duration_since(self.origin);
+            self.window.forgive(u64::from(n), t);
+        }
+    }
+
     /// A response already counted as a success broke mid-body.
     pub fn on_late_failure(&mut self, now: Instant) {
         self.successful = self.successful.saturating_sub(1);
@@ -389,7 +411,7 @@ impl Breaker {
         self.last_failure = Some(now);
         let t = now.saturating_duration_since(self.origin);
         self.window.add_failure(t);
-        if matches!(self.mode, Mode::Auto | Mode::MetricsOnly) {
+        if matches!(self.effective_mode(), Mode::Auto | Mode::MetricsOnly) {
             if let Phase::Closed { consecutive, .. } = &mut self.phase {
                 *consecutive += 1;
                 self.check_trip(now);
@@ -412,7 +434,7 @@ impl Breaker {
 
     fn advance(&mut self, permit: Permit, outcome: CallOutcome, now: Instant) {
         let t = now.saturating_duration_since(self.origin);
-        let shadow_trial = self.mode == Mode::MetricsOnly;
+        let shadow_trial = self.effective_mode() == Mode::MetricsOnly;
         match &mut self.phase {
             Phase::Closed { consecutive, .. } => {
                 self.window.record(t, outcome.failure, outcome.slow);
@@ -501,7 +523,7 @@ impl Breaker {
                 let from = self.phase_state();
                 self.phase = Phase::HalfOpen { trials: Vec::new(), successes: 0 };
                 self.epoch += 1;
-                let shadow = self.mode == Mode::MetricsOnly;
+                let shadow = self.effective_mode() == Mode::MetricsOnly;
                 self.emit_phase(from, Reason::ResetTimeout { waited }, now, shadow);
             }
             Phase::HalfOpen { trials, .. } => trials.retain(|l| l.expires > now),
@@ -530,6 +552,26 @@ impl Breaker {
         }
     }
 
+    /// Puts back an open phase saved before a restart: the circuit is open
+    /// until `now + remaining` (a zero `remaining` goes half-open at the
+    /// next tick), with the recovery attempts and incident count it had, so
+    /// the next open period keeps its backoff. `opened_for` is how long it
+    /// had already been open. Only a closed, automatic circuit that has not
+    /// seen a call yet (a fresh one) is changed; it reports `closed -> open`.
+    pub fn restore_open(&mut self, opened_for: Duration, remaining: Duration, recovery_attempts: u32, total_incidents: u64, now: Instant) {
+        if !matches!(self.phase, Phase::Closed { consecutive: 0, .. }) || self.total > 0 {
+            return;
+        }
+        self.recovery_attempts = recovery_attempts;
+        self.total_incidents = self.total_incidents.max(total_incidents);
+        let from = self.phase_state();
+        let opened_at = now.checked_sub(opened_for).unwrap_or(now);
+        let action = "restored from the store after a restart".to_string();
+        self.phase = Phase::Open { opened_at, until: now + remaining, trip: Reason::Operator { action: action.clone() } };
+        self.epoch += 1;
+        self.emit_phase(from, Reason::Operator { action }, now, self.effective_mode() == Mode::MetricsOnly);
+    }
+
     /// Closes the circuit and clears its failure history (not its totals).
     pub fn reset(&mut self, action: &str, now: Instant) -> ResetReport {
         let report = ResetReport {
@@ -556,7 +598,7 @@ impl Breaker {
         let wait = self.open_period();
         self.phase = Phase::Open { opened_at: now, until: now + wait, trip: reason.clone() };
         self.epoch += 1;
-        let shadow = self.mode == Mode::MetricsOnly;
+        let shadow = self.effective_mode() == Mode::MetricsOnly;
         self.emit_phase(from, reason, now, shadow);
     }
 
@@ -566,7 +608,7 @@ impl Breaker {
         self.epoch += 1;
         self.recovery_attempts = 0;
         self.window.clear();
-        let shadow = self.mode == Mode::MetricsOnly;
+        let shadow = self.effective_mode() == Mode::MetricsOnly;
         self.emit_phase(from, reason, now, shadow);
     }
 
@@ -586,7 +628,7 @@ impl Breaker {
     /// and metrics-only modes; a forced circuit keeps its reported state).
     fn emit_phase(&mut self, from: CircuitState, reason: Reason, now: Instant, shadow: bool) {
         let to = self.phase_state();
-        if !matches!(self.mode, Mode::Auto | Mode::MetricsOnly) {
+        if !matches!(self.effective_mode(), Mode::Auto | Mode::MetricsOnly) {
             return;
         }
         self.push(Transition { from, to, reason, shadow, at: now });
@@ -646,7 +688,7 @@ impl Breaker {
                 }
             }
         };
-        match self.mode {
+        match self.effective_mode() {
             Mode::ForcedOpen => Status::Failed,
             // Shadow mode lets everything through: a would-be trip is worth a
             // look (degraded), not an outage (failed).

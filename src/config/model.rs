@@ -152,6 +152,8 @@ pub struct RawRetryBudget {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawBreaker {
+    /// The architecture seed's switch: false counts but never rejects.
+    pub enabled: Option<bool>,
     pub failure_threshold: Option<u32>,
     pub failure_rate_threshold: Option<f64>,
     pub minimum_request_count: Option<u32>,

@@ -106,6 +106,17 @@ const KNOWN_KEYS: &[&str] = &[
     "requests",
 ];
 
+/// Names the seed documents use for keys that are spelled otherwise here.
+const SEED_SYNONYMS: &[(&str, &str)] = &[
+    ("recoveryTimeout", "resetTimeout"),
+    ("resetTimeoutMs", "resetTimeout"),
+    ("expectedResponseTime", "slowCallDuration"),
+    ("monitoringWindowMs", "monitoringWindow"),
+    ("requestLimit", "maxConcurrentRequests"),
+    ("minHealthyPeriodMs", "minHealthyPeriod"),
+    ("healthCheckIntervalMs", "healthCheck.interval"),
+];
+
 /// The longest duration any key accepts: time arithmetic on it can never
 /// overflow.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
@@ -188,7 +199,11 @@ fn structural_error(e: serde_path_to_error::Error<serde_yaml::Error>) -> ConfigE
             // serde lists the keys this map takes: "expected one of `a`, `b`".
             let expected: Vec<&str> = rest[end + 1..].split('`').skip(1).step_by(2).collect();
             let candidates: &[&str] = if expected.is_empty() { KNOWN_KEYS } else { &expected };
-            message = match suggest(unknown, candidates).filter(|best| *best != unknown) {
+            let synonym = SEED_SYNONYMS.iter().find(|(seed, _)| *seed == unknown).map(|(_, key)| *key);
+            message = match synonym.or_else(|| suggest(unknown, candidates).filter(|best| *best != unknown)) {
+                Some(key) if synonym.is_some() => {
+                    format!("unknown key `{unknown}`: the seeds' `{unknown}` is `{key}` here (a duration like 30s where the seed took milliseconds)")
+                }
                 Some(best) => format!("unknown key `{unknown}` (did you mean `{best}`?)"),
                 None if KNOWN_KEYS.contains(&unknown) && !expected.is_empty() => {
                     format!("`{unknown}` is not valid here (valid here: {})", expected.join(", "))
@@ -717,6 +732,9 @@ impl Validator<'_> {
         for (layer, raw) in [("defaults.breaker".to_string(), def), (format!("{path}.breaker"), own)] {
             let Some(b) = raw else { continue };
             let key = |k: &str| format!("{layer}.{k}");
+            if let Some(v) = b.enabled {
+                p.enabled = v;
+            }
             if let Some(v) = b.failure_threshold {
                 if v == 0 {
                     self.error(&key("failureThreshold"), "must be at least 1");

@@ -3,7 +3,12 @@
 //! the bound addresses (tests bind port 0 and ask), and runs the shutdown
 //! sequence: not ready -> drain delay -> stop accepting -> grace period.
 //! With `store.path` set it opens the store first, puts back what it held
-//! (overrides, operator modes, history, audit) and keeps it written.
+//! (overrides, operator modes, open circuits with their remaining wait,
+//! history, audit) and keeps it written (periodically, after every
+//! transition and operator action, and at shutdown).
+//!
+//! Reloads from every trigger (file change, SIGHUP, admin) go through one
+//! coalescing [`Reloader`] that runs them on the blocking pool.
 //!
 //! It owns process-wide state ([`AppState`]); it must not contain request
 //! handling (that is `proxy` and `admin`).
@@ -21,15 +26,15 @@ use tokio::task::JoinHandle;
 
 use crate::admin::auth::{Authorizer, RateLimiter};
 use crate::breaker::Mode;
-use crate::config::reload::{self, ConfigStore};
+use crate::config::reload::{self, ConfigStore, ReloadResult, Reloader};
 use crate::config::{AuthConfig, Config, ConfigErrors};
 use crate::history::History;
 use crate::proxy::forward::DataPlane;
 use crate::proxy::probe;
 use crate::proxy::server::{self, bind, ConnPolicy};
-use crate::proxy::upstream::CircuitEvent;
+use crate::proxy::upstream::{Circuit, CircuitEvent};
 use crate::proxy::{RuntimeOverride, Shared};
-use crate::store::{Restored, Store, StoredTransition};
+use crate::store::{Restored, SavedPhase, Store, StoredTransition};
 use crate::telemetry::Metrics;
 use crate::tls::{self, CertStore};
 use crate::{admin, clock};
@@ -62,6 +67,8 @@ pub struct AppState {
     pub audit: Mutex<VecDeque<serde_json::Value>>,
     /// State WebSocket sessions: closed with 1001 at shutdown.
     pub ws: admin::ws::Hub,
+    /// Runs reloads one at a time, off the runtime workers, coalesced.
+    pub reloader: Arc<Reloader>,
 }
 
 // === impl AppState ===
@@ -88,23 +95,40 @@ impl AppState {
         authorizer
     }
 
-    /// Reloads the config file; on success starts health checkers that the
-    /// new config needs.
+    /// Reloads the config file on the calling thread; on success starts
+    /// health checkers that the new config needs. Blocking, and needs a
+    /// runtime entered: for blocking threads (the [`Reloader`]) and tests.
     pub fn reload(self: &Arc<Self>, trigger: &str) -> Result<u64, ConfigErrors> {
         let n = self.store.reload(trigger)?;
         self.ensure_checkers();
         Ok(n)
     }
 
-    /// Reloads on a blocking-pool thread: parsing a large file must not
-    /// stall the request path (with `workers: 1` it shares one thread).
+    /// Asks for a reload and waits for its result: parsed and built on the
+    /// blocking pool, one at a time, coalesced with the triggers that
+    /// arrive meanwhile. What the admin API calls.
+    pub async fn reload_coalesced(self: &Arc<Self>, trigger: &str) -> ReloadResult {
+        let answer = self.request_reload(trigger);
+        answer.await.unwrap_or_else(|_| {
+            Err(ConfigErrors { file: None, errors: vec![crate::config::ConfigError::at_root("the reload was abandoned")] })
+        })
+    }
+
+    /// Asks for a reload without waiting (file changes, SIGHUP): parsing a
+    /// large file must not stall the request path (with `workers: 1` it
+    /// shares one thread), and a burst of triggers costs at most one more
+    /// run than the one in progress.
     pub fn reload_in_background(self: &Arc<Self>, trigger: &'static str) {
-        let state = self.clone();
-        let rt = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || {
-            let _enter = rt.enter();
-            let _ = state.reload(trigger);
-        });
+        drop(self.request_reload(trigger));
+    }
+
+    fn request_reload(self: &Arc<Self>, trigger: &str) -> tokio::sync::oneshot::Receiver<ReloadResult> {
+        // A weak handle: a pending reload does not keep a stopped app alive.
+        let state = Arc::downgrade(self);
+        self.reloader.request(trigger, move |trigger| match state.upgrade() {
+            Some(state) => state.reload(trigger),
+            None => Err(ConfigErrors { file: None, errors: vec![crate::config::ConfigError::at_root("fusebox is stopping")] }),
+        })
     }
 
     /// Starts a periodic health checker for every upstream that has a
@@ -186,6 +210,7 @@ impl App {
         let mut shared = Shared::new(Metrics::new(), events);
         let persist = persist.map(|(store, restored)| {
             let store = Arc::new(store);
+            store.count_write_errors_in(shared.metrics.store_write_errors.clone());
             restore_overrides(&shared, &config, &restored);
             shared.persist = Some(store.clone());
             (store, restored)
@@ -201,6 +226,7 @@ impl App {
             mutations: RateLimiter::new(MUTATIONS_PER_MINUTE, Duration::from_secs(60)),
             audit: Mutex::new(VecDeque::with_capacity(64)),
             ws: admin::ws::Hub::new(),
+            reloader: Arc::new(Reloader::default()),
         });
         let persist_tasks = match persist {
             Some((store, restored)) => {
@@ -342,12 +368,33 @@ fn restore_overrides(shared: &Shared, config: &Config, restored: &Restored) {
     }
 }
 
-/// Puts back each circuit's history and its operator mode (while its ttl
-/// has not run out).
+/// Puts back each circuit's automatic phase (an open circuit stays open for
+/// the rest of its wait, with its recovery attempts and incidents; a
+/// half-open one comes back open with no wait left, so it goes half-open at
+/// once and admits only its trial requests), its history and its operator
+/// mode (while its ttl has not run out).
 fn restore_circuits(state: &AppState, restored: &Restored) {
     let generation = state.store.current();
     let now = clock::now();
     let now_ms = crate::store::unix_ms(SystemTime::now());
+    for (name, saved) in &restored.phases {
+        let Some(up) = generation.upstreams.get(name) else { continue };
+        let remaining_ms = match (saved.phase.as_str(), saved.open_until_ms) {
+            ("open", Some(until)) if until > now_ms => until - now_ms,
+            ("open", Some(_)) | ("half-open", _) => 0,
+            _ => continue,
+        };
+        let ms = |v: i64| Duration::from_millis(u64::try_from(v).unwrap_or(0));
+        let remaining = ms(remaining_ms);
+        let opened_for = ms(now_ms.saturating_sub(saved.saved_ms));
+        up.circuit.with(|b| b.restore_open(opened_for, remaining, saved.recovery_attempts, saved.total_incidents, now));
+        tracing::info!(
+            upstream = %name,
+            remaining_ms,
+            recovery_attempts = saved.recovery_attempts,
+            "open circuit restored from the store: it stays open for the rest of its wait"
+        );
+    }
     for (name, saved) in &restored.circuits {
         let Some(up) = generation.upstreams.get(name) else { continue };
         match History::from_json(&saved.history) {
@@ -371,20 +418,49 @@ fn restore_audit(state: &AppState, entries: Vec<serde_json::Value>) {
     }
 }
 
-/// Writes every transition (real and shadow) to the store.
+/// What the store keeps of one circuit right now: mode and history, and
+/// the automatic phase (open until when, recovery attempts, incidents).
+pub fn save_circuit(store: &Store, name: &str, circuit: &Circuit) {
+    let now = clock::now();
+    store.circuit(name, circuit.saved(now));
+    let snap = circuit.snapshot(now);
+    let phase = match (snap.open_until, snap.state) {
+        (Some(_), _) => "open",
+        (None, crate::breaker::CircuitState::HalfOpen) => "half-open",
+        _ => "closed",
+    };
+    store.phase(
+        name,
+        SavedPhase {
+            saved_ms: crate::store::unix_ms(clock::wall(now)),
+            phase: phase.to_string(),
+            open_until_ms: snap.open_until.map(|t| crate::store::unix_ms(clock::wall(t))),
+            recovery_attempts: snap.recovery_attempts,
+            total_incidents: snap.total_incidents,
+        },
+    );
+}
+
+/// Writes every transition (real and shadow) to the store, and the state of
+/// its circuit right after it (a crash then loses no open period).
 async fn record_transitions(state: Arc<AppState>, store: Arc<Store>) {
     let mut events = state.store.shared.events.subscribe();
     loop {
         match events.recv().await {
-            Ok(e) => store.transition(StoredTransition {
-                at_ms: crate::store::unix_ms(clock::wall(e.transition.at)),
-                upstream: e.upstream.to_string(),
-                from: e.transition.from.as_str().to_string(),
-                to: e.transition.to.as_str().to_string(),
-                rule: e.transition.reason.rule().to_string(),
-                reason: e.transition.reason.to_string(),
-                shadow: e.transition.shadow,
-            }),
+            Ok(e) => {
+                if let Some(up) = state.store.current().upstreams.get(&*e.upstream) {
+                    save_circuit(&store, &e.upstream, &up.circuit);
+                }
+                store.transition(StoredTransition {
+                    at_ms: crate::store::unix_ms(clock::wall(e.transition.at)),
+                    upstream: e.upstream.to_string(),
+                    from: e.transition.from.as_str().to_string(),
+                    to: e.transition.to.as_str().to_string(),
+                    rule: e.transition.reason.rule().to_string(),
+                    reason: e.transition.reason.to_string(),
+                    shadow: e.transition.shadow,
+                });
+            }
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 tracing::warn!(missed = n, "store recorder fell behind: {n} transitions not stored");
             }
@@ -400,9 +476,8 @@ async fn snapshot_circuits(state: Arc<AppState>, store: Arc<Store>) {
     interval.tick().await;
     loop {
         interval.tick().await;
-        let now = clock::now();
         for (name, up) in &state.store.current().upstreams {
-            store.circuit(name, up.circuit.saved(now));
+            save_circuit(&store, name, &up.circuit);
         }
     }
 }
@@ -410,9 +485,8 @@ async fn snapshot_circuits(state: Arc<AppState>, store: Arc<Store>) {
 /// The last snapshot, at shutdown, and waits (briefly) for it to be on disk.
 async fn save_circuits(state: &AppState) {
     let Some(store) = state.store.shared.persist.clone() else { return };
-    let now = clock::now();
     for (name, up) in &state.store.current().upstreams {
-        store.circuit(name, up.circuit.saved(now));
+        save_circuit(&store, name, &up.circuit);
     }
     let flushed = tokio::task::spawn_blocking(move || store.flush(Duration::from_secs(2))).await.unwrap_or(false);
     if !flushed {

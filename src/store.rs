@@ -7,6 +7,12 @@
 //! commits them in batches; a full queue drops the write with a warning and
 //! a metric instead of blocking anyone. Nothing on the request path writes
 //! here: transitions, admin actions and a periodic history snapshot do.
+//! An audit entry is the exception to fire-and-forget: [`Store::audit_durable`]
+//! answers once the entry is committed (or with the error), and the admin
+//! side applies a mutation only after that answer. A failed commit (full
+//! disk, I/O error) is never silent: it is logged, counted
+//! (`fusebox_store_write_errors_total`), kept as the last error, and the
+//! store reports itself degraded until a later commit succeeds.
 //! Everything is read back once, at startup ([`Restored`]), and transitions
 //! on demand for the admin history endpoint (on a blocking thread).
 //!
@@ -15,8 +21,9 @@
 //! with the path and the reason).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -64,6 +71,14 @@ CREATE TABLE IF NOT EXISTS circuits (
     mode_until_ms INTEGER,
     history TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS circuit_phases (
+    upstream TEXT PRIMARY KEY,
+    saved_ms INTEGER NOT NULL,
+    phase TEXT NOT NULL,
+    open_until_ms INTEGER,
+    recovery_attempts INTEGER NOT NULL,
+    total_incidents INTEGER NOT NULL
+);
 ";
 
 /// One circuit transition, as stored.
@@ -87,12 +102,27 @@ pub struct SavedCircuit {
     pub history: String,
 }
 
+/// The automatic phase of a circuit when it was saved: an open (or
+/// half-open) circuit comes back open for the rest of its wait, with its
+/// recovery attempts and incident count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavedPhase {
+    pub saved_ms: i64,
+    /// `closed`, `open` or `half-open`.
+    pub phase: String,
+    /// Wall-clock end of the open wait (open only).
+    pub open_until_ms: Option<i64>,
+    pub recovery_attempts: u32,
+    pub total_incidents: u64,
+}
+
 /// What the store held at startup.
 #[derive(Debug, Default)]
 pub struct Restored {
     /// Runtime overrides by upstream (the JSON the admin side wrote).
     pub overrides: Vec<(String, Value)>,
     pub circuits: Vec<(String, SavedCircuit)>,
+    pub phases: Vec<(String, SavedPhase)>,
     /// The newest audit entries, oldest first.
     pub audit: Vec<Value>,
 }
@@ -106,6 +136,13 @@ enum Op {
     /// The whole set of overrides (replaces what is stored).
     Overrides(Vec<(String, String)>),
     Circuit(String, SavedCircuit),
+    Phase(String, SavedPhase),
+    /// An audit entry whose writer waits for the commit.
+    DurableAudit {
+        at_ms: i64,
+        entry: String,
+        done: tokio::sync::oneshot::Sender<Result<(), String>>,
+    },
     /// Answered once everything queued before it is committed.
     Flush(mpsc::Sender<()>),
 }
@@ -115,9 +152,35 @@ pub struct Store {
     path: PathBuf,
     tx: SyncSender<Op>,
     dropped: AtomicU64,
+    health: Arc<WriteHealth>,
     /// The writer thread; it ends when the last handle (and `tx`) is gone.
     _writer: JoinHandle<()>,
 }
+
+/// What the writer thread reports about its commits.
+#[derive(Default)]
+struct WriteHealth {
+    errors: AtomicU64,
+    /// True while the last commit failed.
+    degraded: AtomicBool,
+    last_error: Mutex<Option<(SystemTime, String)>>,
+    /// `fusebox_store_write_errors_total`, once the app registered it.
+    counter: Mutex<Option<prometheus::IntCounter>>,
+}
+
+/// The store's write health, for `/health/detailed`.
+#[derive(Debug, Clone)]
+pub struct StoreHealth {
+    pub degraded: bool,
+    pub write_errors: u64,
+    pub dropped_writes: u64,
+    pub last_error: Option<(SystemTime, String)>,
+}
+
+/// Why a durable write did not commit.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct WriteError(pub String);
 
 #[derive(Debug, thiserror::Error)]
 #[error("store {path}: {message}")]
@@ -138,8 +201,56 @@ impl Store {
         conn.execute_batch(SCHEMA).map_err(|e| fail(&e))?;
         let restored = read_all(&conn).map_err(|e| fail(&e))?;
         let (tx, rx) = mpsc::sync_channel(QUEUE);
-        let writer = std::thread::Builder::new().name("fusebox-store".into()).spawn(move || write_loop(conn, rx)).map_err(|e| fail(&e))?;
-        Ok((Store { path: path.to_path_buf(), tx, dropped: AtomicU64::new(0), _writer: writer }, restored))
+        let health = Arc::new(WriteHealth::default());
+        let writer_health = health.clone();
+        let writer = std::thread::Builder::new()
+            .name("fusebox-store".into())
+            .spawn(move || write_loop(conn, rx, &writer_health))
+            .map_err(|e| fail(&e))?;
+        Ok((Store { path: path.to_path_buf(), tx, dropped: AtomicU64::new(0), health, _writer: writer }, restored))
+    }
+
+    /// Counts failed commits in `counter` from now on (and the ones so far).
+    pub fn count_write_errors_in(&self, counter: prometheus::IntCounter) {
+        counter.inc_by(self.health.errors.load(Ordering::Relaxed));
+        *self.health.counter.lock().unwrap_or_else(|e| e.into_inner()) = Some(counter);
+    }
+
+    /// Write errors, drops and whether the store is degraded now.
+    pub fn health(&self) -> StoreHealth {
+        StoreHealth {
+            degraded: self.health.degraded.load(Ordering::Relaxed),
+            write_errors: self.health.errors.load(Ordering::Relaxed),
+            dropped_writes: self.dropped(),
+            last_error: self.health.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        }
+    }
+
+    /// Writes one audit entry and waits (at most `limit`) until it is
+    /// committed. An error means it is not in the file: the caller must not
+    /// apply the change it describes. Never blocks the thread: a full queue
+    /// is retried with async sleeps.
+    pub async fn audit_durable(&self, at: SystemTime, entry: &Value, limit: Duration) -> Result<(), WriteError> {
+        const STEP: Duration = Duration::from_millis(5);
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let mut op = Op::DurableAudit { at_ms: unix_ms(at), entry: entry.to_string(), done };
+        let started = tokio::time::Instant::now();
+        loop {
+            match self.tx.try_send(op) {
+                Ok(()) => break,
+                Err(TrySendError::Full(back)) if started.elapsed() < limit => {
+                    op = back;
+                    tokio::time::sleep(STEP).await;
+                }
+                Err(TrySendError::Full(_)) => return Err(WriteError("the store's write queue stayed full".into())),
+                Err(TrySendError::Disconnected(_)) => return Err(WriteError("the store's writer has stopped".into())),
+            }
+        }
+        match tokio::time::timeout(limit.saturating_sub(started.elapsed()), answer).await {
+            Ok(Ok(result)) => result.map_err(WriteError),
+            Ok(Err(_)) => Err(WriteError("the store's writer has stopped".into())),
+            Err(_) => Err(WriteError(format!("the store did not commit within {} ms", limit.as_millis()))),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -166,6 +277,10 @@ impl Store {
 
     pub fn circuit(&self, upstream: &str, saved: SavedCircuit) {
         self.send(Op::Circuit(upstream.to_string(), saved));
+    }
+
+    pub fn phase(&self, upstream: &str, saved: SavedPhase) {
+        self.send(Op::Phase(upstream.to_string(), saved));
     }
 
     /// Waits (at most `limit`) until everything queued so far is on disk.
@@ -255,6 +370,23 @@ fn read_all(conn: &Connection) -> rusqlite::Result<Restored> {
     })? {
         restored.circuits.push(row?);
     }
+    let mut stmt = conn.prepare(
+        "SELECT upstream, saved_ms, phase, open_until_ms, recovery_attempts, total_incidents FROM circuit_phases ORDER BY upstream",
+    )?;
+    for row in stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            SavedPhase {
+                saved_ms: r.get(1)?,
+                phase: r.get(2)?,
+                open_until_ms: r.get(3)?,
+                recovery_attempts: u32::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
+                total_incidents: u64::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
+            },
+        ))
+    })? {
+        restored.phases.push(row?);
+    }
     let mut stmt = conn.prepare("SELECT entry FROM (SELECT id, entry FROM audit ORDER BY id DESC LIMIT ?1) ORDER BY id")?;
     for row in stmt.query_map([i64::try_from(AUDIT_RESTORE).unwrap_or(i64::MAX)], |r| r.get::<_, String>(0))? {
         if let Ok(v) = serde_json::from_str(&row?) {
@@ -266,7 +398,7 @@ fn read_all(conn: &Connection) -> rusqlite::Result<Restored> {
 
 /// The writer thread: commits queued writes in batches until every
 /// [`Store`] handle is gone.
-fn write_loop(mut conn: Connection, rx: Receiver<Op>) {
+fn write_loop(mut conn: Connection, rx: Receiver<Op>, health: &WriteHealth) {
     // Wall clock: this thread is outside tokio, and a prune only needs to
     // happen now and then.
     let mut last_prune = SystemTime::UNIX_EPOCH;
@@ -279,8 +411,22 @@ fn write_loop(mut conn: Connection, rx: Receiver<Op>) {
             }
         }
         let mut flushed = Vec::new();
-        if let Err(e) = commit(&mut conn, batch, &mut flushed) {
-            tracing::error!(error = %e, "store write failed: this batch is lost");
+        let mut durable = Vec::new();
+        let result = commit(&mut conn, batch, &mut flushed, &mut durable);
+        match &result {
+            Ok(()) => health.degraded.store(false, Ordering::Relaxed),
+            Err(e) => {
+                tracing::error!(error = %e, lost = durable.len(), "store write failed: this batch is lost; the store is degraded");
+                health.errors.fetch_add(1, Ordering::Relaxed);
+                health.degraded.store(true, Ordering::Relaxed);
+                *health.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some((SystemTime::now(), e.to_string()));
+                if let Some(c) = health.counter.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                    c.inc();
+                }
+            }
+        }
+        for done in durable {
+            let _ = done.send(result.as_ref().map(|_| ()).map_err(|e| format!("the audit entry could not be written: {e}")));
         }
         if SystemTime::now().duration_since(last_prune).map_or(true, |d| d > Duration::from_secs(600)) {
             last_prune = SystemTime::now();
@@ -294,7 +440,26 @@ fn write_loop(mut conn: Connection, rx: Receiver<Op>) {
     }
 }
 
-fn commit(conn: &mut Connection, batch: Vec<Op>, flushed: &mut Vec<mpsc::Sender<()>>) -> rusqlite::Result<()> {
+type Durable = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// Commits `batch` in one transaction. Every durable writer of the batch is
+/// put in `durable` (even when the commit fails early) to be answered.
+fn commit(conn: &mut Connection, batch: Vec<Op>, flushed: &mut Vec<mpsc::Sender<()>>, durable: &mut Vec<Durable>) -> rusqlite::Result<()> {
+    // Take the reply handles out first: an early error must answer them all.
+    let batch: Vec<Op> = batch
+        .into_iter()
+        .filter_map(|op| match op {
+            Op::DurableAudit { at_ms, entry, done } => {
+                durable.push(done);
+                Some(Op::Audit { at_ms, entry })
+            }
+            Op::Flush(done) => {
+                flushed.push(done);
+                None
+            }
+            op => Some(op),
+        })
+        .collect();
     let tx = conn.transaction()?;
     for op in batch {
         match op {
@@ -320,7 +485,24 @@ fn commit(conn: &mut Connection, batch: Vec<Op>, flushed: &mut Vec<mpsc::Sender<
                 )?
                 .execute(params![name, c.saved_ms, c.mode, c.mode_until_ms, c.history])?;
             }
-            Op::Flush(done) => flushed.push(done),
+            Op::Phase(name, p) => {
+                tx.prepare_cached(
+                    "INSERT INTO circuit_phases (upstream, saved_ms, phase, open_until_ms, recovery_attempts, total_incidents)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT (upstream) DO UPDATE SET saved_ms = ?2, phase = ?3, open_until_ms = ?4,
+                         recovery_attempts = ?5, total_incidents = ?6",
+                )?
+                .execute(params![
+                    name,
+                    p.saved_ms,
+                    p.phase,
+                    p.open_until_ms,
+                    i64::from(p.recovery_attempts),
+                    i64::try_from(p.total_incidents).unwrap_or(i64::MAX)
+                ])?;
+            }
+            // Taken out above.
+            Op::Flush(_) | Op::DurableAudit { .. } => {}
         }
     }
     tx.commit()

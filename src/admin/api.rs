@@ -12,7 +12,16 @@
 //! Reads are open unless `auth.jwt.requireForReads`; every mutation needs
 //! the admin role, is rate limited per caller, and is written to the audit
 //! log (who, what, why, before, after). Errors are `{error:{code,message}}`.
-//! This module must not touch breaker internals except through `Circuit`.
+//!
+//! Durable audit (SPEC sections 5 and 8): with a store, a mutation first
+//! writes the audit entry describing the intended change and waits for the
+//! commit; only then is the change applied and 200 answered. A store that
+//! cannot write makes the mutation answer 503 `store_unavailable` and
+//! change nothing. (A reload's stored entry is its request; the in-memory
+//! list shows its outcome.) Without a store the audit is in memory only.
+//!
+//! This module must not touch breaker internals except through `Circuit`,
+//! and must not write to the store on the data plane's behalf.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -39,6 +48,9 @@ use crate::proxy::RuntimeOverride;
 const MAX_BODY: usize = 64 * 1024;
 /// Audit entries kept in memory.
 pub const AUDIT_KEEP: usize = 1000;
+/// How long a mutation waits for its audit entry to be committed before it
+/// answers 503 and changes nothing.
+const AUDIT_COMMIT_LIMIT: Duration = Duration::from_secs(5);
 
 type Resp = Response<ProxyBody>;
 
@@ -94,25 +106,34 @@ pub async fn handle(req: Request<Incoming>, state: &Arc<AppState>) -> Option<Res
         },
         (Method::PUT, ["circuit-breaker", service, "config"]) => {
             let service = service.to_string();
-            mutate(req, state, |p, body: ConfigBody| put_config(state, &p, &service, body)).await
+            match mutate::<ConfigBody>(req, state).await {
+                Ok((p, body)) => put_config(state, &p, &service, body).await,
+                Err(e) => e,
+            }
         }
         (Method::DELETE, ["circuit-breaker", service, "config"]) => {
             let service = service.to_string();
             match admin(&req, state) {
-                Ok(p) => delete_config(state, &p, &service),
+                Ok(p) => delete_config(state, &p, &service).await,
                 Err(e) => e,
             }
         }
         (Method::POST, ["circuit-breaker", service, "reset"]) => {
             let service = service.to_string();
-            mutate(req, state, |p, body: ResetBody| reset(state, &p, &service, body)).await
+            match mutate::<ResetBody>(req, state).await {
+                Ok((p, body)) => reset(state, &p, &service, body).await,
+                Err(e) => e,
+            }
         }
         (Method::POST, ["circuit-breaker", service, "force"]) => {
             let service = service.to_string();
-            mutate(req, state, |p, body: ForceBody| force(state, &p, &service, body)).await
+            match mutate::<ForceBody>(req, state).await {
+                Ok((p, body)) => force(state, &p, &service, body).await,
+                Err(e) => e,
+            }
         }
         (Method::POST, ["config", "reload"]) => match admin(&req, state) {
-            Ok(p) => reload(state, &p),
+            Ok(p) => reload(state, &p).await,
             Err(e) => e,
         },
         (
@@ -171,25 +192,22 @@ fn admin(req: &Request<Incoming>, state: &AppState) -> Result<Principal, Resp> {
 }
 
 /// Auth, rate limit, bounded body, JSON with unknown fields refused.
-async fn mutate<B: DeserializeOwned>(req: Request<Incoming>, state: &Arc<AppState>, f: impl FnOnce(Principal, B) -> Resp) -> Resp {
-    let principal = match admin(&req, state) {
-        Ok(p) => p,
-        Err(e) => return e,
-    };
+async fn mutate<B: DeserializeOwned>(req: Request<Incoming>, state: &Arc<AppState>) -> Result<(Principal, B), Resp> {
+    let principal = admin(&req, state)?;
     let bytes: Bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
             let too_big = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
-            return if too_big {
+            return Err(if too_big {
                 error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", &format!("bodies are limited to {MAX_BODY} bytes"))
             } else {
                 error(StatusCode::BAD_REQUEST, "bad_body", "could not read the request body")
-            };
+            });
         }
     };
     match serde_json::from_slice::<B>(&bytes) {
-        Ok(body) => f(principal, body),
-        Err(e) => error(StatusCode::BAD_REQUEST, "bad_body", &format!("invalid JSON body: {e}")),
+        Ok(body) => Ok((principal, body)),
+        Err(e) => Err(error(StatusCode::BAD_REQUEST, "bad_body", &format!("invalid JSON body: {e}"))),
     }
 }
 
@@ -207,15 +225,32 @@ fn find(state: &AppState, service: &str) -> Result<Arc<Upstream>, Resp> {
 /// periodic snapshot would lose it to a crash in between).
 fn save_circuit(state: &AppState, up: &Upstream) {
     if let Some(store) = &state.store.shared.persist {
-        store.circuit(&up.config.name, up.circuit.saved(clock::now()));
+        crate::app::save_circuit(store, &up.config.name, &up.circuit);
     }
 }
 
-fn audit(state: &AppState, who: &Principal, action: &str, service: Option<&str>, reason: &str, before: Value, after: Value) {
-    // `who` and `reason` come from a token and a request body: escaped
-    // (Debug) so a newline or an escape sequence cannot forge a log line.
-    tracing::info!(target: "fusebox::audit", who = ?who.subject, action, service = service.unwrap_or("-"), reason = ?reason, before = %before, after = %after, "admin {action} by {:?}", who.subject);
-    let entry = json!({
+/// Records a change about to be made: with a store, waits until its entry
+/// is committed and answers `Err(503 store_unavailable)` if it cannot be
+/// (the caller must then change nothing); then logs it and keeps it in
+/// memory. Call it before applying the change, with `after` the intended
+/// result.
+async fn audit(
+    state: &AppState,
+    who: &Principal,
+    action: &str,
+    service: Option<&str>,
+    reason: &str,
+    before: Value,
+    after: Value,
+) -> Result<(), Resp> {
+    let entry = audit_entry(who, action, service, reason, before, after);
+    commit_audit(state, &entry).await?;
+    remember(state, entry);
+    Ok(())
+}
+
+fn audit_entry(who: &Principal, action: &str, service: Option<&str>, reason: &str, before: Value, after: Value) -> Value {
+    json!({
         "timestamp": clock::timestamp(),
         "who": who.subject,
         "action": action,
@@ -223,10 +258,33 @@ fn audit(state: &AppState, who: &Principal, action: &str, service: Option<&str>,
         "reason": reason,
         "before": before,
         "after": after,
-    });
-    if let Some(store) = &state.store.shared.persist {
-        store.audit(SystemTime::now(), &entry);
+    })
+}
+
+/// Writes `entry` to the store (when there is one) and waits for the commit.
+async fn commit_audit(state: &AppState, entry: &Value) -> Result<(), Resp> {
+    let Some(store) = &state.store.shared.persist else { return Ok(()) };
+    match store.audit_durable(SystemTime::now(), entry, AUDIT_COMMIT_LIMIT).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let action = entry["action"].as_str().unwrap_or("-");
+            tracing::error!(target: "fusebox::audit", action, error = %e, "admin {action} refused: its audit entry could not be stored; nothing was changed");
+            Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                &format!("the audit entry could not be stored, so nothing was changed: {e}"),
+            ))
+        }
     }
+}
+
+/// Logs an audit entry and keeps it in the in-memory list.
+fn remember(state: &AppState, entry: Value) {
+    // `who` and `reason` come from a token and a request body: escaped
+    // (Debug) so a newline or an escape sequence cannot forge a log line.
+    let text = |k: &str| entry[k].as_str().unwrap_or("-").to_string();
+    let (who, action, service, reason) = (text("who"), text("action"), text("service"), text("reason"));
+    tracing::info!(target: "fusebox::audit", who = ?who, action = %action, service = %service, reason = ?reason, before = %entry["before"], after = %entry["after"], "admin {action} by {who:?}");
     let mut log = state.audit.lock().unwrap_or_else(|e| e.into_inner());
     if log.len() >= AUDIT_KEEP {
         log.pop_front();
@@ -278,7 +336,7 @@ fn override_json(o: &RuntimeOverride) -> Value {
     })
 }
 
-fn put_config(state: &Arc<AppState>, who: &Principal, service: &str, body: ConfigBody) -> Resp {
+async fn put_config(state: &Arc<AppState>, who: &Principal, service: &str, body: ConfigBody) -> Resp {
     let up = match find(state, service) {
         Ok(u) => u,
         Err(e) => return e,
@@ -304,6 +362,15 @@ fn put_config(state: &Arc<AppState>, who: &Principal, service: &str, body: Confi
         return error(StatusCode::NOT_FOUND, "unknown_service", &format!("no upstream named `{service}`"));
     };
     let before = effective_config(&up);
+    let intended = json!({
+        "failureThreshold": body.failure_threshold,
+        "resetTimeoutMs": body.reset_timeout_ms,
+        "minHealthyPeriodMs": body.min_healthy_period_ms,
+        "requestLimit": body.request_limit.unwrap_or(base.max_concurrent_requests),
+    });
+    if let Err(resp) = audit(state, who, "config", Some(service), "runtime override", before, intended).await {
+        return resp;
+    }
     let o = RuntimeOverride {
         base,
         failure_threshold: body.failure_threshold,
@@ -317,7 +384,6 @@ fn put_config(state: &Arc<AppState>, who: &Principal, service: &str, body: Confi
     state.store.shared.overrides.lock().unwrap_or_else(|e| e.into_inner()).insert(service.to_string(), o);
     state.store.apply((*gen.config).clone(), "admin config override");
     let after = find(state, service).map(|u| effective_config(&u)).unwrap_or(Value::Null);
-    audit(state, who, "config", Some(service), "runtime override", before, after.clone());
     json_response(
         StatusCode::OK,
         &json!({
@@ -335,23 +401,38 @@ fn put_config(state: &Arc<AppState>, who: &Principal, service: &str, body: Confi
     )
 }
 
-fn delete_config(state: &Arc<AppState>, who: &Principal, service: &str) -> Resp {
+async fn delete_config(state: &Arc<AppState>, who: &Principal, service: &str) -> Resp {
     let up = match find(state, service) {
         Ok(u) => u,
         Err(e) => return e,
     };
-    let removed = state.store.shared.overrides.lock().unwrap_or_else(|e| e.into_inner()).remove(service);
-    if removed.is_none() {
+    if !state.store.shared.overrides.lock().unwrap_or_else(|e| e.into_inner()).contains_key(service) {
         return error(StatusCode::NOT_FOUND, "no_override", &format!("upstream `{service}` has no runtime override"));
     }
     let before = effective_config(&up);
+    // Back to the YAML's values.
+    let intended = state.store.current().config.upstream(service).map_or(Value::Null, |base| {
+        json!({
+            "failureThreshold": base.breaker.failure_threshold,
+            "resetTimeoutMs": base.breaker.reset_timeout.as_millis() as u64,
+            "minHealthyPeriodMs": base.breaker.min_healthy_period.as_millis() as u64,
+            "requestLimit": base.max_concurrent_requests,
+        })
+    });
+    if let Err(resp) = audit(state, who, "config-delete", Some(service), "runtime override removed", before, intended).await {
+        return resp;
+    }
+    let removed = state.store.shared.overrides.lock().unwrap_or_else(|e| e.into_inner()).remove(service);
+    if removed.is_none() {
+        // Removed by a concurrent call meanwhile: the outcome is the same.
+        tracing::info!(service, "runtime override already removed");
+    }
     state.store.apply((*state.store.current().config).clone(), "admin override removed");
     let after = find(state, service).map(|u| effective_config(&u)).unwrap_or(Value::Null);
-    audit(state, who, "config-delete", Some(service), "runtime override removed", before, after.clone());
     json_response(StatusCode::OK, &json!({ "success": true, "service": service, "config": after, "removedAt": clock::timestamp() }))
 }
 
-fn reset(state: &AppState, who: &Principal, service: &str, body: ResetBody) -> Resp {
+async fn reset(state: &AppState, who: &Principal, service: &str, body: ResetBody) -> Resp {
     let up = match find(state, service) {
         Ok(u) => u,
         Err(e) => return e,
@@ -369,6 +450,26 @@ fn reset(state: &AppState, who: &Principal, service: &str, body: ResetBody) -> R
         );
     }
     let action = format!("reset by {}: {}", who.subject, body.reason);
+    // The intended result, from a copy of the breaker: nothing changes until
+    // the audit entry is committed.
+    let (predicted, report) = up.circuit.with(|b| {
+        let mut copy = b.clone();
+        let report = copy.reset(&action, now);
+        (copy.snapshot(now).state, report)
+    });
+    let previous = json!({
+        "state": report.previous.as_str(),
+        "failureCount": report.failure_count,
+        "lastFailure": report.last_failure.map(|t| clock::rfc3339(clock::wall(t))),
+        "totalIncidents": report.total_incidents,
+    });
+    let mut after = json!({ "state": predicted.as_str() });
+    if let Some(m) = &body.metadata {
+        after["metadata"] = json!(m);
+    }
+    if let Err(resp) = audit(state, who, "reset", Some(service), &body.reason, previous, after).await {
+        return resp;
+    }
     let report = up.circuit.reset(&action, now);
     save_circuit(state, &up);
     let previous = json!({
@@ -378,15 +479,10 @@ fn reset(state: &AppState, who: &Principal, service: &str, body: ResetBody) -> R
         "totalIncidents": report.total_incidents,
     });
     let reset_time = clock::timestamp();
-    let mut after = json!({ "state": up.circuit.snapshot(now).state.as_str() });
-    if let Some(m) = &body.metadata {
-        after["metadata"] = json!(m);
-    }
-    audit(state, who, "reset", Some(service), &body.reason, previous.clone(), after);
     json_response(StatusCode::OK, &json!({ "success": true, "service": service, "resetTime": reset_time, "previousState": previous }))
 }
 
-fn force(state: &AppState, who: &Principal, service: &str, body: ForceBody) -> Resp {
+async fn force(state: &AppState, who: &Principal, service: &str, body: ForceBody) -> Resp {
     let up = match find(state, service) {
         Ok(u) => u,
         Err(e) => return e,
@@ -412,19 +508,31 @@ fn force(state: &AppState, who: &Principal, service: &str, body: ForceBody) -> R
         return error(StatusCode::CONFLICT, "conflicting_state", &format!("circuit `{service}` is already {}", mode.as_str()));
     }
     let action = format!("{} by {}: {}", mode.as_str(), who.subject, body.reason);
-    up.circuit.force(mode, ttl, &action, now);
-    save_circuit(state, &up);
-    let after = up.circuit.snapshot(now);
-    let until = after.mode_until.map(|t| clock::rfc3339(clock::wall(t)));
-    audit(
+    // The intended result, from a copy of the breaker: nothing changes until
+    // the audit entry is committed.
+    let predicted = up.circuit.with(|b| {
+        let mut copy = b.clone();
+        copy.force(mode, ttl, &action, now);
+        copy.snapshot(now)
+    });
+    let until = predicted.mode_until.map(|t| clock::rfc3339(clock::wall(t)));
+    if let Err(resp) = audit(
         state,
         who,
         "force",
         Some(service),
         &body.reason,
         json!({ "state": before.state.as_str(), "mode": before.mode.as_str() }),
-        json!({ "state": after.state.as_str(), "mode": after.mode.as_str(), "until": until }),
-    );
+        json!({ "state": predicted.state.as_str(), "mode": predicted.mode.as_str(), "until": until }),
+    )
+    .await
+    {
+        return resp;
+    }
+    up.circuit.force(mode, ttl, &action, now);
+    save_circuit(state, &up);
+    let after = up.circuit.snapshot(now);
+    let until = after.mode_until.map(|t| clock::rfc3339(clock::wall(t)));
     json_response(
         StatusCode::OK,
         &json!({
@@ -518,20 +626,27 @@ async fn stored_transitions(state: &AppState, service: &str, since: u64) -> Valu
     }
 }
 
-fn reload(state: &Arc<AppState>, who: &Principal) -> Resp {
+async fn reload(state: &Arc<AppState>, who: &Principal) -> Resp {
     if state.store.path().is_none() {
         return error(StatusCode::CONFLICT, "no_config_file", "fusebox runs on a built-in config; there is no file to reload");
     }
     let before = json!({ "generation": state.store.generation() });
-    match state.reload("admin") {
+    // The stored entry is the request (committed before anything happens);
+    // the in-memory list gets the outcome.
+    let request = audit_entry(who, "reload", None, "admin reload", before.clone(), json!({ "requested": true }));
+    if let Err(resp) = commit_audit(state, &request).await {
+        return resp;
+    }
+    // Parsed and built on the blocking pool, coalesced with other triggers.
+    match state.reload_coalesced("admin").await {
         Ok(n) => {
-            audit(state, who, "reload", None, "admin reload", before, json!({ "generation": n }));
+            remember(state, audit_entry(who, "reload", None, "admin reload", before, json!({ "generation": n })));
             json_response(StatusCode::OK, &json!({ "success": true, "generation": n, "reloadedAt": clock::timestamp() }))
         }
         Err(errors) => {
             let details: Vec<Value> =
                 errors.errors.iter().map(|e| json!({ "line": e.line, "column": e.column, "path": e.path, "message": e.message })).collect();
-            audit(state, who, "reload-rejected", None, "admin reload", before, json!({ "errors": details.len() }));
+            remember(state, audit_entry(who, "reload-rejected", None, "admin reload", before, json!({ "errors": details.len() })));
             json_response(
                 StatusCode::BAD_REQUEST,
                 &json!({

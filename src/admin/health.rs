@@ -1,5 +1,8 @@
 //! Probes, health reports and the metrics scrape. All cheap reads: a load
-//! of the current generation and one short lock per circuit.
+//! of the current generation and one short lock per circuit. With a store,
+//! `/health/detailed` reports its write health (`ok` or `degraded`, write
+//! errors, the last error, dropped writes); a degraded store makes the
+//! overall status at least `degraded`. Must not write anything.
 
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
@@ -64,11 +67,18 @@ pub fn detailed(state: &AppState) -> Response<ProxyBody> {
     let now = clock::now();
     let services: Vec<Value> = gen.sorted_upstreams().into_iter().map(|u| service_entry(u, &u.circuit.snapshot(now))).collect();
     let reload = state.store.status();
-    let status = overall(services.iter().map(|s| match s["status"].as_str() {
-        Some("failed") => Status::Failed,
-        Some("degraded") => Status::Degraded,
-        _ => Status::Healthy,
-    }));
+    let store = state.store.shared.persist.as_ref().map(|p| (p.path().display().to_string(), p.health()));
+    let store_degraded = store.as_ref().is_some_and(|(_, h)| h.degraded);
+    let status = overall(
+        services
+            .iter()
+            .map(|s| match s["status"].as_str() {
+                Some("failed") => Status::Failed,
+                Some("degraded") => Status::Degraded,
+                _ => Status::Healthy,
+            })
+            .chain(store_degraded.then_some(Status::Degraded)),
+    );
     json_response(
         StatusCode::OK,
         &json!({
@@ -90,9 +100,12 @@ pub fn detailed(state: &AppState) -> Response<ProxyBody> {
                 },
             },
             "websocket": { "clients": state.store.shared.metrics.websocket_clients.get() },
-            "store": state.store.shared.persist.as_ref().map(|p| json!({
-                "path": p.path().display().to_string(),
-                "droppedWrites": p.dropped(),
+            "store": store.map(|(path, h)| json!({
+                "path": path,
+                "status": if h.degraded { "degraded" } else { "ok" },
+                "writeErrors": h.write_errors,
+                "lastError": h.last_error.map(|(at, message)| json!({ "at": clock::rfc3339(at), "message": message })),
+                "droppedWrites": h.dropped_writes,
             })),
             "services": services,
         }),

@@ -3,11 +3,23 @@
 //! file changes nothing; its errors are logged, counted and kept for the
 //! health endpoints. Reloads are serialized by a lock that the request path
 //! never takes (it only does `ArcSwap::load`).
+//!
+//! Every trigger (file change, SIGHUP, admin call) goes through the
+//! [`Reloader`]: one reload at a time, on the blocking pool, never on a
+//! runtime worker that serves traffic; triggers that arrive while one runs
+//! are coalesced into at most one more run. A reload that panics (parse or
+//! build) is caught and reported as a failure like an invalid file.
+//!
+//! Must not: parse or build on an async task, hold the reload lock across
+//! an await, or let a failed reload change the running generation.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
+
+use tokio::sync::oneshot;
 
 use arc_swap::ArcSwap;
 
@@ -78,7 +90,9 @@ impl ConfigStore {
         self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Re-reads the config file and applies it if it is valid.
+    /// Re-reads the config file and applies it if it is valid. Blocking:
+    /// call it on a blocking thread (the [`Reloader`] does). A panic while
+    /// parsing or building is caught and reported as a failed reload.
     pub fn reload(&self, trigger: &str) -> Result<u64, ConfigErrors> {
         let Some(path) = &self.path else {
             return Err(ConfigErrors {
@@ -87,36 +101,56 @@ impl ConfigStore {
             });
         };
         let _serial = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
-        match Config::load(path) {
-            Ok(config) => Ok(self.apply_locked(config, trigger)),
-            Err(errors) => {
-                self.shared.metrics.reloads.with_label_values(&["failure"]).inc();
-                self.shared.metrics.last_reload_ok.set(0);
-                tracing::error!(trigger, "config reload rejected, the running config is kept: {errors}");
-                let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
-                st.last_attempt = Some(SystemTime::now());
-                st.last_trigger = Some(trigger.to_string());
-                st.last_error = Some(errors.clone());
-                Err(errors)
+        let built = catch_unwind(AssertUnwindSafe(|| Config::load(path).map(|config| self.build_locked(config))));
+        match built {
+            Ok(Ok(next)) => Ok(self.publish_locked(next, trigger)),
+            Ok(Err(errors)) => Err(self.reject_locked(trigger, errors)),
+            Err(panic) => {
+                let what = panic_message(panic.as_ref());
+                let errors = ConfigErrors {
+                    file: Some(path.clone()),
+                    errors: vec![ConfigError::at_root(format!(
+                        "the reload failed with an internal error (a bug; please report it): {what}"
+                    ))],
+                };
+                Err(self.reject_locked(trigger, errors))
             }
         }
+    }
+
+    fn reject_locked(&self, trigger: &str, errors: ConfigErrors) -> ConfigErrors {
+        self.shared.metrics.reloads.with_label_values(&["failure"]).inc();
+        self.shared.metrics.last_reload_ok.set(0);
+        tracing::error!(trigger, "config reload rejected, the running config is kept: {errors}");
+        let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        st.last_attempt = Some(SystemTime::now());
+        st.last_trigger = Some(trigger.to_string());
+        st.last_error = Some(errors.clone());
+        errors
     }
 
     /// Publishes an already checked config as the next generation.
     pub fn apply(&self, config: Config, trigger: &str) -> u64 {
         let _serial = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
-        self.apply_locked(config, trigger)
+        let next = self.build_locked(config);
+        self.publish_locked(next, trigger)
     }
 
-    fn apply_locked(&self, mut config: Config, trigger: &str) -> u64 {
+    /// Builds the next generation (not yet visible to anyone).
+    fn build_locked(&self, mut config: Config) -> (Generation, Vec<String>) {
         let previous = self.current.load_full();
         let restart_needed = keep_restart_only_settings(&mut config, &previous.config);
+        let number = self.generation.load(Ordering::SeqCst) + 1;
+        (Generation::build(number, config, Some(&previous), &self.shared, clock::now()), restart_needed)
+    }
+
+    fn publish_locked(&self, (next, restart_needed): (Generation, Vec<String>), trigger: &str) -> u64 {
         for msg in &restart_needed {
             tracing::warn!("{msg}");
         }
-        self.shared.metrics.set_request_metrics(config.request_metrics);
-        let number = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        let next = Generation::build(number, config, Some(&previous), &self.shared, clock::now());
+        let number = next.number;
+        self.shared.metrics.set_request_metrics(next.config.request_metrics);
+        self.generation.store(number, Ordering::SeqCst);
         self.current.store(Arc::new(next));
         self.shared.metrics.reloads.with_label_values(&["success"]).inc();
         self.shared.metrics.config_generation.set(i64::try_from(number).unwrap_or(i64::MAX));
@@ -157,6 +191,122 @@ fn keep_restart_only_settings(next: &mut Config, running: &Config) -> Vec<String
     next.tls = running.tls.clone();
     next.store = running.store.clone();
     msgs
+}
+
+/// The text of a caught panic.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_string())
+}
+
+/// What one reload run answers to every trigger it served.
+pub type ReloadResult = Result<u64, ConfigErrors>;
+
+/// Runs reloads one at a time on the blocking pool and coalesces triggers:
+/// every trigger that arrives while a reload runs joins the one pending
+/// run, so a burst of any size while one runs costs at most one more run
+/// (which reads the file as it is by then).
+#[derive(Default)]
+pub struct Reloader {
+    queue: Mutex<Queue>,
+    runs: AtomicU64,
+}
+
+#[derive(Default)]
+struct Queue {
+    /// A driver is running (on the blocking pool).
+    running: bool,
+    next: Option<Pending>,
+}
+
+struct Pending {
+    triggers: Vec<String>,
+    waiters: Vec<oneshot::Sender<ReloadResult>>,
+}
+
+// === impl Reloader ===
+
+impl Reloader {
+    /// Asks for a reload; the answer is the result of the run that starts
+    /// after this call (shared with the other triggers it coalesced). `run`
+    /// does the reload; it is called on a blocking-pool thread (with the
+    /// runtime entered, so it may spawn tasks), and is dropped unused when a
+    /// run is already pending or running.
+    pub fn request(
+        self: &Arc<Self>,
+        trigger: &str,
+        run: impl Fn(&str) -> ReloadResult + Send + 'static,
+    ) -> oneshot::Receiver<ReloadResult> {
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let pending = q.next.get_or_insert_with(|| Pending { triggers: Vec::new(), waiters: Vec::new() });
+            if !pending.triggers.iter().any(|t| t == trigger) {
+                pending.triggers.push(trigger.to_string());
+            }
+            pending.waiters.push(tx);
+            !std::mem::replace(&mut q.running, true)
+        };
+        if start {
+            let me = self.clone();
+            let drive = move || me.drive(&run);
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    let inner = rt.clone();
+                    drop(rt.spawn_blocking(move || {
+                        let _enter = inner.enter();
+                        drive();
+                    }));
+                }
+                Err(_) => {
+                    if let Err(e) = std::thread::Builder::new().name("fusebox-reload".into()).spawn(drive) {
+                        tracing::error!(error = %e, "cannot start a reload thread");
+                    }
+                }
+            }
+        }
+        rx
+    }
+
+    /// Reload runs so far (coalesced triggers count once).
+    pub fn runs(&self) -> u64 {
+        self.runs.load(Ordering::Relaxed)
+    }
+
+    fn drive(&self, run: &dyn Fn(&str) -> ReloadResult) {
+        loop {
+            let pending = {
+                let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                match q.next.take() {
+                    Some(p) => p,
+                    None => {
+                        q.running = false;
+                        return;
+                    }
+                }
+            };
+            self.runs.fetch_add(1, Ordering::Relaxed);
+            let trigger = pending.triggers.join(", ");
+            // `run` catches its own panics around parse and build; this one
+            // keeps the driver (and the queue's `running` flag) sound if the
+            // rest of it panics.
+            let result = catch_unwind(AssertUnwindSafe(|| run(&trigger))).unwrap_or_else(|panic| {
+                Err(ConfigErrors {
+                    file: None,
+                    errors: vec![ConfigError::at_root(format!(
+                        "the reload failed with an internal error: {}",
+                        panic_message(panic.as_ref())
+                    ))],
+                })
+            });
+            for waiter in pending.waiters {
+                let _ = waiter.send(result.clone());
+            }
+        }
+    }
 }
 
 fn unix_now() -> f64 {

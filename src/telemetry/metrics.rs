@@ -48,6 +48,8 @@ pub struct Metrics {
     pub websocket_clients: IntGauge,
     pub websocket_messages: IntCounter,
     pub websocket_drops: IntCounter,
+    /// Store commits that failed (full disk, I/O error): store.rs counts.
+    pub store_write_errors: IntCounter,
     /// Per-request recording on/off (`metrics.requests`), read per request.
     recording: Arc<AtomicBool>,
 }
@@ -172,6 +174,11 @@ impl Metrics {
         reg(Box::new(websocket_clients.clone()));
         reg(Box::new(websocket_messages.clone()));
         reg(Box::new(websocket_drops.clone()));
+        let store_write_errors = must(IntCounter::new(
+            "fusebox_store_write_errors_total",
+            "Store commits that failed (full disk, I/O error); their writes are lost and the store reports degraded.",
+        ));
+        reg(Box::new(store_write_errors.clone()));
         for r in ["success", "failure"] {
             reloads.with_label_values(&[r]);
         }
@@ -196,6 +203,7 @@ impl Metrics {
             websocket_clients,
             websocket_messages,
             websocket_drops,
+            store_write_errors,
             recording: Arc::new(AtomicBool::new(true)),
         }
     }

@@ -393,7 +393,8 @@ async fn without_504_in_retry_on_a_blackhole_costs_504s_until_ejected() {
 
     let cb = settled(&c, &app).await;
     assert_eq!(cb["state"], "closed", "{cb}");
-    assert_eq!(cb["window"]["failures"], 5, "{cb}");
+    // The ejection took back the blackhole's earlier failures.
+    assert_eq!(cb["window"]["failures"], 1, "{cb}");
     assert_eq!(endpoint(&cb, &hole.to_string())["state"], "ejected", "{cb}");
     assert_eq!(endpoint(&cb, &live.addr.to_string())["state"], "active", "{cb}");
 }
@@ -417,7 +418,9 @@ async fn an_endpoint_answering_500_is_ejected_after_consecutive_failures() {
 
     let cb = circuit(&c, &app, "api").await;
     assert_eq!(cb["state"], "closed", "{cb}");
-    assert_eq!(cb["window"]["failures"], 3, "{cb}");
+    // The ejection took back the failures the ejected endpoint gave the
+    // circuit before its last one.
+    assert_eq!(cb["window"]["failures"], 1, "{cb}");
     let e = endpoint(&cb, &bad.addr.to_string());
     assert_eq!(e["state"], "ejected", "{cb}");
     assert_eq!(e["ejections"], 1, "{cb}");
@@ -428,6 +431,27 @@ async fn an_endpoint_answering_500_is_ejected_after_consecutive_failures() {
         1.0,
         "{m}"
     );
+}
+
+/// With every default (failureRateThreshold 50 over 10 calls, 5 in a row
+/// eject): round robin gives the bad endpoint every other request, so the
+/// circuit sees 50% failures at the 10th call, just as the 5th failure
+/// ejects the endpoint. The ejection wins: the circuit stays closed and the
+/// upstream keeps serving (before, the whole upstream went 503).
+#[tokio::test]
+async fn one_bad_replica_of_two_never_opens_the_upstream_circuit_with_defaults() {
+    let _s = SOCKETS.read().await;
+    let good = upstream("good").await;
+    let bad = upstream("bad").await;
+    bad.set_status(500);
+    let app = fusebox(&api(&[good.url(), bad.url()], &[])).await;
+    let c = client();
+    let statuses = gets(&c, &app, 40).await;
+    assert_eq!(statuses.iter().filter(|s| **s == 500).count(), 5, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 35, "{statuses:?}");
+    let cb = circuit(&c, &app, "api").await;
+    assert_eq!(cb["state"], "closed", "{cb}");
+    assert_eq!(endpoint(&cb, &bad.addr.to_string())["state"], "ejected", "{cb}");
 }
 
 // --- 4. probation ---
@@ -519,11 +543,13 @@ async fn at_most_one_of_two_failing_endpoints_is_ejected_and_the_circuit_opens()
     .await;
     let c = client();
 
-    let statuses = gets(&c, &app, 12).await;
-    assert_eq!(&statuses[..8], &[500; 8], "{statuses:?}");
-    assert!(statuses[8..].iter().all(|s| *s == 503), "the circuit opened after failureThreshold: {statuses:?}");
+    // The first ejection takes back the 2 failures the ejected endpoint
+    // gave before its 3rd, so the circuit counts 8 in a row at the 10th.
+    let statuses = gets(&c, &app, 14).await;
+    assert_eq!(&statuses[..10], &[500; 10], "{statuses:?}");
+    assert!(statuses[10..].iter().all(|s| *s == 503), "the circuit opened after failureThreshold: {statuses:?}");
     // Each endpoint reached 3 in a row; only the first was ejected.
-    assert_eq!(a.hits() + b.hits(), 8);
+    assert_eq!(a.hits() + b.hits(), 10);
     assert!(a.hits() >= 3 && b.hits() >= 3, "a {} b {}", a.hits(), b.hits());
 
     let cb = circuit(&c, &app, "api").await;

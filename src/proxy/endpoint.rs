@@ -66,6 +66,9 @@ pub struct Member {
     pool: Arc<EndpointPool>,
     load: AtomicUsize,
     consecutive: AtomicU32,
+    /// Failures of this endpoint its circuit counted since its last counted
+    /// success ([`EndpointSet::settle`]).
+    counted: AtomicU32,
     /// `clock::ms` of the end of the ejection, plus one; 0 = in rotation.
     ejected_until: AtomicU64,
     /// Ejected or on probation (not yet returned).
@@ -215,7 +218,8 @@ impl EndpointSet {
     /// Records one attempt's result for its endpoint: `None` is a success,
     /// a fault that counts is a failure (the client's and fusebox's own
     /// faults change nothing).
-    pub fn record(&self, lease: &mut EndpointLease, fault: Option<Fault>, now: Instant) {
+    /// Returns whether this result ejected the endpoint.
+    pub fn record(&self, lease: &mut EndpointLease, fault: Option<Fault>, now: Instant) -> bool {
         let m = lease.member.clone();
         match fault {
             None => {
@@ -226,18 +230,35 @@ impl EndpointSet {
                     lease.probing = false;
                     self.restore(&m, "its probation request succeeded", now);
                 }
+                false
             }
             Some(f) if f.counts() => {
                 let in_a_row = m.consecutive.fetch_add(1, Ordering::Relaxed).saturating_add(1);
                 if lease.probing {
                     lease.probing = false;
-                    self.eject(&m, "consecutive-failures", format!("its probation request failed: {f}"), now);
+                    self.eject(&m, "consecutive-failures", format!("its probation request failed: {f}"), now)
                 } else if self.policy.consecutive_failures > 0 && in_a_row >= self.policy.consecutive_failures && !m.is_out() {
-                    self.eject(&m, "consecutive-failures", format!("{in_a_row} upstream faults in a row (last: {f})"), now);
+                    self.eject(&m, "consecutive-failures", format!("{in_a_row} upstream faults in a row (last: {f})"), now)
+                } else {
+                    false
                 }
             }
-            Some(_) => {}
+            Some(_) => false,
         }
+    }
+
+    /// Keeps count of the failures of `member` that its upstream's circuit
+    /// counted (final outcomes of client requests), and returns how many of
+    /// them to take back from the circuit when `ejected_now`: the part that
+    /// failed is routed around, so they say nothing about the whole.
+    pub fn settle(&self, member: &Member, failed: bool, ejected_now: bool) -> u32 {
+        let forgive = if ejected_now { member.counted.swap(0, Ordering::Relaxed) } else { 0 };
+        if failed {
+            member.counted.fetch_add(1, Ordering::Relaxed);
+        } else if member.counted.load(Ordering::Relaxed) != 0 {
+            member.counted.store(0, Ordering::Relaxed);
+        }
+        forgive
     }
 
     /// An active health check's verdict on one endpoint.
@@ -252,7 +273,7 @@ impl EndpointSet {
         }
     }
 
-    fn eject(&self, m: &Arc<Member>, rule: &'static str, why: String, now: Instant) {
+    fn eject(&self, m: &Arc<Member>, rule: &'static str, why: String, now: Instant) -> bool {
         let _changes = lock(&self.changes);
         let members = self.members.load();
         if !m.out.load(Ordering::Acquire) {
@@ -264,7 +285,7 @@ impl EndpointSet {
             let out = members.iter().filter(|x| x.out.load(Ordering::Acquire)).count();
             if out >= cap {
                 tracing::debug!(upstream = %self.upstream, endpoint = %m.label, "not ejected: maxEjectionPercent ({}%) reached: {why}", self.policy.max_ejection_percent);
-                return;
+                return false;
             }
         }
         let mut o = lock(&m.outlier);
@@ -288,6 +309,7 @@ impl EndpointSet {
         m.gauge.set(1);
         self.gauges.endpoint_ejection(&m.label, rule);
         tracing::warn!(upstream = %self.upstream, endpoint = %m.label, rule, seconds = time.as_secs_f64(), ejections, "endpoint {} of {} ejected for {:?}: {why}", m.label, self.upstream, time);
+        true
     }
 
     fn restore(&self, m: &Arc<Member>, why: &str, now: Instant) {
@@ -397,6 +419,7 @@ fn take_or_make(old: &[Arc<Member>], e: &Endpoint, addr: SocketAddr, transport: 
         label,
         load: AtomicUsize::new(0),
         consecutive: AtomicU32::new(0),
+        counted: AtomicU32::new(0),
         ejected_until: AtomicU64::new(0),
         out: AtomicBool::new(false),
         probing: AtomicBool::new(false),

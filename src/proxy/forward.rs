@@ -196,7 +196,7 @@ async fn proxy(
     let mut next = Some(out);
     let mut exclude: Option<Arc<super::endpoint::Member>> = None;
     let mut retrying: Option<&'static str> = None;
-    let (mut resp, conn, lease) = loop {
+    let (mut resp, conn, lease, ejected) = loop {
         let now = clock::now();
         let Some(mut lease) = up.endpoints.pick(exclude.as_deref(), now) else {
             exchange.outcome = "local_error";
@@ -217,7 +217,7 @@ async fn proxy(
             Ok((resp, conn)) => {
                 let status = resp.status().as_u16();
                 let failure = up.config.breaker.failure_statuses.contains(status);
-                up.endpoints.record(&mut lease, failure.then_some(Fault::Upstream(UpstreamFault::Status(status))), now);
+                let ejected = up.endpoints.record(&mut lease, failure.then_some(Fault::Upstream(UpstreamFault::Status(status))), now);
                 let retry_status = RetryOn::for_status(status).filter(|on| up.config.retry.on.contains(*on));
                 if let Some(reason) = retrying.take() {
                     up.circuit.metrics.retry(reason, if failure || retry_status.is_some() { "failure" } else { "success" });
@@ -228,12 +228,12 @@ async fn proxy(
                         exclude = Some(lease.member.clone());
                         continue;
                     }
-                    _ => break (resp, conn, lease),
+                    _ => break (resp, conn, lease, ejected),
                 }
             }
             Err(failed) => failed,
         };
-        up.endpoints.record(&mut lease, Some(failed.fault), now);
+        let ejected = up.endpoints.record(&mut lease, Some(failed.fault), now);
         if let Some(reason) = retrying.take() {
             up.circuit.metrics.retry(reason, "failure");
         }
@@ -251,11 +251,16 @@ async fn proxy(
             next = failed.request.map(|r| *r);
             continue;
         }
+        if failed.fault.counts() {
+            forgive_ejected(&up, &lease, true, ejected, now);
+        }
         return finish_with_fault(&up, guard, exchange, failed.fault, &failed.detail);
     };
     // Phase 4: classify and record the client request's one outcome.
     let status = resp.status().as_u16();
-    let outcome = guard.finish(Some(status), false, clock::now());
+    let now = clock::now();
+    forgive_ejected(&up, &lease, up.config.breaker.failure_statuses.contains(status), ejected, now);
+    let outcome = guard.finish(Some(status), false, now);
     exchange.outcome = if outcome.failure { "failure" } else { "success" };
     // Phase 5: respond.
     let set = up.endpoints.clone();
@@ -285,6 +290,19 @@ fn may_retry(up: &Upstream, exchange: &mut Exchange, reason: &'static str, _leas
     }
     exchange.retries += 1;
     true
+}
+
+/// Before the circuit counts a client request's outcome: when its endpoint
+/// was just ejected, the circuit takes back the failures that endpoint
+/// gave it — one bad replica is routed around, it does not open the
+/// upstream's circuit for everyone (the whole still can: a failure of
+/// every endpoint trips it, and a lone endpoint is never ejected).
+fn forgive_ejected(up: &Upstream, lease: &EndpointLease, failed: bool, ejected: bool, now: Instant) {
+    let n = up.endpoints.settle(&lease.member, failed, ejected);
+    if n > 0 {
+        up.circuit.with(|b| b.forgive(n, now));
+        tracing::debug!(upstream = %up.config.name, endpoint = %lease.member.label, failures = n, "failures of an ejected endpoint taken back from the circuit");
+    }
 }
 
 fn status_reason(status: u16) -> &'static str {

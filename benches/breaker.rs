@@ -19,7 +19,8 @@ use tokio::sync::broadcast;
 
 fn circuit(metrics: &Metrics, name: &str) -> Arc<Circuit> {
     let (tx, _) = broadcast::channel(16);
-    Arc::new(Circuit::new(name, Policy::default(), metrics.upstream(name), tx, Instant::now()))
+    let (status_tx, _) = broadcast::channel(16);
+    Arc::new(Circuit::new(name, Policy::default(), metrics.upstream(name), (tx, status_tx), Instant::now()))
 }
 
 fn one_call(c: &Arc<Circuit>) {

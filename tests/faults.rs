@@ -344,6 +344,19 @@ async fn a_refusing_endpoint_is_retried_elsewhere_and_ejected() {
     assert_eq!(retried, 5.0, "consecutiveFailures (5) connect failures, each retried: {m}");
 }
 
+#[tokio::test]
+async fn a_connect_failure_is_retried_whatever_retry_on_names() {
+    let _s = SOCKETS.read().await;
+    let live = upstream("live").await;
+    let dead = format!("127.0.0.1:{}", closed_port());
+    let app = fusebox(&api(&[format!("http://{dead}"), live.url()], &["retry: { on: [503] }"])).await;
+    let c = client();
+
+    let statuses = gets(&c, &app, 10).await;
+    assert!(statuses.iter().all(|s| *s == 200), "a request that never left may always go again: {statuses:?}");
+    assert_clean(&circuit(&c, &app, "api").await);
+}
+
 // --- 2. an endpoint that accepts and never answers ---
 
 #[tokio::test]

@@ -249,11 +249,24 @@ pub struct Fallback {
     pub body: bytes::Bytes,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {
     pub host: Option<String>,
     pub path_prefix: Option<String>,
+    /// Only these methods match (every method when `None`).
+    pub methods: Option<Vec<http::Method>>,
     pub upstream: String,
+    /// The operation whose circuit this route's calls also pass.
+    pub operation: Option<String>,
+    /// That operation's policy: the route's keys over its upstream's.
+    pub breaker: Option<Policy>,
+}
+
+impl RouteConfig {
+    /// `upstream/operation`, the name of an operation's circuit.
+    pub fn circuit_name(&self) -> Option<String> {
+        self.operation.as_ref().map(|op| format!("{}/{op}", self.upstream))
+    }
 }
 
 /// One problem in a config file.

@@ -177,6 +177,31 @@ impl Generation {
             };
             upstreams.insert(uc.name.clone(), Arc::new(Upstream::new(uc.clone(), circuit, prev.map(|p| &**p))));
         }
+        // The operations' circuits (SPEC 3b), after their upstreams.
+        for route in &config.routes {
+            let (Some(op), Some(name), Some(policy)) = (&route.operation, route.circuit_name(), &route.breaker) else { continue };
+            let Some(parent) = upstreams.get(&route.upstream).cloned() else { continue };
+            if upstreams.contains_key(&name) {
+                continue;
+            }
+            let prev = previous.and_then(|g| g.upstreams.get(&name));
+            let circuit = match prev {
+                Some(p) => {
+                    if p.config.breaker != *policy {
+                        p.circuit.set_policy(policy.clone());
+                    }
+                    p.circuit.clone()
+                }
+                None => Arc::new(Circuit::new(
+                    &name,
+                    policy.clone(),
+                    shared.metrics.operation(&route.upstream, op),
+                    (shared.events.clone(), shared.status_changes.clone()),
+                    now,
+                )),
+            };
+            upstreams.insert(name, Arc::new(Upstream::operation(&parent, op, policy.clone(), circuit)));
+        }
         if let Some(store) = &shared.persist {
             store.overrides(overrides.iter().map(|(name, o)| (name.clone(), o.to_json())).collect());
         }
@@ -184,7 +209,10 @@ impl Generation {
         if let Some(prev) = previous {
             for name in prev.upstreams.keys() {
                 if !upstreams.contains_key(name) {
-                    shared.metrics.remove_upstream(name);
+                    match &prev.upstreams[name].operation {
+                        Some((upstream, op)) => shared.metrics.remove_operation(upstream, op),
+                        None => shared.metrics.remove_upstream(name),
+                    }
                 }
                 if let (Some(old), new) = (prev.upstreams.get(name), upstreams.get(name)) {
                     // Endpoints that are gone take their ejection gauge along.

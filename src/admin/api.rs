@@ -96,6 +96,10 @@ pub async fn handle(req: Request<Incoming>, state: &Arc<AppState>) -> Option<Res
     let method = req.method().clone();
     let resp = match (method.clone(), parts.as_slice()) {
         (Method::GET, ["circuit-breaker", "status"]) => read(&req, state).map_or_else(|e| e, |_| status(state)),
+        (Method::GET, ["circuit-breaker", service, "operations", operation]) => match read(&req, state) {
+            Ok(_) => operation_stats(state, service, operation),
+            Err(e) => e,
+        },
         (Method::GET, ["circuit-breaker", service, "history"]) => match read(&req, state) {
             Ok(_) => history(state, service, req.uri().query()).await,
             Err(e) => e,
@@ -211,14 +215,53 @@ async fn mutate<B: DeserializeOwned>(req: Request<Incoming>, state: &Arc<AppStat
     }
 }
 
+/// The circuit named by a `{service}` path segment: an upstream, or an
+/// operation's circuit `upstream/operation` (its `/` URL-encoded).
 fn find(state: &AppState, service: &str) -> Result<Arc<Upstream>, Resp> {
+    let service = crate::admin::ws::percent_decode(service);
     state
         .store
         .current()
         .upstreams
-        .get(service)
+        .get(&service)
         .cloned()
         .ok_or_else(|| error(StatusCode::NOT_FOUND, "unknown_service", &format!("no upstream named `{service}`")))
+}
+
+/// `GET .../{service}/operations/{operation}`: the usage guide's
+/// `CircuitBreakerStats` of one operation's circuit.
+fn operation_stats(state: &AppState, service: &str, operation: &str) -> Resp {
+    let operation = crate::admin::ws::percent_decode(operation);
+    let up = match find(state, &format!("{}/{operation}", crate::admin::ws::percent_decode(service))) {
+        Ok(up) => up,
+        Err(_) => {
+            return error(StatusCode::NOT_FOUND, "unknown_operation", &format!("upstream `{service}` has no operation `{operation}`"));
+        }
+    };
+    let now = clock::now();
+    let s = up.circuit.snapshot(now);
+    let state_name = match s.state {
+        crate::breaker::CircuitState::Open | crate::breaker::CircuitState::ForcedOpen => "OPEN",
+        crate::breaker::CircuitState::HalfOpen => "HALF_OPEN",
+        _ => "CLOSED",
+    };
+    let rate = if s.total > 0 { s.failed as f64 / s.total as f64 } else { 0.0 };
+    let stamp = |t: Option<std::time::Instant>| t.map(|t| clock::rfc3339(clock::wall(t)));
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "service": up.config.name,
+            "operation": operation,
+            "state": state_name,
+            "failureCount": s.failure_count,
+            "successCount": s.successful,
+            "totalRequests": s.total,
+            "lastFailureTime": stamp(s.last_failure),
+            "lastSuccessTime": stamp(s.last_success),
+            "nextAttemptTime": stamp(s.open_until),
+            "failureRate": (rate * 1e4).round() / 1e4,
+        }),
+    )
 }
 
 /// Writes an operator's change of a circuit to the store at once (the

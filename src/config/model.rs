@@ -235,6 +235,10 @@ pub struct RawRoute {
     #[serde(rename = "match")]
     pub matcher: Option<RawMatch>,
     pub upstream: Option<String>,
+    /// A circuit of its own for this route's calls (`upstream/operation`).
+    pub operation: Option<String>,
+    /// That operation's breaker keys, over its upstream's.
+    pub breaker: Option<RawBreaker>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -242,6 +246,7 @@ pub struct RawRoute {
 pub struct RawMatch {
     pub path_prefix: Option<String>,
     pub host: Option<String>,
+    pub methods: Option<Vec<String>>,
 }
 
 // === impl RawAuth ===

@@ -49,6 +49,8 @@ const KNOWN_KEYS: &[&str] = &[
     "audience",
     "leeway",
     "allowedOrigins",
+    "operation",
+    "methods",
     "breaker",
     "healthCheck",
     "timeouts",
@@ -367,7 +369,57 @@ impl Validator<'_> {
                 let hint = suggest(&upstream, &names).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
                 self.error(&format!("{path}.upstream"), format!("no upstream named `{upstream}`{hint}"));
             }
-            routes.push(RouteConfig { host: m.host.map(|h| h.to_ascii_lowercase()), path_prefix: m.path_prefix, upstream });
+            let mut methods = None;
+            if let Some(list) = &m.methods {
+                let mut parsed = Vec::new();
+                for (j, name) in list.iter().enumerate() {
+                    match http::Method::from_bytes(name.trim().to_ascii_uppercase().as_bytes()) {
+                        Ok(method) => parsed.push(method),
+                        Err(_) => self.error(&format!("{path}.match.methods[{j}]"), format!("`{name}` is not an HTTP method")),
+                    }
+                }
+                if parsed.is_empty() {
+                    self.error(&format!("{path}.match.methods"), "lists no method (leave it out to match every method)");
+                }
+                methods = Some(parsed);
+            }
+            let operation = r.operation.map(|o| o.trim().to_string());
+            if let Some(op) = &operation {
+                if op.is_empty() || op.len() > 64 || !op.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+                    self.error(&format!("{path}.operation"), format!("`{op}` must be 1-64 characters of letters, digits, `-`, `_` or `.`"));
+                }
+            }
+            let breaker = match (&operation, &r.breaker) {
+                (None, Some(_)) => {
+                    self.error(&format!("{path}.breaker"), "a route's breaker belongs to its operation: name one with `operation:`");
+                    None
+                }
+                (Some(_), own) => {
+                    let base = upstreams.iter().find(|u| u.name == upstream).map(|u| u.breaker.clone()).unwrap_or_default();
+                    let mut p = self.breaker_over(base.clone(), &path, own.as_ref(), None);
+                    p.trial_lease = base.trial_lease;
+                    p.probe_trials = false;
+                    Some(p)
+                }
+                (None, None) => None,
+            };
+            if let (Some(op), Some(b)) = (&operation, &breaker) {
+                let same = routes.iter().find(|x: &&RouteConfig| x.upstream == upstream && x.operation.as_ref() == Some(op));
+                if same.is_some_and(|x| x.breaker.as_ref() != Some(b)) {
+                    self.error(
+                        &format!("{path}.breaker"),
+                        format!("operation `{upstream}/{op}` is on another route with other breaker keys"),
+                    );
+                }
+            }
+            routes.push(RouteConfig {
+                host: m.host.map(|h| h.to_ascii_lowercase()),
+                path_prefix: m.path_prefix,
+                methods,
+                upstream,
+                operation,
+                breaker,
+            });
         }
         let request_metrics = raw.metrics.and_then(|m| m.requests).unwrap_or(true);
         let client = self.client(raw.client.unwrap_or_default());
@@ -727,9 +779,17 @@ impl Validator<'_> {
     }
 
     fn breaker(&mut self, path: &str, own: Option<&RawBreaker>, def: Option<&RawBreaker>) -> Policy {
-        let mut p = Policy::default();
-        // Defaults first, then the upstream's own keys; errors name the layer.
-        for (layer, raw) in [("defaults.breaker".to_string(), def), (format!("{path}.breaker"), own)] {
+        self.breaker_over(Policy::default(), path, own, Some(("defaults.breaker".to_string(), def)))
+    }
+
+    /// `own` (at `path.breaker`) over `under` (a lower layer, if any) over
+    /// `base`: the upstream's keys over `defaults:`, or a route's keys over
+    /// its upstream's effective policy.
+    fn breaker_over(&mut self, base: Policy, path: &str, own: Option<&RawBreaker>, under: Option<(String, Option<&RawBreaker>)>) -> Policy {
+        let mut p = base;
+        let (under_layer, def) = under.unwrap_or_else(|| (String::new(), None));
+        // Lower layer first, then the own keys; errors name the layer.
+        for (layer, raw) in [(under_layer, def), (format!("{path}.breaker"), own)] {
             let Some(b) = raw else { continue };
             let key = |k: &str| format!("{layer}.{k}");
             if let Some(v) = b.enabled {
@@ -811,7 +871,7 @@ impl Validator<'_> {
             }
         }
         if p.max_reset_timeout < p.reset_timeout {
-            let max_src = own.and_then(|b| b.max_reset_timeout.as_ref()).map_or("defaults.breaker", |_| path);
+            let max_src = own.and_then(|b| b.max_reset_timeout.as_ref()).map_or("lower", |_| path);
             let max_key = if max_src == path { format!("{path}.breaker.maxResetTimeout") } else { format!("{path}.breaker") };
             self.error(&max_key, format!("maxResetTimeout ({:?}) is below resetTimeout ({:?})", p.max_reset_timeout, p.reset_timeout));
         }

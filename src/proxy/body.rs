@@ -177,7 +177,7 @@ impl TrackedBody {
         self.lease.take();
         let now = clock::now();
         if let Some(g) = self.guard.take() {
-            g.circuit().with(|b| b.on_late_failure(now));
+            g.late_failure(now);
         }
         if let Some((mut lease, set)) = self.endpoint.take() {
             set.record(&mut lease, Some(Fault::Upstream(fault)), now);

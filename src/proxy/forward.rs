@@ -67,6 +67,7 @@ impl PeerIp {
 #[derive(Default)]
 struct Exchange {
     endpoint: Option<Arc<str>>,
+    operation: Option<String>,
     outcome: &'static str,
     retries: u32,
 }
@@ -89,8 +90,9 @@ pub async fn handle(req: Request<Incoming>, plane: Arc<DataPlane>, peer: PeerIp)
                 exchange.outcome = "no_route";
                 (None, respond::no_route(request_host(&req), req.uri().path()))
             }
-            Some(up) => {
-                let resp = proxy(up.clone(), req, &peer, &request_id, plane.scheme, &mut exchange).await;
+            Some((up, op)) => {
+                exchange.operation = op.as_ref().and_then(|o| o.operation.as_ref()).map(|(_, name)| name.clone());
+                let resp = proxy(up.clone(), op, req, &peer, &request_id, plane.scheme, &mut exchange).await;
                 (Some(up), resp)
             }
         },
@@ -102,7 +104,7 @@ pub async fn handle(req: Request<Incoming>, plane: Arc<DataPlane>, peer: PeerIp)
         let status = resp.status().as_u16();
         let client = peer.0.to_str().unwrap_or("-");
         if access {
-            tracing::info!(target: "fusebox::access", request_id = ?request_id, client, %method, path = ?path, upstream = name, operation = "-", endpoint, status, outcome = exchange.outcome, retries = exchange.retries, duration_ms = ms, "{method} {path:?} {status}");
+            tracing::info!(target: "fusebox::access", request_id = ?request_id, client, %method, path = ?path, upstream = name, operation = exchange.operation.as_deref().unwrap_or("-"), endpoint, status, outcome = exchange.outcome, retries = exchange.retries, duration_ms = ms, "{method} {path:?} {status}");
         } else {
             tracing::debug!(request_id = ?request_id, %method, path = ?path, upstream = name, endpoint, status, outcome = exchange.outcome, retries = exchange.retries, ms, "request");
         }
@@ -125,9 +127,10 @@ fn check(req: &Request<Incoming>) -> Result<(), Fault> {
     Ok(())
 }
 
-/// Phase 1: the first matching route.
-fn route(generation: &Generation, req: &Request<Incoming>) -> Option<Arc<Upstream>> {
-    generation.router.route(request_host(req), req.uri().path()).cloned()
+/// Phase 1: the first matching route: its upstream and, for a route with
+/// an `operation`, that operation's circuit.
+fn route(generation: &Generation, req: &Request<Incoming>) -> Option<(Arc<Upstream>, Option<Arc<Upstream>>)> {
+    generation.router.route(request_host(req), req.uri().path(), req.method()).map(|t| (t.upstream.clone(), t.operation.clone()))
 }
 
 /// The head of a bodyless idempotent request, kept to send it again.
@@ -158,19 +161,34 @@ struct Failed {
 }
 
 /// Phases 2-5 for a routed request.
+#[allow(clippy::too_many_arguments)]
 async fn proxy(
     up: Arc<Upstream>,
+    op: Option<Arc<Upstream>>,
     mut req: Request<Incoming>,
     peer: &PeerIp,
     request_id: &HeaderValue,
     scheme: &'static str,
     exchange: &mut Exchange,
 ) -> Response<ProxyBody> {
-    // Phase 2: admit.
+    // Phase 2: admit: the operation's circuit (if any), then the upstream's.
     let refused_status = up.config.fallback.as_ref().map_or(503, |f| f.status.as_u16());
     let now = clock::now();
+    let op_guard = match &op {
+        None => None,
+        Some(o) => match o.circuit.admit(o.config.max_concurrent_requests, refused_status, now) {
+            Ok(g) => Some(g),
+            Err(refusal) => {
+                exchange.outcome = "rejected";
+                return respond::refused(o, &refusal);
+            }
+        },
+    };
     let mut guard = match up.circuit.admit(up.config.max_concurrent_requests, refused_status, now) {
-        Ok(g) => g,
+        Ok(g) => match op_guard {
+            Some(o) => g.with_operation(o),
+            None => g,
+        },
         Err(refusal) => {
             exchange.outcome = "rejected";
             return respond::refused(&up, &refusal);
@@ -252,14 +270,14 @@ async fn proxy(
             continue;
         }
         if failed.fault.counts() {
-            forgive_ejected(&up, &lease, true, ejected, now);
+            forgive_ejected(&up, &guard, &lease, true, ejected, now);
         }
         return finish_with_fault(&up, guard, exchange, failed.fault, &failed.detail);
     };
     // Phase 4: classify and record the client request's one outcome.
     let status = resp.status().as_u16();
     let now = clock::now();
-    forgive_ejected(&up, &lease, up.config.breaker.failure_statuses.contains(status), ejected, now);
+    forgive_ejected(&up, &guard, &lease, up.config.breaker.failure_statuses.contains(status), ejected, now);
     let outcome = guard.finish(Some(status), false, now);
     exchange.outcome = if outcome.failure { "failure" } else { "success" };
     // Phase 5: respond.
@@ -297,10 +315,10 @@ fn may_retry(up: &Upstream, exchange: &mut Exchange, reason: &'static str, _leas
 /// gave it — one bad replica is routed around, it does not open the
 /// upstream's circuit for everyone (the whole still can: a failure of
 /// every endpoint trips it, and a lone endpoint is never ejected).
-fn forgive_ejected(up: &Upstream, lease: &EndpointLease, failed: bool, ejected: bool, now: Instant) {
+fn forgive_ejected(up: &Upstream, guard: &CallGuard, lease: &EndpointLease, failed: bool, ejected: bool, now: Instant) {
     let n = up.endpoints.settle(&lease.member, failed, ejected);
     if n > 0 {
-        up.circuit.with(|b| b.forgive(n, now));
+        guard.forgive(n, now);
         tracing::debug!(upstream = %up.config.name, endpoint = %lease.member.label, failures = n, "failures of an ejected endpoint taken back from the circuit");
     }
 }

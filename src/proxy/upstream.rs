@@ -69,6 +69,9 @@ pub struct CallGuard {
     pub started: Instant,
     /// Whether this call was counted in the in-flight gauge.
     gauged: bool,
+    /// The same call's guard on its operation's circuit (SPEC 3b): every
+    /// result is recorded on both.
+    operation: Option<Box<CallGuard>>,
 }
 
 /// One upstream of one config generation.
@@ -79,6 +82,8 @@ pub struct Upstream {
     pub endpoints: Arc<EndpointSet>,
     /// Kept across reloads with the circuit's name.
     pub retry_budget: Arc<RetryBudget>,
+    /// For an operation's circuit (SPEC 3b): `(upstream, operation)`.
+    pub operation: Option<(String, String)>,
 }
 
 /// What one lock guards: the breaker and the history it feeds, so a
@@ -176,7 +181,7 @@ impl Circuit {
         match self.with(|b| b.try_acquire(now)) {
             Ok(permit) => {
                 let gauged = self.metrics.in_flight_inc();
-                Ok(CallGuard { circuit: self.clone(), permit: Some(permit), started: now, gauged })
+                Ok(CallGuard { circuit: self.clone(), permit: Some(permit), started: now, gauged, operation: None })
             }
             Err(rej) => {
                 self.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -260,6 +265,9 @@ impl CallGuard {
     /// Records the call's result (a response status, or `None` for an
     /// error) and frees the permit.
     pub fn finish(&mut self, status: Option<u16>, timed_out: bool, now: Instant) -> CallOutcome {
+        if let Some(op) = self.operation.as_mut() {
+            op.finish(status, timed_out, now);
+        }
         let elapsed = now.saturating_duration_since(self.started);
         let permit = self.permit.take();
         let outcome = self.circuit.with_core(|b, h| {
@@ -281,6 +289,28 @@ impl CallGuard {
 
     pub fn circuit(&self) -> &Arc<Circuit> {
         &self.circuit
+    }
+
+    /// Records this call on `operation`'s circuit too.
+    pub fn with_operation(mut self, operation: CallGuard) -> CallGuard {
+        self.operation = Some(Box::new(operation));
+        self
+    }
+
+    /// A response already counted as a success broke mid-body.
+    pub fn late_failure(&self, now: Instant) {
+        self.circuit.with(|b| b.on_late_failure(now));
+        if let Some(op) = &self.operation {
+            op.late_failure(now);
+        }
+    }
+
+    /// Takes back `n` failures of an ejected endpoint (see `Breaker::forgive`).
+    pub fn forgive(&self, n: u32, now: Instant) {
+        self.circuit.with(|b| b.forgive(n, now));
+        if let Some(op) = &self.operation {
+            op.forgive(n, now);
+        }
     }
 }
 
@@ -314,7 +344,24 @@ impl Upstream {
         });
         let endpoints = EndpointSet::new(&config, previous.map(|p| &*p.endpoints), same_transport, circuit.metrics.clone());
         let retry_budget = previous.map_or_else(|| Arc::new(RetryBudget::new()), |p| p.retry_budget.clone());
-        Upstream { config, circuit, endpoints, retry_budget }
+        Upstream { config, circuit, endpoints, retry_budget, operation: None }
+    }
+
+    /// The circuit of operation `operation` of `parent`: named
+    /// `upstream/operation`, with its own breaker policy, sharing the
+    /// upstream's endpoints and retry budget. It is never probed itself.
+    pub fn operation(parent: &Upstream, operation: &str, breaker: crate::breaker::Policy, circuit: Arc<Circuit>) -> Upstream {
+        let mut config = parent.config.clone();
+        config.name = format!("{}/{operation}", parent.config.name);
+        config.breaker = breaker;
+        config.health_check = None;
+        Upstream {
+            config,
+            circuit,
+            endpoints: parent.endpoints.clone(),
+            retry_budget: parent.retry_budget.clone(),
+            operation: Some((parent.config.name.clone(), operation.to_string())),
+        }
     }
 
     /// Whether the circuit refuses traffic now (a retry never passes it).

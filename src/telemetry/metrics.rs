@@ -40,6 +40,8 @@ pub struct Metrics {
     endpoint_ejected: IntGaugeVec,
     retries: IntCounterVec,
     client_errors: IntCounterVec,
+    /// The same series for operation circuits (SPEC 3b), with `operation`.
+    ops: OperationFamilies,
     pub reloads: IntCounterVec,
     pub last_reload_success: Gauge,
     /// 1 when the last reload attempt succeeded, 0 while it is failing.
@@ -54,10 +56,25 @@ pub struct Metrics {
     recording: Arc<AtomicBool>,
 }
 
+/// The per-circuit families again, labelled `{upstream, operation, ...}`,
+/// for the circuits of operations.
+#[derive(Clone)]
+struct OperationFamilies {
+    circuit_state: IntGaugeVec,
+    transitions: IntCounterVec,
+    shadow_transitions: IntCounterVec,
+    requests: IntCounterVec,
+    rejected: IntCounterVec,
+    duration: HistogramVec,
+    in_flight: IntGaugeVec,
+}
+
 /// Handles for one upstream, resolved once.
 #[derive(Clone)]
 pub struct UpstreamMetrics {
     name: String,
+    /// Set for an operation's circuit: its series carry `operation`.
+    operation: Option<String>,
     /// outcome x code_class, resolved on first use so a scrape carries
     /// only the combinations that happen (plus the common ones at zero).
     requests: Vec<OnceLock<IntCounter>>,
@@ -144,6 +161,51 @@ impl Metrics {
             Opts::new("fusebox_client_errors_total", "Requests that failed by the client's fault (never counted against an upstream)."),
             &["upstream", "reason"],
         ));
+        let op = |name: &str| name.replacen("fusebox_", "fusebox_operation_", 1);
+        let ops = OperationFamilies {
+            circuit_state: must(IntGaugeVec::new(
+                Opts::new(op("fusebox_circuit_state"), "Circuit state per operation: 1 for the current state, 0 for the others."),
+                &["upstream", "operation", "state"],
+            )),
+            transitions: must(IntCounterVec::new(
+                Opts::new(op("fusebox_circuit_transitions_total"), "Operation circuit transitions, by the rule that caused them."),
+                &["upstream", "operation", "from", "to", "reason"],
+            )),
+            shadow_transitions: must(IntCounterVec::new(
+                Opts::new(
+                    op("fusebox_circuit_shadow_transitions_total"),
+                    "Would-be transitions of operation circuits in metrics-only mode.",
+                ),
+                &["upstream", "operation", "from", "to", "reason"],
+            )),
+            requests: must(IntCounterVec::new(
+                Opts::new(op("fusebox_requests_total"), "Requests of an operation by outcome and response code class."),
+                &["upstream", "operation", "outcome", "code_class"],
+            )),
+            rejected: must(IntCounterVec::new(
+                Opts::new(op("fusebox_rejected_total"), "Requests of an operation answered by fusebox without calling the upstream."),
+                &["upstream", "operation", "reason"],
+            )),
+            duration: must(HistogramVec::new(
+                HistogramOpts::new(
+                    op("fusebox_request_duration_seconds"),
+                    "Time from admission to upstream response headers, per operation.",
+                )
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                &["upstream", "operation"],
+            )),
+            in_flight: must(IntGaugeVec::new(
+                Opts::new(op("fusebox_in_flight_requests"), "Requests of an operation in flight to the upstream."),
+                &["upstream", "operation"],
+            )),
+        };
+        reg(Box::new(ops.circuit_state.clone()));
+        reg(Box::new(ops.transitions.clone()));
+        reg(Box::new(ops.shadow_transitions.clone()));
+        reg(Box::new(ops.requests.clone()));
+        reg(Box::new(ops.rejected.clone()));
+        reg(Box::new(ops.duration.clone()));
+        reg(Box::new(ops.in_flight.clone()));
         let reloads = must(IntCounterVec::new(Opts::new("fusebox_config_reloads_total", "Config reload attempts by result."), &["result"]));
         let last_reload_success =
             must(Gauge::new("fusebox_config_last_reload_success_timestamp_seconds", "Unix time of the last successful config load."));
@@ -196,6 +258,7 @@ impl Metrics {
             endpoint_ejected,
             retries,
             client_errors,
+            ops,
             reloads,
             last_reload_success,
             last_reload_ok,
@@ -235,6 +298,7 @@ impl Metrics {
         }
         let m = UpstreamMetrics {
             name: name.to_string(),
+            operation: None,
             requests,
             requests_vec: self.requests.clone(),
             rejected,
@@ -256,6 +320,57 @@ impl Metrics {
             m.counter(outcome, class);
         }
         m
+    }
+
+    /// The handles of the circuit of operation `operation` of `upstream`:
+    /// the per-circuit series carry `{upstream, operation}`; endpoint,
+    /// retry and client-error series are its upstream's.
+    pub fn operation(&self, upstream: &str, operation: &str) -> UpstreamMetrics {
+        let o = &self.ops;
+        let requests: Vec<OnceLock<IntCounter>> = (0..OUTCOMES.len() * CODE_CLASSES.len()).map(|_| OnceLock::new()).collect();
+        let rejected = REJECT_REASONS.iter().map(|r| o.rejected.with_label_values(&[upstream, operation, r])).collect();
+        let state = CircuitState::ALL.iter().map(|s| o.circuit_state.with_label_values(&[upstream, operation, s.as_str()])).collect();
+        for (from, to, rule) in [("closed", "open", "consecutive"), ("closed", "open", "failure-rate"), ("closed", "open", "slow-rate")] {
+            o.transitions.with_label_values(&[upstream, operation, from, to, rule]);
+        }
+        let m = UpstreamMetrics {
+            name: upstream.to_string(),
+            operation: Some(operation.to_string()),
+            requests,
+            requests_vec: o.requests.clone(),
+            rejected,
+            duration: o.duration.with_label_values(&[upstream, operation]),
+            in_flight: o.in_flight.with_label_values(&[upstream, operation]),
+            state,
+            transitions: o.transitions.clone(),
+            shadow_transitions: o.shadow_transitions.clone(),
+            health_checks: self.health_checks.clone(),
+            endpoint_ejections: self.endpoint_ejections.clone(),
+            endpoint_ejected: self.endpoint_ejected.clone(),
+            retries: self.retries.clone(),
+            client_errors: self.client_errors.clone(),
+            recording: self.recording.clone(),
+        };
+        m.counter(Outcome::Success, 1);
+        m
+    }
+
+    /// Drops every series of a removed operation's circuit.
+    pub fn remove_operation(&self, upstream: &str, operation: &str) {
+        let o = &self.ops;
+        for out in OUTCOMES {
+            for c in CODE_CLASSES {
+                let _ = o.requests.remove_label_values(&[upstream, operation, out, c]);
+            }
+        }
+        for r in REJECT_REASONS {
+            let _ = o.rejected.remove_label_values(&[upstream, operation, r]);
+        }
+        for s in CircuitState::ALL {
+            let _ = o.circuit_state.remove_label_values(&[upstream, operation, s.as_str()]);
+        }
+        let _ = o.duration.remove_label_values(&[upstream, operation]);
+        let _ = o.in_flight.remove_label_values(&[upstream, operation]);
     }
 
     /// Drops every series of a removed upstream.
@@ -304,9 +419,20 @@ impl Default for Metrics {
 // === impl UpstreamMetrics ===
 
 impl UpstreamMetrics {
+    /// `upstream` (and `operation`, for an operation's circuit), then `rest`.
+    fn labels<'a>(&'a self, rest: &[&'a str]) -> Vec<&'a str> {
+        let mut v = Vec::with_capacity(rest.len() + 2);
+        v.push(self.name.as_str());
+        if let Some(op) = &self.operation {
+            v.push(op.as_str());
+        }
+        v.extend_from_slice(rest);
+        v
+    }
+
     fn counter(&self, outcome: Outcome, class: usize) -> &IntCounter {
         self.requests[outcome as usize * CODE_CLASSES.len() + class]
-            .get_or_init(|| self.requests_vec.with_label_values(&[&self.name, OUTCOMES[outcome as usize], CODE_CLASSES[class]]))
+            .get_or_init(|| self.requests_vec.with_label_values(&self.labels(&[OUTCOMES[outcome as usize], CODE_CLASSES[class]])))
     }
 
     fn recording(&self) -> bool {
@@ -355,13 +481,13 @@ impl UpstreamMetrics {
     }
 
     pub fn transition(&self, from: CircuitState, to: CircuitState, rule: &str) {
-        self.transitions.with_label_values(&[&self.name, from.as_str(), to.as_str(), rule]).inc();
+        self.transitions.with_label_values(&self.labels(&[from.as_str(), to.as_str(), rule])).inc();
     }
 
     /// A would-be transition of a circuit in metrics-only mode: kept apart
     /// from `transition` so alerts on real trips never fire for it.
     pub fn shadow_transition(&self, from: CircuitState, to: CircuitState, rule: &str) {
-        self.shadow_transitions.with_label_values(&[&self.name, from.as_str(), to.as_str(), rule]).inc();
+        self.shadow_transitions.with_label_values(&self.labels(&[from.as_str(), to.as_str(), rule])).inc();
     }
 
     /// The ejection gauge of one endpoint, exported at 0 from the start.

@@ -78,6 +78,11 @@ pub struct RuntimeOverride {
     pub reset_timeout: Duration,
     pub min_healthy_period: Duration,
     pub request_limit: Option<usize>,
+    /// The architecture seed's switch, monitoring window and health check
+    /// interval, when the body named them.
+    pub enabled: Option<bool>,
+    pub monitoring_window: Option<Duration>,
+    pub health_check_interval: Option<Duration>,
     pub applied_at: SystemTime,
     pub applied_by: String,
 }
@@ -90,6 +95,15 @@ impl RuntimeOverride {
         uc.breaker.min_healthy_period = self.min_healthy_period;
         if let Some(limit) = self.request_limit {
             uc.max_concurrent_requests = limit;
+        }
+        if let Some(enabled) = self.enabled {
+            uc.breaker.enabled = enabled;
+        }
+        if let Some(window) = self.monitoring_window {
+            uc.breaker.monitoring_window = window;
+        }
+        if let (Some(interval), Some(hc)) = (self.health_check_interval, uc.health_check.as_mut()) {
+            hc.interval = interval;
         }
     }
 }
@@ -114,6 +128,9 @@ impl RuntimeOverride {
             "resetTimeoutMs": u64::try_from(self.reset_timeout.as_millis()).unwrap_or(u64::MAX),
             "minHealthyPeriodMs": u64::try_from(self.min_healthy_period.as_millis()).unwrap_or(u64::MAX),
             "requestLimit": self.request_limit,
+            "enabled": self.enabled,
+            "monitoringWindowMs": self.monitoring_window.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            "healthCheckIntervalMs": self.health_check_interval.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             "appliedAtMs": crate::store::unix_ms(self.applied_at),
             "appliedBy": self.applied_by,
         })
@@ -131,6 +148,9 @@ impl RuntimeOverride {
             reset_timeout: Duration::from_millis(v["resetTimeoutMs"].as_u64()?),
             min_healthy_period: Duration::from_millis(v["minHealthyPeriodMs"].as_u64()?),
             request_limit: v["requestLimit"].as_u64().and_then(|l| usize::try_from(l).ok()),
+            enabled: v["enabled"].as_bool(),
+            monitoring_window: v["monitoringWindowMs"].as_u64().map(Duration::from_millis),
+            health_check_interval: v["healthCheckIntervalMs"].as_u64().map(Duration::from_millis),
             applied_at: SystemTime::UNIX_EPOCH + Duration::from_millis(v["appliedAtMs"].as_u64()?),
             applied_by: v["appliedBy"].as_str()?.to_string(),
         })

@@ -1149,3 +1149,29 @@ async fn audit_lists_every_mutation_with_who_what_and_why() {
     assert_eq!(entries[2]["after"]["failureThreshold"], 2, "{v}");
     assert_eq!(entries[3]["after"]["failureThreshold"], 3, "{v}");
 }
+
+/// The architecture seed's whole `CircuitBreakerConfig` is a valid body:
+/// `enabled: false` counts but never rejects.
+#[tokio::test]
+async fn put_config_takes_the_architecture_seeds_whole_body() {
+    let up = upstream("api").await;
+    let env = Env::start(&upstreams_yaml(&up.url(), "failureThreshold: 10", None), "").await;
+    let t = admin_token("ops");
+    let body = json!({
+        "enabled": false, "failureThreshold": 2, "resetTimeoutMs": 60000, "minHealthyPeriodMs": 120000,
+        "monitoringWindowMs": 300000, "healthCheckIntervalMs": 30000,
+    });
+    let (s, _, v) = env.api(Method::PUT, API_CONFIG, Some(&t), Some(body)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["config"]["enabled"], false, "{v}");
+    assert_eq!(v["config"]["monitoringWindowMs"], 300000, "{v}");
+    let a = env.service("api").await;
+    assert_eq!(a["config"]["enabled"], false, "{a}");
+    // Disabled: failures are counted, nothing is rejected.
+    up.set_status(500);
+    for _ in 0..5 {
+        let (s, _, _) = env.data("/x").await;
+        assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    assert_eq!(up.hits(), 5);
+}

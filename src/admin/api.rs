@@ -61,6 +61,10 @@ struct ConfigBody {
     reset_timeout_ms: u64,
     min_healthy_period_ms: u64,
     request_limit: Option<usize>,
+    /// The rest of the architecture seed's `CircuitBreakerConfig`.
+    enabled: Option<bool>,
+    monitoring_window_ms: Option<u64>,
+    health_check_interval_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -346,6 +350,9 @@ fn status(state: &AppState) -> Resp {
             let s = u.circuit.snapshot(now);
             let mut entry = service_entry(u, &s);
             entry["config"] = effective_config(u);
+            if let (Some(c), Value::Object(extra)) = (entry["config"].as_object_mut(), seed_config(u)) {
+                c.extend(extra);
+            }
             entry["mode"] = json!(s.mode.as_str());
             entry["modeUntil"] = json!(s.mode_until.map(|t| clock::rfc3339(clock::wall(t))));
             entry["override"] = overrides.get(&u.config.name).map_or(Value::Null, override_json);
@@ -365,6 +372,16 @@ fn effective_config(u: &Upstream) -> Value {
         "resetTimeoutMs": p.reset_timeout.as_millis() as u64,
         "minHealthyPeriodMs": p.min_healthy_period.as_millis() as u64,
         "requestLimit": u.config.max_concurrent_requests,
+    })
+}
+
+/// The rest of the architecture seed's `CircuitBreakerConfig`, in effect.
+fn seed_config(u: &Upstream) -> Value {
+    let p = &u.config.breaker;
+    json!({
+        "enabled": p.enabled,
+        "monitoringWindowMs": p.monitoring_window.as_millis() as u64,
+        "healthCheckIntervalMs": u.config.health_check.as_ref().map(|h| h.interval.as_millis() as u64),
     })
 }
 
@@ -397,6 +414,12 @@ async fn put_config(state: &Arc<AppState>, who: &Principal, service: &str, body:
     if body.request_limit.is_some_and(|l| l == 0 || l > 1_000_000) {
         problems.push("requestLimit must be between 1 and 1000000");
     }
+    if body.monitoring_window_ms.is_some_and(|w| !(1_000..=7 * 86_400_000).contains(&w)) {
+        problems.push("monitoringWindowMs must be between 1000 and 7 days");
+    }
+    if body.health_check_interval_ms.is_some_and(|i| !(100..=86_400_000).contains(&i)) {
+        problems.push("healthCheckIntervalMs must be between 100 and 86400000");
+    }
     if !problems.is_empty() {
         return error(StatusCode::BAD_REQUEST, "invalid_config", &problems.join("; "));
     }
@@ -410,6 +433,8 @@ async fn put_config(state: &Arc<AppState>, who: &Principal, service: &str, body:
         "resetTimeoutMs": body.reset_timeout_ms,
         "minHealthyPeriodMs": body.min_healthy_period_ms,
         "requestLimit": body.request_limit.unwrap_or(base.max_concurrent_requests),
+        "enabled": body.enabled.unwrap_or(base.breaker.enabled),
+        "monitoringWindowMs": body.monitoring_window_ms.unwrap_or(base.breaker.monitoring_window.as_millis() as u64),
     });
     if let Err(resp) = audit(state, who, "config", Some(service), "runtime override", before, intended).await {
         return resp;
@@ -420,24 +445,46 @@ async fn put_config(state: &Arc<AppState>, who: &Principal, service: &str, body:
         reset_timeout: Duration::from_millis(body.reset_timeout_ms),
         min_healthy_period: Duration::from_millis(body.min_healthy_period_ms),
         request_limit: body.request_limit,
+        enabled: body.enabled,
+        monitoring_window: body.monitoring_window_ms.map(Duration::from_millis),
+        health_check_interval: body.health_check_interval_ms.map(Duration::from_millis),
         applied_at: SystemTime::now(),
         applied_by: who.subject.clone(),
     };
     let applied_at = clock::rfc3339(o.applied_at);
     state.store.shared.overrides.lock().unwrap_or_else(|e| e.into_inner()).insert(service.to_string(), o);
     state.store.apply((*gen.config).clone(), "admin config override");
-    let after = find(state, service).map(|u| effective_config(&u)).unwrap_or(Value::Null);
+    let after = find(state, service)
+        .map(|u| {
+            let mut config = effective_config(&u);
+            if let (Some(c), Value::Object(extra)) = (config.as_object_mut(), seed_config(&u)) {
+                c.extend(extra);
+            }
+            config
+        })
+        .unwrap_or(Value::Null);
+    let mut echoed = json!({
+        "failureThreshold": body.failure_threshold,
+        "resetTimeoutMs": body.reset_timeout_ms,
+        "minHealthyPeriodMs": body.min_healthy_period_ms,
+        "requestLimit": body.request_limit,
+    });
+    // The seed's other keys are echoed when the body named them.
+    if let Some(v) = body.enabled {
+        echoed["enabled"] = v.into();
+    }
+    if let Some(v) = body.monitoring_window_ms {
+        echoed["monitoringWindowMs"] = v.into();
+    }
+    if let Some(v) = body.health_check_interval_ms {
+        echoed["healthCheckIntervalMs"] = v.into();
+    }
     json_response(
         StatusCode::OK,
         &json!({
             "success": true,
             "service": service,
-            "config": {
-                "failureThreshold": body.failure_threshold,
-                "resetTimeoutMs": body.reset_timeout_ms,
-                "minHealthyPeriodMs": body.min_healthy_period_ms,
-                "requestLimit": body.request_limit,
-            },
+            "config": echoed,
             "effective": after,
             "appliedAt": applied_at,
         }),

@@ -38,6 +38,10 @@
 #                         repo root); built with cargo build --release when it
 #                         is the default path and missing
 #   FUSEBOX_LOG=warn      RUST_LOG for fusebox
+#   FUSEBOX_RETRY_ON=     a non-default retry.on for fusebox, e.g.
+#                         "connect-failure, 504" (retries a timed-out GET on the
+#                         other endpoint, as nginx's default does); empty = the
+#                         default [connect-failure]
 #   KEEP_TMP=1            keep the temp dir (configs, logs, client output)
 #
 # Output: progress on stderr; the Markdown tables on stdout, also written to
@@ -246,7 +250,8 @@ auth: none
 upstreams:
   app:
     endpoints: [$eps]
-    timeouts: { connect: ${CONNECT_TIMEOUT_S}s, request: ${READ_TIMEOUT_S}s }
+    timeouts: { connect: ${CONNECT_TIMEOUT_S}s, request: ${READ_TIMEOUT_S}s }${FUSEBOX_RETRY_ON:+
+    retry: { on: [${FUSEBOX_RETRY_ON}] }}
 routes:
   - { match: { pathPrefix: / }, upstream: app }
 EOF

@@ -932,3 +932,21 @@ async fn file_descriptors_return_to_baseline_after_faults() {
     }
     assert!(now <= baseline + 2, "{now} descriptors open, {baseline} before the faults");
 }
+
+// --- hostname endpoints ---
+
+/// A hostname endpoint is every address it resolves to (IPv4 preferred,
+/// like Envoy's V4_PREFERRED): `localhost` is 127.0.0.1, shown by address,
+/// while `Host` for requests without one stays the configured name.
+#[tokio::test]
+async fn a_hostname_endpoint_is_resolved_to_its_addresses() {
+    let _s = SOCKETS.read().await;
+    let up = upstream("named").await;
+    let app = fusebox(&api(&[format!("http://localhost:{}", up.addr.port())], &["dnsRefresh: 1s"])).await;
+    let c = client();
+    assert_eq!(gets(&c, &app, 3).await, [200, 200, 200]);
+    let cb = circuit(&c, &app, "api").await;
+    let eps = cb["endpoints"].as_array().unwrap();
+    assert_eq!(eps.len(), 1, "{cb}");
+    assert_eq!(eps[0]["address"], format!("127.0.0.1:{}", up.addr.port()), "{cb}");
+}

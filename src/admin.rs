@@ -9,13 +9,15 @@
 //! - `GET /api/v2/ws/circuit-breaker` — the state WebSocket (`ws`);
 //!   `GET /health/websocket` its clients, messages and drops.
 //! - `GET /dashboard` — the live dashboard page (`dashboard`).
-//! - `/api/admin/...` — the admin API (`api`), JWT-protected mutations.
+//! - `/api/admin/...` — the admin API (`api`), JWT-protected mutations;
+//!   `GET /api/admin/config` the effective config (`config_view`).
 //!
 //! This module owns request routing on that listener; it must not forward
 //! traffic to upstreams or change breaker state except through `Circuit`.
 
 pub mod api;
 pub mod auth;
+pub mod config_view;
 pub mod dashboard;
 pub mod health;
 pub mod ws;

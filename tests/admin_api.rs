@@ -1175,3 +1175,37 @@ async fn put_config_takes_the_architecture_seeds_whole_body() {
     }
     assert_eq!(up.hits(), 5);
 }
+
+/// `GET /api/admin/config`: the effective config with defaults applied,
+/// runtime overrides marked, secrets redacted; admin-only with JWT auth.
+#[tokio::test]
+async fn effective_config_is_dumped_with_overrides_marked_and_secrets_redacted() {
+    let up = upstream("api").await;
+    let env = Env::start(&upstreams_yaml(&up.url(), "failureThreshold: 7", None), "").await;
+    let (s, _, _) = env.api(Method::GET, "/api/admin/config", None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _, _) = env.api(Method::GET, "/api/admin/config", Some(&viewer_token("v")), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let t = admin_token("ops");
+    let (s, _, v) = env.api(Method::GET, "/api/admin/config", Some(&t), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let api = &v["upstreams"]["api"];
+    assert_eq!(api["breaker"]["failureThreshold"], 7, "{v}");
+    assert_eq!(api["breaker"]["resetTimeout"], "1m", "defaults applied: {v}");
+    assert_eq!(api["retry"]["on"], json!(["connect-failure"]), "{v}");
+    assert_eq!(api["outlierDetection"]["consecutiveFailures"], 5, "{v}");
+    assert_eq!(v["client"]["headerTimeout"], "10s", "{v}");
+    assert_eq!(v["auth"]["jwt"]["key"]["secret"], "<redacted>", "{v}");
+    assert!(!v.to_string().contains(SECRET), "the secret never appears");
+    assert!(api.get("runtimeOverride").is_none(), "{v}");
+
+    let body = json!({ "failureThreshold": 2, "resetTimeoutMs": 30000, "minHealthyPeriodMs": 1000 });
+    let (s, _, _) = env.api(Method::PUT, API_CONFIG, Some(&t), Some(body)).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, _, v) = env.api(Method::GET, "/api/admin/config", Some(&t), None).await;
+    let api = &v["upstreams"]["api"];
+    assert_eq!(api["breaker"]["failureThreshold"], 2, "what runs: {v}");
+    assert_eq!(api["runtimeOverride"]["keys"]["failureThreshold"], 2, "{v}");
+    assert_eq!(api["runtimeOverride"]["yaml"]["failureThreshold"], 7, "{v}");
+    assert_eq!(api["runtimeOverride"]["appliedBy"], "ops", "{v}");
+}

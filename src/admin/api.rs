@@ -108,6 +108,15 @@ pub async fn handle(req: Request<Incoming>, state: &Arc<AppState>) -> Option<Res
             Ok(_) => history(state, service, req.uri().query()).await,
             Err(e) => e,
         },
+        // The effective config: admin-only where auth is on (it shows how
+        // fusebox is wired, though never a secret).
+        (Method::GET, ["config"]) => match admin(&req, state) {
+            Ok(_) => {
+                let overrides = state.store.shared.overrides.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                json_response(StatusCode::OK, &super::config_view::render(&state.store.current(), &overrides))
+            }
+            Err(e) => e,
+        },
         (Method::GET, ["audit"]) => match read(&req, state) {
             Ok(_) => audit_list(state),
             Err(e) => e,

@@ -121,7 +121,10 @@ impl ConfigStore {
     fn reject_locked(&self, trigger: &str, errors: ConfigErrors) -> ConfigErrors {
         self.shared.metrics.reloads.with_label_values(&["failure"]).inc();
         self.shared.metrics.last_reload_ok.set(0);
-        tracing::error!(trigger, "config reload rejected, the running config is kept: {errors}");
+        // One line per event: every error of the file, `; `-separated.
+        let file = errors.file.as_ref().map_or_else(String::new, |f| format!("{}: ", f.display()));
+        let list: Vec<String> = errors.errors.iter().map(ToString::to_string).collect();
+        tracing::error!(trigger, errors = list.len(), "config reload rejected, the running config is kept: {file}{}", list.join("; "));
         let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
         st.last_attempt = Some(SystemTime::now());
         st.last_trigger = Some(trigger.to_string());

@@ -1,5 +1,5 @@
-//! Fan-out of the state WebSocket (`GET /api/v2/ws/circuit-breaker`, SPEC
-//! section 6) at 1,000 and 10,000 connected clients:
+//! Fan-out of the state WebSocket (`GET /api/v2/ws/circuit-breaker`,
+//! docs/websocket.md) at 1,000 and 10,000 connected clients:
 //!
 //! 1. latency from a circuit transition to its `service:update` at the
 //!    clients: per transition the *last* client's receipt (p50/p99 over

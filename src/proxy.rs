@@ -197,7 +197,7 @@ impl Generation {
             };
             upstreams.insert(uc.name.clone(), Arc::new(Upstream::new(uc.clone(), circuit, prev.map(|p| &**p))));
         }
-        // The operations' circuits (SPEC 3b), after their upstreams.
+        // The operations' circuits (docs/configuration.md: Routes), after their upstreams.
         for route in &config.routes {
             let (Some(op), Some(name), Some(policy)) = (&route.operation, route.circuit_name(), &route.breaker) else { continue };
             let Some(parent) = upstreams.get(&route.upstream).cloned() else { continue };

@@ -1,4 +1,4 @@
-//! The embedded store of SPEC section 8: one SQLite file (`store.path`)
+//! The embedded store of README: Persistence: one SQLite file (`store.path`)
 //! with every circuit transition and the health/operation history of each
 //! upstream (7-day retention for transitions), the audit log, runtime config
 //! overrides and operator modes, so that all of them survive a restart.

@@ -1,4 +1,4 @@
-//! The admin API under `/api/admin/` (SPEC section 5):
+//! The admin API under `/api/admin/` (README: Admin listener):
 //!
 //! - `GET  circuit-breaker/status` — every service, in the seeds' shape.
 //! - `PUT|DELETE circuit-breaker/{service}/config` — runtime override.
@@ -13,7 +13,7 @@
 //! the admin role, is rate limited per caller, and is written to the audit
 //! log (who, what, why, before, after). Errors are `{error:{code,message}}`.
 //!
-//! Durable audit (SPEC sections 5 and 8): with a store, a mutation first
+//! Durable audit (README: Admin listener, Persistence): with a store, a mutation first
 //! writes the audit entry describing the intended change and waits for the
 //! commit; only then is the change applied and 200 answered. A store that
 //! cannot write makes the mutation answer 503 `store_unavailable` and

@@ -185,7 +185,7 @@ pub fn service_entry(u: &Upstream, s: &Snapshot) -> Value {
             "lastOperationTimeMs": s.last_duration.map_or(0.0, |d| d.as_secs_f64() * 1e3),
         },
         "endpoints": u.endpoints.view(clock::now()),
-        // An operation's circuit (SPEC 3b) names its upstream and operation.
+        // An operation's circuit (docs/configuration.md: Routes) names its upstream and operation.
         "upstream": u.operation.as_ref().map_or(u.config.name.as_str(), |(up, _)| up.as_str()),
         "operation": u.operation.as_ref().map(|(_, op)| op.as_str()),
     })

@@ -1,4 +1,4 @@
-//! The state WebSocket, `GET /api/v2/ws/circuit-breaker` (SPEC section 6),
+//! The state WebSocket, `GET /api/v2/ws/circuit-breaker` (docs/websocket.md),
 //! and its report `GET /health/websocket`.
 //!
 //! It owns the handshake (upgrade on the admin request, token from the

@@ -1,4 +1,4 @@
-//! The YAML file as written: serde types that mirror SPEC section 2 key for
+//! The YAML file as written: serde types that mirror docs/configuration.md key for
 //! key. Every field is optional here so defaults can be layered
 //! (built-in < `defaults:` < per-upstream); nothing in this file checks
 //! ranges or cross references (that is `validate`), and nothing here is ever

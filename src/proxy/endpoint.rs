@@ -1,4 +1,4 @@
-//! The endpoints beneath one upstream's circuit (SPEC 3a): balancing over
+//! The endpoints beneath one upstream's circuit (docs/configuration.md: outlierDetection, retry): balancing over
 //! the endpoints that are not ejected, passive outlier detection with
 //! exponential ejection capped by `maxEjectionPercent`, the single probation
 //! request that brings an ejected endpoint back, active health results per

@@ -1,4 +1,4 @@
-//! The retry budget of one upstream (SPEC 3a, like Linkerd's and Envoy's):
+//! The retry budget of one upstream (docs/configuration.md: outlierDetection, retry, like Linkerd's and Envoy's):
 //! retries over the last 10 seconds stay under `ratio` x the requests of
 //! those 10 seconds plus `minPerSecond` x 10, so retries can never multiply
 //! the load on a struggling upstream.

@@ -69,7 +69,7 @@ pub struct CallGuard {
     pub started: Instant,
     /// Whether this call was counted in the in-flight gauge.
     gauged: bool,
-    /// The same call's guard on its operation's circuit (SPEC 3b): every
+    /// The same call's guard on its operation's circuit (docs/configuration.md: Routes): every
     /// result is recorded on both.
     operation: Option<Box<CallGuard>>,
 }
@@ -82,7 +82,7 @@ pub struct Upstream {
     pub endpoints: Arc<EndpointSet>,
     /// Kept across reloads with the circuit's name.
     pub retry_budget: Arc<RetryBudget>,
-    /// For an operation's circuit (SPEC 3b): `(upstream, operation)`.
+    /// For an operation's circuit (docs/configuration.md: Routes): `(upstream, operation)`.
     pub operation: Option<(String, String)>,
 }
 

@@ -1,4 +1,4 @@
-//! The `fusebox_*` series of SPEC section 7, registered on one registry the
+//! The `fusebox_*` series of README: Metrics, registered on one registry the
 //! app owns. Per-upstream handles are resolved once when an upstream is
 //! built, so the request path only bumps atomics.
 
@@ -40,7 +40,7 @@ pub struct Metrics {
     endpoint_ejected: IntGaugeVec,
     retries: IntCounterVec,
     client_errors: IntCounterVec,
-    /// The same series for operation circuits (SPEC 3b), with `operation`.
+    /// The same series for operation circuits (docs/configuration.md: Routes), with `operation`.
     ops: OperationFamilies,
     pub reloads: IntCounterVec,
     pub last_reload_success: Gauge,

@@ -1,4 +1,4 @@
-//! The admin API (SPEC section 5) over real sockets: fusebox on port 0 in
+//! The admin API (README: Admin listener) over real sockets: fusebox on port 0 in
 //! front of real upstreams, JWT (HS256, secret from a file) made with
 //! `jsonwebtoken`, and a real hyper client. Breaker timers are moved with
 //! tokio's paused clock (`support::advance`), never slept on.

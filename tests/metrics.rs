@@ -1,4 +1,4 @@
-//! `GET /metrics` (SPEC section 7) scraped on the admin listener during real
+//! `GET /metrics` (README: Metrics) scraped on the admin listener during real
 //! traffic and read with a real Prometheus text parser (`prometheus-parse`).
 //! The richest scrape is written to `target/metrics-scrape.txt` so CI can
 //! run `promtool check metrics` on it.

@@ -1,4 +1,4 @@
-//! The embedded store (SPEC section 8) across a real restart: two fusebox
+//! The embedded store (README: Persistence) across a real restart: two fusebox
 //! instances, one after the other, on the same SQLite file. What the first
 //! saw and was told (transitions, operation history, audit log, runtime
 //! override, operator mode) is what the second reports.

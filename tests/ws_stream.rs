@@ -1,4 +1,4 @@
-//! The state WebSocket (SPEC section 6) from a real tokio-tungstenite
+//! The state WebSocket (docs/websocket.md) from a real tokio-tungstenite
 //! client over a real socket: handshake and both auth ways, the messages
 //! and their `seq`, client messages, limits, live updates from real
 //! failing traffic, slow-client isolation, heartbeat, shutdown, and the

@@ -2,8 +2,13 @@
 //! `chromium` + `chromium-driver`, driven through chromedriver with
 //! fantoccini) opens `/dashboard` on a JWT-protected fusebox, logs in with a
 //! token, sees the upstream's card turn from closed to open when real
-//! traffic fails, clicks reset and sees it close. Saves a screenshot to
-//! `target/dashboard.png`.
+//! traffic fails, clicks reset and sees it close. At 1600x900 with five
+//! circuits (one a per-operation circuit, one upstream with an ejected
+//! endpoint) it also checks what a person sees: a grid that uses the
+//! width, stable card order, whole transition reasons, charts seeded from
+//! the history endpoint with axes, labelled controls, no fail% of 100
+//! beside a reset circuit. Saves screenshots to `target/dashboard-1-loaded.png`,
+//! `target/dashboard-2-open.png` and `target/dashboard.png` (after the reset).
 //!
 //! Skipped (with a clear message) when `/usr/bin/chromium` or
 //! `/usr/bin/chromedriver` is missing: `apt-get install -y chromium
@@ -70,15 +75,34 @@ impl Drop for Driver {
     }
 }
 
-fn jwt_config(upstream: &str, dir: &Path) -> String {
+/// `api` (the one tripped) and, beside it, `billing`, `users`, `catalog`
+/// (two endpoints, one where nothing listens: it is ejected) with its
+/// operation `catalog/search`.
+fn jwt_config(api: &str, other: &str, dir: &Path) -> String {
     let secret = dir.join("secret");
     std::fs::write(&secret, SECRET).unwrap();
+    let dead = closed_port();
     format!(
-        "auth: {{ jwt: {{ hs256SecretFile: {} }} }}\n{}",
+        "auth: {{ jwt: {{ hs256SecretFile: {} }} }}\n\
+         upstreams:\n\
+         \x20 api:\n    endpoints: [{api}]\n    breaker: {{ jitter: 0, failureThreshold: 3, resetTimeout: 60s }}\n\
+         \x20 billing:\n    endpoints: [{other}]\n    breaker: {{ jitter: 0, failureThreshold: 3 }}\n\
+         \x20 users:\n    endpoints: [{other}]\n    breaker: {{ jitter: 0, failureThreshold: 3 }}\n\
+         \x20 catalog:\n    endpoints: [{other}, http://127.0.0.1:{dead}]\n    breaker: {{ jitter: 0, failureThreshold: 50 }}\n\
+         \x20   outlierDetection: {{ consecutiveFailures: 1, baseEjectionTime: 120s }}\n\
+         routes:\n\
+         \x20 - {{ match: {{ pathPrefix: /billing }}, upstream: billing }}\n\
+         \x20 - {{ match: {{ pathPrefix: /users }}, upstream: users }}\n\
+         \x20 - {{ match: {{ pathPrefix: /search }}, upstream: catalog, operation: search, breaker: {{ failureThreshold: 3 }} }}\n\
+         \x20 - {{ match: {{ pathPrefix: /catalog }}, upstream: catalog }}\n\
+         \x20 - {{ match: {{ pathPrefix: / }}, upstream: api }}\n",
         secret.display(),
-        one_upstream(upstream, "failureThreshold: 3, resetTimeout: 60s")
     )
 }
+
+/// The cards' services in page order.
+const ORDER: &str =
+    "return [...document.querySelectorAll('section.card')].filter((c) => c.style.display !== 'none').map((c) => c.dataset.service)";
 
 fn admin_token() -> String {
     let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
@@ -109,7 +133,24 @@ async fn dashboard_shows_a_trip_and_a_reset_in_chromium() {
     std::fs::create_dir_all(&dir).unwrap();
 
     let up = upstream("api").await;
-    let app = fusebox(&jwt_config(&up.url(), &dir)).await;
+    let other = upstream("other").await;
+    let app = fusebox(&jwt_config(&up.url(), &other.url(), &dir)).await;
+    // Steady traffic to the others, so charts and rates have something.
+    let data = app.data_addr();
+    let traffic = tokio::spawn(async move {
+        let c = client();
+        loop {
+            for path in ["/billing/a", "/users/b", "/catalog/c", "/search?q=1", "/billing/d"] {
+                get(&c, &format!("http://{data}{path}")).await;
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    });
+    // Calls before the page opens: its charts must show them (history).
+    let c = client();
+    for _ in 0..5 {
+        get(&c, &format!("http://{}/x", app.data_addr())).await;
+    }
     let driver = Driver::start().expect("chromedriver starts");
 
     let profile = dir.join("profile");
@@ -119,7 +160,7 @@ async fn dashboard_shows_a_trip_and_a_reset_in_chromium() {
             "args": [
                 "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", "--window-size=1280,800",
+                "--no-first-run", "--window-size=1600,900", "--hide-scrollbars",
                 format!("--user-data-dir={}", profile.display()),
             ],
         }
@@ -132,6 +173,7 @@ async fn dashboard_shows_a_trip_and_a_reset_in_chromium() {
         .expect("chromium session");
 
     let result = scenario(&browser, &app, &up).await;
+    traffic.abort();
     let _ = browser.close().await;
     drop(driver);
     let _ = std::fs::remove_dir_all(&dir);
@@ -143,6 +185,10 @@ async fn dashboard_shows_a_trip_and_a_reset_in_chromium() {
 async fn scenario(b: &Client, app: &fusebox::App, up: &TestUpstream) -> Result<(), String> {
     let err = |what: &'static str| move |e: fantoccini::error::CmdError| format!("{what}: {e}");
     b.goto(&format!("http://{}/dashboard", app.admin_addr())).await.map_err(err("open /dashboard"))?;
+    // A 1600x900 viewport (the window's frame takes some of --window-size).
+    let inner = js(b, "return [window.innerWidth, window.innerHeight]").await?;
+    let (iw, ih) = (inner[0].as_u64().unwrap_or(1600) as u32, inner[1].as_u64().unwrap_or(900) as u32);
+    b.set_window_size(1600 + 1600u32.saturating_sub(iw), 900 + 900u32.saturating_sub(ih)).await.map_err(err("window size"))?;
 
     // Without a token the server answers 4001: the login shows.
     b.wait().at_most(WAIT).for_element(Locator::Css("#overlay.show")).await.map_err(err("login overlay"))?;
@@ -154,6 +200,21 @@ async fn scenario(b: &Client, app: &fusebox::App, up: &TestUpstream) -> Result<(
     if conn != "connected" {
         return Err(format!("connection indicator says {conn:?}"));
     }
+    // The charts are seeded from the history endpoint (the calls made
+    // before the page opened), and a snapshot or two gives live rates.
+    b.wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css("section.card[data-service='api'] canvas[data-seeded='true']"))
+        .await
+        .map_err(err("api chart seeded from history"))?;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    save(b, "dashboard-1-loaded.png").await?;
+    let expected = json!(["api", "billing", "catalog", "catalog/search", "users"]);
+    let order = js(b, ORDER).await?;
+    if order != expected {
+        return Err(format!("cards not in name order, operation under its upstream: {order}"));
+    }
+    layout_checks(b).await?;
 
     // Real failing traffic trips the circuit; the card turns open.
     up.set_status(500);
@@ -177,7 +238,12 @@ async fn scenario(b: &Client, app: &fusebox::App, up: &TestUpstream) -> Result<(
     if !transitions.contains("closed → open") || !transitions.contains("3 consecutive failures") {
         return Err(format!("transition with its reason not shown: {transitions:?}"));
     }
-    save(b, "dashboard-open.png").await?;
+    save(b, "dashboard-2-open.png").await?;
+    let after = js(b, ORDER).await?;
+    if after != expected {
+        return Err(format!("cards moved on their own when api opened: {after}"));
+    }
+    layout_checks(b).await?;
 
     // Reset (the upstream is healthy again) closes it.
     up.set_status(200);
@@ -188,11 +254,92 @@ async fn scenario(b: &Client, app: &fusebox::App, up: &TestUpstream) -> Result<(
         .await
         .map_err(err("click reset"))?;
     let closed = b.wait().at_most(WAIT).for_element(Locator::Css(&card("closed"))).await;
+    // The next snapshot (every 5 s) is in too.
+    tokio::time::sleep(Duration::from_secs(6)).await;
     save(b, "dashboard.png").await?;
     closed.map_err(|e| {
         format!("the card did not close after reset ({e}); is POST /api/admin/circuit-breaker/{{service}}/reset implemented?")
     })?;
+    let rate = js(b, "return document.querySelector(\"section.card[data-service='api'] [data-num='failrate']\").textContent").await?;
+    if rate == json!("100") {
+        return Err("fail% still 100 beside a reset circuit with no new traffic".to_string());
+    }
     Ok(())
+}
+
+/// What a person would see wrong at 1600x900: the checks behind the
+/// user's report.
+async fn layout_checks(b: &Client) -> Result<(), String> {
+    // The grid uses the width: at least four columns, and no card leaves
+    // more than a card's width empty at the right of the first row.
+    let cols = js(b, "return getComputedStyle(document.getElementById('grid')).gridTemplateColumns.split(' ').length").await?;
+    if cols.as_u64().unwrap_or(0) < 4 {
+        return Err(format!("the grid has {cols} columns at 1600 px"));
+    }
+    let free = js(
+        b,
+        "const g = document.getElementById('grid').getBoundingClientRect(); \
+         const right = Math.max(...[...document.querySelectorAll('section.card')].map((c) => c.getBoundingClientRect().right)); \
+         return Math.round(g.right - right)",
+    )
+    .await?;
+    if free.as_i64().unwrap_or(9999) > 40 {
+        return Err(format!("{free} px left empty at the right of the grid"));
+    }
+    // Nothing cut off: no text in a card ends in an ellipsis or overflows
+    // its box (transitions, reasons, endpoints, labels, the mode select).
+    let clipped = js(
+        b,
+        "const bad = []; \
+         for (const e of document.querySelectorAll('section.card .detail *, section.card .name')) { \
+           if (e.children.length && e.tagName !== 'SELECT') continue; \
+           if (e.scrollWidth > e.clientWidth + 1 && getComputedStyle(e).overflowX !== 'visible') bad.push(e.tagName + ': ' + e.textContent); \
+         } \
+         for (const s of document.querySelectorAll('section.card select')) { \
+           const c = document.createElement('canvas').getContext('2d'); c.font = getComputedStyle(s).font; \
+           const need = Math.max(...[...s.options].map((o) => c.measureText(o.text).width)); \
+           if (s.clientWidth < need + 12) bad.push('select ' + s.clientWidth + ' < ' + Math.round(need)); \
+         } \
+         return bad",
+    )
+    .await?;
+    if clipped.as_array().is_none_or(|a| !a.is_empty()) {
+        return Err(format!("clipped: {clipped}"));
+    }
+    // Labels: the reason box has one; the numbers say what they count.
+    let labelled = js(
+        b,
+        "const l = document.querySelector('label[for=reason]'); \
+         const titles = [...document.querySelectorAll(\"section.card[data-service='api'] .nums [title]\")].map((e) => e.title); \
+         return !!l && titles.includes('consecutive failures') && titles.includes('failed calls (total)') && titles.includes('failed recoveries')",
+    )
+    .await?;
+    if labelled != json!(true) {
+        return Err("reason box or number titles missing".to_string());
+    }
+    // Charts: time axis labels (HH:MM) and a y scale; the ejected
+    // endpoint with its time; the operation under its upstream.
+    let chart = js(b, "const c = document.querySelector(\"section.card[data-service='billing'] canvas\"); return [c.dataset.xticks, c.dataset.ymax, c.dataset.points]").await?;
+    let ticks = chart[0].as_str().unwrap_or("");
+    if ticks.split(' ').filter(|t| t.len() == 5 && t.as_bytes()[2] == b':').count() < 2 {
+        return Err(format!("no time axis on the chart: {chart}"));
+    }
+    if chart[1].as_str().is_none_or(str::is_empty) || chart[2].as_str().and_then(|p| p.parse::<u32>().ok()).unwrap_or(0) == 0 {
+        return Err(format!("no y scale or no data on the chart: {chart}"));
+    }
+    let ejected = js(b, "const e = document.querySelector(\"section.card[data-service='catalog'] .endpoints [data-state='ejected']\"); return e ? e.textContent : ''").await?;
+    if !ejected.as_str().is_some_and(|t| t.contains("ejected until")) {
+        return Err(format!("no ejected endpoint with its time on catalog: {ejected}"));
+    }
+    let ops = js(b, "return document.querySelector(\"section.card[data-service='catalog'] .ops\").textContent").await?;
+    if !ops.as_str().is_some_and(|t| t.contains("search")) {
+        return Err(format!("catalog does not list its operation: {ops}"));
+    }
+    Ok(())
+}
+
+async fn js(b: &Client, script: &str) -> Result<serde_json::Value, String> {
+    b.execute(script, vec![]).await.map_err(|e| format!("script {script:?}: {e}"))
 }
 
 async fn save(b: &Client, name: &str) -> Result<(), String> {

@@ -168,7 +168,9 @@ pub struct App {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error("{0}")]
+    // Transparent: the message already names the address; `{0}` plus its
+    // source printed it twice.
+    #[error(transparent)]
     Bind(#[from] std::io::Error),
     #[error("{0}")]
     Tls(crate::tls::TlsError),

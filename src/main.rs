@@ -32,7 +32,7 @@ enum Command {
     },
     /// Validate a config file; exits non-zero with every error found.
     Check {
-        #[arg(short, long, default_value = "config/fusebox.yaml")]
+        #[arg(short, long, default_value = "config/fusebox.yaml", env = "FUSEBOX_CONFIG")]
         config: PathBuf,
     },
     /// Run the proxy on a built-in config with built-in demo upstreams
@@ -82,8 +82,26 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fusebox: {e:#}");
+            if let Some(hint) = hint(&e) {
+                eprintln!("hint: {hint}");
+            }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// What to do about a start-up error an operator commonly meets.
+fn hint(e: &anyhow::Error) -> Option<&'static str> {
+    let io = e.chain().find_map(|c| match c.downcast_ref::<fusebox::app::AppError>() {
+        Some(fusebox::app::AppError::Bind(io)) => Some(io),
+        _ => c.downcast_ref::<std::io::Error>(),
+    })?;
+    match io.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            Some("another process holds that port (`ss -ltnp` shows which); stop it, or change `listen:` / `admin.listen:` in the config")
+        }
+        std::io::ErrorKind::PermissionDenied => Some("ports below 1024 need root or CAP_NET_BIND_SERVICE; use a port above 1024"),
+        _ => None,
     }
 }
 

@@ -82,8 +82,8 @@ routes:
     let expected = [
         ("line 4, column 40", "upstreams.api.endpoints[1]: `not a url` is not a URL"),
         ("line 5, column 5", "upstreams.api.loadBalancing: `random` is not round-robin or least-request"),
-        ("line 6, column 16", "upstreams.api.breaker.failureThreshold: must be at least 1"),
-        ("line 6, column 37", "upstreams.api.breaker.jitter: is a fraction in [0, 1)"),
+        ("line 6, column 16", "upstreams.api.breaker.failureThreshold: 0 is below the minimum of 1"),
+        ("line 6, column 37", "upstreams.api.breaker.jitter: 1.5 is not a fraction in [0, 1)"),
         ("line 6, column 50", "upstreams.api.breaker.resetTimeout: `soon` is not a duration"),
         ("line 7, column 5", "upstreams.api.timeouts: timeouts must be greater than zero"),
         ("line 9, column 16", "routes[0].match.pathPrefix: `nope` must start with `/`"),
@@ -117,4 +117,56 @@ fn seed_synonyms_name_the_key_they_mean() {
         let stderr = text(&out.stderr) + &text(&out.stdout);
         assert!(stderr.contains(&format!("`{key}`")), "{seed} should name {key}: {stderr}");
     }
+}
+
+#[test]
+fn error_messages_speak_to_operators() {
+    let path = temp_config(
+        "nits.yaml",
+        "upstreams:\n  a:\n    endpoints: [http://127.0.0.1:1]\n    breaker: { failureThreshold: abc }\nroutes:\n  - { match: { pathPrefix: / }, upstream: a }\n",
+    );
+    let stderr = text(&check(&path).stderr);
+    assert!(stderr.contains("expected a whole number") && !stderr.contains("u32"), "{stderr}");
+
+    let path = temp_config(
+        "nits-duration.yaml",
+        "upstreams:\n  a:\n    endpoints: [http://127.0.0.1:1]\n    breaker: { resetTimeout: 3x, failureRateThreshold: 150 }\nroutes:\n  - { match: { pathPrefix: / }, upstream: a }\n",
+    );
+    let stderr = text(&check(&path).stderr);
+    assert!(stderr.contains("`3x` is not a duration") && !stderr.contains(" at 0"), "{stderr}");
+    assert!(stderr.contains("150 is not a percentage"), "the bad value is repeated: {stderr}");
+
+    // An unset variable is one error, not also what its hole causes.
+    let path = temp_config(
+        "nits-env.yaml",
+        "upstreams:\n  a:\n    endpoints: [http://127.0.0.1:1]\nroutes:\n  - { match: { pathPrefix: / }, upstream: ${FUSEBOX_TEST_SURELY_UNSET} }\n",
+    );
+    let stderr = text(&check(&path).stderr);
+    assert!(stderr.contains("1 error(s)") && stderr.contains("FUSEBOX_TEST_SURELY_UNSET"), "{stderr}");
+}
+
+#[test]
+fn check_reads_fusebox_config_like_run() {
+    let path = temp_config(
+        "env-config.yaml",
+        "upstreams:\n  a:\n    endpoints: [http://127.0.0.1:1]\nroutes:\n  - { match: { pathPrefix: / }, upstream: a }\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_fusebox")).arg("check").env("FUSEBOX_CONFIG", &path).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("env-config.yaml: ok"), "{}", text(&out.stdout));
+}
+
+#[test]
+fn a_busy_port_is_one_message_and_a_hint() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let path = temp_config(
+        "busy.yaml",
+        &format!("listen: 127.0.0.1:{port}\nadmin: {{ listen: 127.0.0.1:0 }}\nauth: none\nupstreams:\n  a:\n    endpoints: [http://127.0.0.1:1]\nroutes:\n  - {{ match: {{ pathPrefix: / }}, upstream: a }}\n"),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_fusebox")).args(["run", "-c"]).arg(&path).output().unwrap();
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.matches("Address already in use").count(), 1, "{stderr}");
+    assert!(stderr.contains("hint: another process holds that port"), "{stderr}");
 }

@@ -163,6 +163,11 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
             return Err(ConfigErrors { file: None, errors });
         }
     };
+    if !errors.is_empty() {
+        // An unset variable leaves a hole (`upstream: `): the checks below
+        // would report what the hole causes as errors of their own.
+        return Err(ConfigErrors { file: None, errors });
+    }
     let mut v = Validator { text: &expanded, errors };
     let config = v.config(raw);
     if v.errors.is_empty() {
@@ -193,6 +198,21 @@ fn structural_error(e: serde_path_to_error::Error<serde_yaml::Error>) -> ConfigE
         let head = &message[..idx];
         if !head.contains(' ') && !path.is_empty() {
             message = message[idx + 2..].to_string();
+        }
+    }
+    // Rust's type names mean nothing to an operator.
+    for (rust, human) in [
+        ("expected u16", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected usize", "expected a whole number"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected a sequence", "expected a list"),
+        ("expected a string", "expected text"),
+    ] {
+        if let Some(at) = message.find(rust) {
+            message.replace_range(at..at + rust.len(), human);
         }
     }
     if let Some(rest) = message.strip_prefix("unknown field `") {
@@ -311,7 +331,7 @@ impl Validator<'_> {
         }
         let workers = raw.workers.unwrap_or(0);
         if workers > 1024 {
-            self.error("workers", "must be between 0 (one per core) and 1024");
+            self.error("workers", format!("{workers} is not between 0 (one per core) and 1024"));
         }
         let tls = raw.tls.and_then(|t| match (t.cert_file, t.key_file) {
             (Some(c), Some(k)) => {
@@ -545,8 +565,9 @@ impl Validator<'_> {
                     default
                 }
                 Ok(d) => d,
-                Err(e) => {
-                    self.error(path, format!("`{text}` is not a duration like 500ms, 30s or 2m ({e})"));
+                Err(_) => {
+                    // humantime's own message speaks of parser positions.
+                    self.error(path, format!("`{text}` is not a duration: write a number and a unit, like 500ms, 30s, 2m or 1h"));
                     default
                 }
             },
@@ -659,7 +680,7 @@ impl Validator<'_> {
             (None, None) => Duration::from_secs(30),
         };
         if dns_refresh < Duration::from_secs(1) {
-            self.error(&format!("{path}.dnsRefresh"), "must be at least 1s");
+            self.error(&format!("{path}.dnsRefresh"), format!("{dns_refresh:?} is below the 1s minimum"));
         }
         let health_check = self.health_check(&path, raw.health_check.as_ref(), defaults.health_check.as_ref());
         let mut breaker = self.breaker(&path, raw.breaker.as_ref(), defaults.breaker.as_ref());
@@ -667,7 +688,7 @@ impl Validator<'_> {
         breaker.probe_trials = health_check.is_some();
         let max_concurrent_requests = raw.max_concurrent_requests.or(defaults.max_concurrent_requests).unwrap_or(1000);
         if max_concurrent_requests == 0 {
-            self.error(&format!("{path}.maxConcurrentRequests"), "must be at least 1");
+            self.error(&format!("{path}.maxConcurrentRequests"), "0 is below the minimum of 1");
         }
         let fallback = raw.fallback.map(|f| {
             let status = match http::StatusCode::from_u16(f.status.unwrap_or(503)) {
@@ -773,7 +794,7 @@ impl Validator<'_> {
             self.duration(&format!("{path}.healthCheck.interval"), get(|h| h.interval.as_ref()).as_deref(), Duration::from_secs(30));
         let timeout = self.duration(&format!("{path}.healthCheck.timeout"), get(|h| h.timeout.as_ref()).as_deref(), Duration::from_secs(2));
         if interval < Duration::from_millis(100) {
-            self.error(&format!("{path}.healthCheck.interval"), "must be at least 100ms");
+            self.error(&format!("{path}.healthCheck.interval"), format!("{interval:?} is below the 100ms minimum"));
         }
         Some(HealthCheck { path: hc_path, interval, timeout })
     }
@@ -797,26 +818,26 @@ impl Validator<'_> {
             }
             if let Some(v) = b.failure_threshold {
                 if v == 0 {
-                    self.error(&key("failureThreshold"), "must be at least 1");
+                    self.error(&key("failureThreshold"), "0 is below the minimum of 1");
                 }
                 p.failure_threshold = v;
             }
             if let Some(v) = b.failure_rate_threshold {
                 if !(v > 0.0 && v <= 100.0) {
-                    self.error(&key("failureRateThreshold"), "is a percentage in (0, 100]");
+                    self.error(&key("failureRateThreshold"), format!("{v} is not a percentage in (0, 100]"));
                 }
                 p.failure_rate_threshold = v;
             }
             if let Some(v) = b.minimum_request_count {
                 if v == 0 {
-                    self.error(&key("minimumRequestCount"), "must be at least 1");
+                    self.error(&key("minimumRequestCount"), "0 is below the minimum of 1");
                 }
                 p.minimum_request_count = v;
             }
             if let Some(v) = &b.monitoring_window {
                 p.monitoring_window = self.duration(&key("monitoringWindow"), Some(v), p.monitoring_window);
                 if p.monitoring_window < Duration::from_secs(1) {
-                    self.error(&key("monitoringWindow"), "must be at least 1s");
+                    self.error(&key("monitoringWindow"), format!("{:?} is below the 1s minimum", p.monitoring_window));
                 }
             }
             if let Some(v) = &b.slow_call_duration {
@@ -824,7 +845,7 @@ impl Validator<'_> {
             }
             if let Some(v) = b.slow_call_rate_threshold {
                 if !(v > 0.0 && v <= 100.0) {
-                    self.error(&key("slowCallRateThreshold"), "is a percentage in (0, 100]");
+                    self.error(&key("slowCallRateThreshold"), format!("{v} is not a percentage in (0, 100]"));
                 }
                 p.slow_call_rate_threshold = v;
             }
@@ -839,13 +860,13 @@ impl Validator<'_> {
             }
             if let Some(v) = b.jitter {
                 if !(0.0..1.0).contains(&v) {
-                    self.error(&key("jitter"), "is a fraction in [0, 1)");
+                    self.error(&key("jitter"), format!("{v} is not a fraction in [0, 1)"));
                 }
                 p.jitter = v;
             }
             if let Some(v) = b.half_open_requests {
                 if v == 0 || v > 1000 {
-                    self.error(&key("halfOpenRequests"), "must be between 1 and 1000");
+                    self.error(&key("halfOpenRequests"), format!("{v} is not between 1 and 1000"));
                 }
                 p.half_open_requests = v;
             }

@@ -206,9 +206,13 @@ pub async fn accept_loop<F, S, B, P>(
         let tls = tls.clone();
         tokio::spawn(connection(io, tls, builder, svc, ctl, policy, accepted, phase, peer));
     }
+    let name = match listener.local_addr() {
+        Ok(addr) => addr.to_string(),
+        Err(_) => "listener".to_string(),
+    };
     drop(listener);
     drop(phase_rx);
-    drain(phase_tx, grace).await;
+    drain(phase_tx, grace, &name).await;
 }
 
 /// Accept errors that concern one connection (reset before it was
@@ -341,12 +345,12 @@ async fn watch_connection<I, S, B>(
 
 /// Tells every connection to finish, and waits for them at most `grace`;
 /// those still open then are closed.
-async fn drain(phase: watch::Sender<Phase>, grace: Duration) {
+async fn drain(phase: watch::Sender<Phase>, grace: Duration, listener: &str) {
     phase.send_replace(Phase::Drain);
     tokio::select! {
-        () = phase.closed() => tracing::info!("all connections drained"),
+        () = phase.closed() => tracing::info!(listener, "all connections of {listener} drained"),
         () = tokio::time::sleep(grace) => {
-            tracing::warn!("grace period over: closing the remaining connections");
+            tracing::warn!(listener, "grace period over: closing the remaining connections of {listener}");
             phase.send_replace(Phase::Close);
         }
     }

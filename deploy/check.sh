@@ -24,6 +24,9 @@ done
 step "yamllint"
 run yamllint -c deploy/.yamllint.yml deploy/
 
+step "Grafana dashboard is JSON"
+run python3 -m json.tool deploy/grafana/fusebox-fleet.json /dev/null
+
 step "consistency between the files"
 run python3 deploy/check_manifests.py
 
@@ -32,8 +35,29 @@ run promtool check rules deploy/prometheus/alerts.yml
 run promtool test rules deploy/prometheus/alerts.test.yml
 run promtool check config deploy/compose/prometheus.yml
 
-step "Kubernetes manifests (schemas of the built-in kinds; the two monitoring.coreos.com CRDs are only warned about)"
-run kubernetes-validate --strict deploy/kubernetes/*.yaml
+step "Kubernetes manifests: the base and the opt-in directories (schemas of the built-in kinds; the monitoring.coreos.com CRDs are only warned about)"
+run kubernetes-validate --strict deploy/kubernetes/*.yaml deploy/kubernetes/*/*.yaml
+
+step "Safe by default: what \`kubectl apply -f deploy/kubernetes/\` applies"
+# check_manifests.py has the detailed checks; these are the contract's three,
+# spelled out with grep so that a failure reads plainly.
+base=(deploy/kubernetes/*.yaml)
+if grep -l -E '^kind: *Secret *$' "${base[@]}"; then
+  echo "FAILED: a Secret in the base: applying it would install a known key"; failed=1
+fi
+if python3 - "${base[@]}" <<'PY'
+import sys, yaml
+bad = [f"{f}: {d['metadata']['name']} port {p.get('name')}" for f in sys.argv[1:] for d in yaml.safe_load_all(open(f))
+       if d and d["kind"] == "Service" for p in d["spec"]["ports"]
+       if p.get("port") == 9901 or p.get("targetPort") in ("admin", 9901)]
+print("\n".join(bad)) if bad else None
+sys.exit(1 if bad else 0)
+PY
+then :; else echo "FAILED: the admin port is in a base Service"; failed=1; fi
+methods=$(grep -h -c -E 'prometheus\.io/scrape: *"true"|^kind: *(ServiceMonitor|PodMonitor)' "${base[@]}" | awk '{ n += $1 } END { print n }')
+if [[ "$methods" != 1 ]]; then
+  echo "FAILED: $methods scrape methods in the base (annotations + Service/PodMonitors), want exactly 1"; failed=1
+fi
 
 step "docker compose file (compose-spec schema)"
 run check-jsonschema --builtin-schema vendor.compose-spec deploy/compose/docker-compose.yml

@@ -66,25 +66,135 @@ if errors:
 
 # --- rules: the PrometheusRule carries exactly alerts.yml -----------------------
 alerts = docs["prometheus/alerts.yml"][0]
-prom_rule = docs["kubernetes/prometheusrule.yaml"][0]
+prom_rule = docs["kubernetes/prometheus-operator/prometheusrule.yaml"][0]
 check(prom_rule["spec"]["groups"] == alerts["groups"],
-      "kubernetes/prometheusrule.yaml spec.groups differ from prometheus/alerts.yml groups")
+      "kubernetes/prometheus-operator/prometheusrule.yaml spec.groups differ from prometheus/alerts.yml groups")
+alert_exprs = {r["alert"]: " ".join(r["expr"].split()) for g in alerts["groups"] for r in g["rules"] if "alert" in r}
+alert_for = {r["alert"]: r.get("for") for g in alerts["groups"] for r in g["rules"] if "alert" in r}
+# What the alerts must cover (the product contract), by the series they read.
+for needle, what in [
+    ('fusebox_circuit_state{state=~"open|half-open"}', "an open circuit"),
+    ("fusebox_endpoint_ejected == 1", "an ejected endpoint"),
+    ("fusebox_endpoint_ejections_total", "the ejection rate"),
+    ("fusebox_config_last_reload_successful == 0", "a failing config reload"),
+    ("increase(fusebox_store_write_errors_total[10m]) > 0", "store write errors"),
+]:
+    check(any(needle in e for e in alert_exprs.values()), f"prometheus/alerts.yml: no alert on {what} ({needle})")
+check(alert_for.get("FuseboxCircuitOpen") == "1m", "FuseboxCircuitOpen must wait `for: 1m`")
+check(alert_for.get("FuseboxEndpointEjected") == "5m", "FuseboxEndpointEjected must wait `for: 5m`")
 
-# --- kubernetes ---------------------------------------------------------------
-k8s = {}
+# --- kubernetes: the base is what `kubectl apply -f deploy/kubernetes/` applies --
+# (top-level files only: kubectl does not recurse without -R). The opt-in
+# directories below it are applied on purpose, one by one.
+BASE = "kubernetes/"
+OPT_IN = {"kubernetes/admin-exposed/", "kubernetes/prometheus-operator/"}
+base_objs, optin_objs = [], []
 for name, objs in docs.items():
-    if name.startswith("kubernetes/"):
-        for obj in objs:
-            k8s[(obj["kind"], obj["metadata"]["name"])] = obj
+    if not name.startswith(BASE):
+        continue
+    rest = name[len(BASE):]
+    if "/" not in rest:
+        base_objs += [(name, o) for o in objs]
+    else:
+        folder = BASE + rest.rsplit("/", 1)[0] + "/"
+        check(folder in OPT_IN, f"{name}: unknown kubernetes/ subdirectory {folder} (document it and add it to OPT_IN)")
+        optin_objs += [(name, o) for o in objs]
+k8s = {(o["kind"], o["metadata"]["name"]): o for _, o in base_objs}
+optin = {(o["kind"], o["metadata"]["name"]): o for _, o in optin_objs}
+for (kind, name), _ in k8s.items():
+    check((kind, name) not in optin, f"{kind} {name} is both in the base and in an opt-in directory")
+
 deployment = next(o for (kind, _), o in k8s.items() if kind == "Deployment")
-service = next(o for (kind, _), o in k8s.items() if kind == "Service")
-monitor = next(o for (kind, _), o in k8s.items() if kind == "ServiceMonitor")
 pod = deployment["spec"]["template"]
 spec = pod["spec"]
 fusebox = next(c for c in spec["containers"] if c["name"] == "fusebox")
 ports = {p["name"]: p["containerPort"] for p in fusebox["ports"]}
+admin_port_ids = {"admin", ports["admin"]}
 volumes = {v["name"]: v for v in spec["volumes"]}
 mounts = {m["mountPath"]: m for m in fusebox["volumeMounts"]}
+labels = pod["metadata"]["labels"]
+
+
+def selects_pod(selector):
+    return all(labels.get(k) == v for k, v in (selector or {}).items())
+
+
+# Safe by default 1: no Secret in the base at all (so no known key is ever
+# installed by applying it), and none with a literal key anywhere in deploy/.
+for (kind, name), obj in {**k8s, **optin}.items():
+    if kind == "Secret":
+        check(False, f"Secret {name} is in kubernetes/: the JWT key is created by the operator "
+                     "(kubectl create secret generic ... --from-file), never shipped")
+for path in DEPLOY.rglob("*"):
+    if path.is_file() and path.suffix in (".yaml", ".yml", ".json"):
+        text = path.read_text(encoding="utf-8")
+        check(not re.search(r"^\s*kind:\s*Secret\s*$", text, re.M),
+              f"{path.relative_to(DEPLOY)}: a Secret manifest (with a key everybody can read)")
+
+# Safe by default 2: the admin port is in no base Service, and the base
+# NetworkPolicy admits it only from a labelled namespace or labelled pods.
+for (kind, name), svc in k8s.items():
+    if kind != "Service":
+        continue
+    check(selects_pod(svc["spec"].get("selector")), f"Service {name} selector does not match the pod labels")
+    for p in svc["spec"]["ports"]:
+        check(p["targetPort"] in ports or p["targetPort"] in ports.values(),
+              f"Service {name} port {p['name']} targets {p['targetPort']}, not a fusebox container port")
+        check(p["targetPort"] not in admin_port_ids and p.get("port") != ports["admin"] and p.get("name") != "admin",
+              f"Service {name} (base) exposes the admin port: only admin-exposed/ may")
+policies = [o for (kind, _), o in k8s.items() if kind == "NetworkPolicy" and selects_pod(o["spec"]["podSelector"].get("matchLabels"))]
+check(policies, "no base NetworkPolicy selects the app's pods: the admin port would be open to the cluster")
+for pol in policies:
+    for rule in pol["spec"].get("ingress", []):
+        rule_ports = {p.get("port") for p in rule.get("ports", [])}
+        if not rule.get("ports") or rule_ports & admin_port_ids:
+            froms = rule.get("from", [])
+            check(froms and all(("namespaceSelector" in f and f["namespaceSelector"].get("matchLabels"))
+                                or ("podSelector" in f and f["podSelector"].get("matchLabels")) for f in froms),
+                  f"NetworkPolicy {pol['metadata']['name']}: an ingress rule admits the admin port without a "
+                  "labelled namespaceSelector/podSelector")
+for (kind, name), obj in optin.items():
+    if kind == "Service":
+        check(obj["spec"].get("clusterIP") == "None",
+              f"opt-in Service {name}: must be headless, or admin calls reach a random replica")
+    if kind == "NetworkPolicy":
+        for rule in obj["spec"].get("ingress", []):
+            check(rule.get("from"), f"opt-in NetworkPolicy {name}: an ingress rule without `from` admits everyone")
+
+# One scrape method in the base: the pod annotations, and no
+# ServiceMonitor/PodMonitor (those are in prometheus-operator/, opt-in).
+annotations = pod["metadata"].get("annotations", {})
+methods = []
+if annotations.get("prometheus.io/scrape") == "true":
+    methods.append("prometheus.io/scrape annotation")
+methods += [f"{kind} {name}" for (kind, name) in k8s if kind in ("ServiceMonitor", "PodMonitor")]
+check(len(methods) == 1, f"the base must have exactly one scrape method, has {methods or 'none'}")
+check(annotations.get("prometheus.io/port") == str(ports["admin"]), "prometheus.io/port != admin port")
+for (kind, name), obj in k8s.items():
+    check(not obj["apiVersion"].startswith("monitoring.coreos.com/"),
+          f"{kind} {name} needs the Prometheus Operator CRDs: it belongs in prometheus-operator/, not the base")
+for (kind, name), mon in optin.items():
+    if kind == "PodMonitor":
+        check(selects_pod(mon["spec"]["selector"]["matchLabels"]), f"PodMonitor {name} does not select the app's pods")
+        for ep in mon["spec"]["podMetricsEndpoints"]:
+            check(ep["port"] in ports and ep["port"] == "admin", f"PodMonitor {name} scrapes {ep['port']}, not admin")
+    check(kind != "ServiceMonitor", f"ServiceMonitor {name}: the admin port is in no Service; use a PodMonitor")
+
+# A PodDisruptionBudget that lets a drain proceed but never takes every pod.
+pdbs = [o for (kind, _), o in k8s.items() if kind == "PodDisruptionBudget"]
+check(len(pdbs) == 1, "the base needs one PodDisruptionBudget")
+for pdb in pdbs:
+    check(selects_pod(pdb["spec"]["selector"]["matchLabels"]), "PodDisruptionBudget selector does not match the pod labels")
+    replicas = deployment["spec"].get("replicas", 1)
+    mu = pdb["spec"].get("maxUnavailable")
+    ma = pdb["spec"].get("minAvailable")
+    check((isinstance(mu, int) and 0 < mu < replicas) or (isinstance(ma, int) and 0 < ma < replicas),
+          f"PodDisruptionBudget must keep a pod up and allow a drain with {replicas} replicas")
+
+# The JWT key file of the documented `kubectl create secret --from-file` step
+# is git-ignored.
+ignored = (DEPLOY / "kubernetes" / ".gitignore").read_text().split() if (DEPLOY / "kubernetes" / ".gitignore").exists() else []
+check("jwt-secret" in ignored, "kubernetes/.gitignore must ignore the jwt-secret key file")
 
 config_path = fusebox["args"][fusebox["args"].index("-c") + 1]
 config_dir, config_file = config_path.rsplit("/", 1)
@@ -103,8 +213,6 @@ for probe in ("livenessProbe", "readinessProbe"):
     check(fusebox[probe]["httpGet"]["port"] in ("admin", ports["admin"]), f"{probe} is not on the admin port")
 check(fusebox["livenessProbe"]["httpGet"]["path"] == "/livez", "livenessProbe path is not /livez")
 check(fusebox["readinessProbe"]["httpGet"]["path"] == "/readyz", "readinessProbe path is not /readyz")
-annotations = pod["metadata"].get("annotations", {})
-check(annotations.get("prometheus.io/port") == str(ports["admin"]), "prometheus.io/port != admin port")
 
 shutdown = cfg["shutdown"]
 drain = seconds(shutdown["drainDelay"]) + seconds(shutdown["gracePeriod"])
@@ -120,21 +228,10 @@ env = {e["name"]: e for e in fusebox.get("env", [])}
 check(secret_env in env, f"deployment: fusebox has no env {secret_env}")
 if secret_env in env:
     ref = env[secret_env]["valueFrom"]["secretKeyRef"]
-    secret = k8s.get(("Secret", ref["name"]))
-    check(secret is not None and ref["key"] in {**secret.get("data", {}), **secret.get("stringData", {})},
-          f"Secret {ref['name']} with key {ref['key']} is not in kubernetes/")
-
-labels = pod["metadata"]["labels"]
-check(all(labels.get(k) == v for k, v in service["spec"]["selector"].items()),
-      "Service selector does not match the pod labels")
-for p in service["spec"]["ports"]:
-    check(p["targetPort"] in ports or p["targetPort"] in ports.values(),
-          f"Service port {p['name']} targets {p['targetPort']}, not a fusebox container port")
-service_ports = {p["name"] for p in service["spec"]["ports"]}
-check(all(service["metadata"]["labels"].get(k) == v for k, v in monitor["spec"]["selector"]["matchLabels"].items()),
-      "ServiceMonitor selector does not match the Service labels")
-for ep in monitor["spec"]["endpoints"]:
-    check(ep["port"] in service_ports, f"ServiceMonitor port {ep['port']} is not a Service port name")
+    check(not ref.get("optional"), "the JWT secretKeyRef is optional: fusebox would start without a key")
+    readme = (DEPLOY / "README.md").read_text()
+    check(f"kubectl create secret generic {ref['name']}" in readme and f"--from-file={ref['key']}" in readme,
+          f"deploy/README.md does not show `kubectl create secret generic {ref['name']} --from-file={ref['key']}`")
 
 # --- docker compose -------------------------------------------------------------
 compose_dir = DEPLOY / "compose"
@@ -172,8 +269,51 @@ for vol in prom["volumes"]:
     if src.startswith("."):
         check((compose_dir / src).is_file(), f"compose: prometheus mounts missing {src}")
 
+# --- Grafana dashboard (its queries are run against a real Prometheus by
+# tests/prometheus_dashboard.rs; here only its shape) ---------------------------
+import json  # noqa: E402
+
+dash = json.loads((DEPLOY / "grafana" / "fusebox-fleet.json").read_text(encoding="utf-8"))
+variables = {v["name"]: v for v in dash["templating"]["list"]}
+check(variables.get("datasource", {}).get("type") == "datasource"
+      and variables["datasource"].get("query") == "prometheus",
+      "grafana: no `datasource` variable of type prometheus")
+check("pod" in variables or "instance" in variables, "grafana: no pod/instance variable")
+all_panels = []
+stack = list(dash["panels"])
+while stack:
+    p = stack.pop(0)
+    all_panels.append(p)
+    stack += p.get("panels", [])
+ids = [p["id"] for p in all_panels]
+check(len(ids) == len(set(ids)), "grafana: duplicate panel ids")
+exprs = []
+for p in all_panels:
+    if p["type"] == "row":
+        continue
+    check(p.get("targets"), f"grafana: panel {p['title']!r} has no query")
+    for t in p.get("targets", []):
+        check(t.get("datasource", {}).get("uid") == "${datasource}",
+              f"grafana: panel {p['title']!r} does not query ${{datasource}}")
+        exprs.append(t["expr"])
+        for var in re.findall(r"\$\{?(\w+)", t["expr"]):
+            check(var.startswith("__") or var in variables, f"grafana: panel {p['title']!r} uses unknown ${var}")
+        check('pod=~"$pod"' in t["expr"], f"grafana: panel {p['title']!r} ignores the pod variable: {t['expr']}")
+for metric in ["fusebox_circuit_state", "fusebox_circuit_transitions_total", "fusebox_rejected_total",
+               "fusebox_endpoint_ejections_total", "fusebox_endpoint_ejected", "fusebox_retries_total",
+               "fusebox_requests_total", "fusebox_request_duration_seconds_bucket", "fusebox_config_reloads_total",
+               "fusebox_config_last_reload_successful", "fusebox_store_write_errors_total", "fusebox_websocket_clients"]:
+    check(any(re.search(rf"\b{metric}\b", e) for e in exprs), f"grafana: no panel shows {metric}")
+
+# --- release profile and Dockerfile: a stripped binary ---------------------------
+cargo_toml = (ROOT / "Cargo.toml").read_text()
+release = re.search(r"^\[profile\.release\]\n(.*?)(?=^\[)", cargo_toml, re.M | re.S)
+check(release and re.search(r'^strip\s*=\s*("debuginfo"|"symbols"|true)', release.group(1), re.M),
+      "Cargo.toml [profile.release] does not strip the binary")
+
 # --- Dockerfile -------------------------------------------------------------------
 dockerfile = (DEPLOY / "Dockerfile").read_text()
+check("CARGO_PROFILE_RELEASE_STRIP=symbols" in dockerfile, "Dockerfile does not strip the symbols of the image's binary")
 for src in re.findall(r"^COPY (?!--from)(\S+) ", dockerfile, re.M):
     check(src == "." or (ROOT / src).exists(), f"Dockerfile copies {src}, which does not exist")
 

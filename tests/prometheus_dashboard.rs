@@ -210,7 +210,7 @@ async fn fusebox_metrics(c: &TestClient, admin: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_panel_and_alert_rule_queries_a_real_prometheus() {
     let Some(bin) = prometheus_bin() else {
-        println!("skipped: no prometheus binary on PATH (apt-get install -y prometheus, or set PROMETHEUS_BIN)");
+        println!("skipped: no prometheus binary ($PROMETHEUS_BIN, else `prometheus` on PATH): apt-get install -y prometheus");
         return;
     };
     let dashboard_path = repo().join("deploy/grafana/fusebox-fleet.json");

@@ -1,11 +1,16 @@
 //! `fusebox watch`: a terminal client of the state WebSocket. On a TTY it
-//! keeps a live table redrawn in place (ANSI, a colour per circuit state);
-//! piped, it prints one plain line per change. It reconnects with
+//! keeps a live table redrawn in place (ANSI, a colour per circuit state)
+//! that fits the terminal's width: `COLUMNS` if set, else `tput cols`, else
+//! 80, read again when the terminal is resized (SIGWINCH). Too narrow, the
+//! wide columns (last transition, service) narrow first, then the least
+//! useful numbers go, and what still does not fit ends in "…". Piped, it
+//! prints one plain line per change. Transition times are UTC (HH:MM:SS),
+//! as the server sends them. It reconnects with
 //! exponential backoff (1 s doubling to 30 s) and gives up only when the
 //! server refuses the token.
 //!
 //! It owns nothing of the proxy: it must only speak the public protocol
-//! (SPEC section 6), exactly as any other client would.
+//! (docs/websocket.md), exactly as any other client would.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -61,7 +66,9 @@ pub async fn run_with<W: Write>(options: WatchOptions, out: W, tty: bool) -> Res
         let value = HeaderValue::from_str(token).map_err(|_| WatchError::Token)?;
         request.headers_mut().insert(http::header::SEC_WEBSOCKET_PROTOCOL, value);
     }
-    let mut view = View { out, tty, url: options.url.clone(), services: BTreeMap::new(), last_seq: 0, gaps: 0, status: String::new() };
+    let columns = if tty { terminal_columns() } else { DEFAULT_COLUMNS };
+    let mut view =
+        View { out, tty, columns, url: options.url.clone(), services: BTreeMap::new(), last_seq: 0, gaps: 0, status: String::new() };
     let mut backoff = BACKOFF_START;
     loop {
         view.set_status(&format!("connecting to {}", view.url))?;
@@ -90,6 +97,37 @@ enum Ended {
     Lost(String),
 }
 
+/// Width of a table when nothing says otherwise.
+const DEFAULT_COLUMNS: usize = 80;
+/// Narrower than this, the table is not worth laying out: lines are cut.
+const MIN_COLUMNS: usize = 20;
+
+/// The terminal's width: `COLUMNS`, else `tput cols` when stdout is a
+/// terminal (no ioctl: the crate forbids `unsafe`), else 80.
+fn terminal_columns() -> usize {
+    use std::io::IsTerminal;
+    if let Some(n) = std::env::var("COLUMNS").ok().and_then(|v| v.trim().parse::<usize>().ok()).filter(|n| *n > 0) {
+        return n;
+    }
+    if std::io::stdout().is_terminal() {
+        // tput reads the size from the terminal on its stderr/stdin when
+        // its stdout is our pipe.
+        let out = std::process::Command::new("tput")
+            .arg("cols")
+            .stdin(std::process::Stdio::inherit())
+            .stderr(std::process::Stdio::inherit())
+            .output();
+        if let Some(n) =
+            out.ok().filter(|o| o.status.success()).and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<usize>().ok())
+        {
+            if n > 0 {
+                return n;
+            }
+        }
+    }
+    DEFAULT_COLUMNS
+}
+
 /// One service as last seen.
 struct Row {
     status: String,
@@ -102,11 +140,21 @@ struct Row {
     /// When an open circuit goes half-open, on our clock.
     half_open_at: Option<Instant>,
     last_transition: Option<String>,
+    /// The upstream an operation's circuit belongs to (its own name
+    /// otherwise) and the operation: rows sort by these, so an operation
+    /// follows its upstream.
+    upstream: String,
+    operation: Option<String>,
+    /// (total, failed) when the circuit last closed: FAIL% counts the calls
+    /// since, the same calls its status is about.
+    base: (u64, u64),
 }
 
 struct View<W: Write> {
     out: W,
     tty: bool,
+    /// The table's width (TTY only).
+    columns: usize,
     url: String,
     services: BTreeMap<String, Row>,
     last_seq: u64,
@@ -126,8 +174,23 @@ impl<W: Write> View<W> {
         let mut redraw = tokio::time::interval(REDRAW);
         redraw.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_draw = Instant::now();
+        #[cfg(unix)]
+        let mut resized = if self.tty { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()).ok() } else { None };
         loop {
+            #[cfg(unix)]
+            let resize = async {
+                match resized.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let resize = std::future::pending::<Option<()>>();
             tokio::select! {
+                _ = resize => {
+                    self.columns = terminal_columns();
+                    dirty = true;
+                }
                 next = tokio::time::timeout(SILENCE, ws.next()) => {
                     let msg = match next {
                         Err(_) => return Ok(Ended::Lost("no heartbeat for 15 s".to_string())),
@@ -224,16 +287,31 @@ impl<W: Write> View<W> {
         let c = &e["circuit"];
         let o = &e["operations"];
         let last = transition.filter(|t| t.is_object()).or_else(|| Some(&c["lastTransition"]).filter(|t| t.is_object()));
+        let (total, failed) = (o["total"].as_u64().unwrap_or(0), o["failed"].as_u64().unwrap_or(0));
+        let old = self.services.get(&name);
+        // A new transition out of the open states starts a new window.
+        let closed_now = transition.filter(|t| t.is_object()).is_some_and(|t| !matches!(t["to"].as_str(), Some("open" | "forced-open")));
+        let base = match old {
+            Some(old) if !closed_now && total >= old.base.0 => old.base,
+            Some(_) => (total, failed),
+            None => (0, 0),
+        };
         let row = Row {
             status: e["status"].as_str().unwrap_or("unknown").to_string(),
             state: c["state"].as_str().unwrap_or("unknown").to_string(),
             failure_count: c["failureCount"].as_u64().unwrap_or(0),
-            total: o["total"].as_u64().unwrap_or(0),
+            total,
             successful: o["successful"].as_u64().unwrap_or(0),
-            failed: o["failed"].as_u64().unwrap_or(0),
+            failed,
             recovery_attempts: c["recoveryAttempts"].as_u64().unwrap_or(0),
             half_open_at: c["retryInMs"].as_u64().map(|ms| Instant::now() + Duration::from_millis(ms)),
-            last_transition: last.map(describe_transition),
+            last_transition: last.map(|t| match transition_time(t) {
+                Some(at) => format!("{at} {}", describe_transition(t)),
+                None => describe_transition(t),
+            }),
+            upstream: e["upstream"].as_str().unwrap_or(&name).to_string(),
+            operation: e["operation"].as_str().map(str::to_owned),
+            base,
         };
         let changed = self.services.get(&name).is_none_or(|old| old.state != row.state || old.status != row.status);
         self.services.insert(name.clone(), row);
@@ -247,7 +325,10 @@ impl<W: Write> View<W> {
         };
         let now = crate::clock::timestamp();
         let what = match transition.filter(|t| t.is_object()) {
-            Some(t) => describe_transition(t),
+            Some(t) => match transition_time(t) {
+                Some(at) => format!("{} at {at} UTC", describe_transition(t)),
+                None => describe_transition(t),
+            },
             None => format!("state {}", r.state),
         };
         writeln!(
@@ -270,49 +351,172 @@ impl<W: Write> View<W> {
         }
     }
 
-    /// Redraws the whole table in place.
+    /// Redraws the whole table in place, as wide as the terminal.
     fn draw(&mut self) -> Result<(), WatchError> {
         let mut s = String::with_capacity(256 + self.services.len() * 160);
         s.push_str("\x1b[H\x1b[2J");
-        s.push_str(&format!(
-            "\x1b[1mfusebox watch\x1b[0m  {}  {}  services={} seq={} missed={}\n\n",
-            self.url,
+        let title = format!(
+            "fusebox watch  times UTC  {}  services={} seq={} missed={}  {}",
             self.status,
             self.services.len(),
             self.last_seq,
-            self.gaps
-        ));
-        let width = self.services.keys().map(|k| k.len()).max().unwrap_or(7).max(7);
-        s.push_str(&format!(
-            "\x1b[2m{:<width$}  {:<13}  {:<9}  {:>5}  {:>8}  {:>8}  {:>6}  {:>6}  {:>7}  LAST TRANSITION\x1b[0m\n",
-            "SERVICE", "STATE", "STATUS", "FAILS", "TOTAL", "FAILED", "FAIL%", "RECOV", "RETRY"
-        ));
+            self.gaps,
+            if self.status.contains(&self.url) { "" } else { &self.url }
+        );
+        s.push_str(&format!("\x1b[1m{}\x1b[0m\n\n", fit(&title, self.columns)));
         let now = Instant::now();
-        for (name, r) in &self.services {
-            let rate = if r.total > 0 { r.failed as f64 * 100.0 / r.total as f64 } else { 0.0 };
-            let retry = r
-                .half_open_at
-                .filter(|_| r.state == "open")
-                .map_or_else(|| "-".to_string(), |t| format!("{}s", t.saturating_duration_since(now).as_secs()));
-            s.push_str(&format!(
-                "{name:<width$}  {}{:<13}\x1b[0m  {}{:<9}\x1b[0m  {:>5}  {:>8}  {:>8}  {:>5.1}%  {:>6}  {:>7}  {}\n",
-                state_colour(&r.state),
-                r.state,
-                status_colour(&r.status),
-                r.status,
-                r.failure_count,
-                r.total,
-                r.failed,
-                rate,
-                r.recovery_attempts,
-                retry,
-                r.last_transition.as_deref().unwrap_or("-"),
-            ));
+        let mut rows: Vec<(&String, &Row)> = self.services.iter().collect();
+        rows.sort_by(|a, b| (&a.1.upstream, &a.1.operation, a.0).cmp(&(&b.1.upstream, &b.1.operation, b.0)));
+        let cells: Vec<[String; COLS]> = rows
+            .iter()
+            .map(|(name, r)| {
+                let since = r.total.saturating_sub(r.base.0);
+                let rate = if since > 0 {
+                    format!("{:.1}%", r.failed.saturating_sub(r.base.1) as f64 * 100.0 / since as f64)
+                } else {
+                    "-".to_string()
+                };
+                let retry = r
+                    .half_open_at
+                    .filter(|_| r.state == "open")
+                    .map_or_else(|| "-".to_string(), |t| format!("{}s", t.saturating_duration_since(now).as_secs()));
+                [
+                    // An operation's row follows its upstream's: its name
+                    // there is the operation's.
+                    r.operation.as_ref().filter(|_| r.upstream != **name).map_or_else(|| name.to_string(), |op| format!("↳ {op}")),
+                    r.state.clone(),
+                    r.status.clone(),
+                    r.failure_count.to_string(),
+                    r.total.to_string(),
+                    r.failed.to_string(),
+                    rate,
+                    r.recovery_attempts.to_string(),
+                    retry,
+                    r.last_transition.clone().unwrap_or_else(|| "-".to_string()),
+                ]
+            })
+            .collect();
+        let widths = layout(&cells, self.columns);
+        let header: [String; COLS] = HEADERS.map(str::to_string);
+        s.push_str("\x1b[2m");
+        s.push_str(&render_row(&header, &widths, |_| ""));
+        s.push_str("\x1b[0m\n");
+        for (row, (_, r)) in cells.iter().zip(&rows) {
+            s.push_str(&render_row(row, &widths, |i| match i {
+                1 => state_colour(&r.state),
+                2 => status_colour(&r.status),
+                _ => "",
+            }));
+            s.push('\n');
         }
         self.out.write_all(s.as_bytes())?;
         self.out.flush()?;
         Ok(())
     }
+}
+
+const COLS: usize = 10;
+const HEADERS: [&str; COLS] =
+    ["SERVICE", "STATE", "STATUS", "FAILS", "TOTAL", "FAILED", "FAIL%", "RECOV", "RETRY", "LAST TRANSITION (UTC)"];
+/// Right-aligned (numbers).
+const RIGHT: [bool; COLS] = [false, false, false, true, true, true, true, true, true, false];
+/// Columns dropped, in this order, when narrowing is not enough.
+const DROP_ORDER: [usize; 7] = [7, 4, 5, 3, 6, 8, 2];
+const SERVICE: usize = 0;
+const STATE: usize = 1;
+const LAST: usize = 9;
+const GAP: usize = 2;
+
+/// Column widths (None: dropped) that fit `columns`: natural widths, then
+/// the wide columns narrowed (last transition to 24, service to 12), then
+/// columns dropped in `DROP_ORDER`, then narrowed further.
+fn layout(cells: &[[String; COLS]], columns: usize) -> [Option<usize>; COLS] {
+    let columns = columns.max(MIN_COLUMNS);
+    let mut w: [Option<usize>; COLS] = [None; COLS];
+    for (i, h) in HEADERS.iter().enumerate() {
+        let natural = cells.iter().map(|r| r[i].chars().count()).max().unwrap_or(0);
+        w[i] = Some(natural.max(h.chars().count()));
+    }
+    let total = |w: &[Option<usize>; COLS]| {
+        let shown: Vec<usize> = w.iter().flatten().copied().collect();
+        shown.iter().sum::<usize>() + GAP * shown.len().saturating_sub(1)
+    };
+    let shrink = |w: &mut [Option<usize>; COLS], i: usize, min: usize| {
+        let over = total(w).saturating_sub(columns);
+        if let Some(x) = w[i].as_mut() {
+            *x = (*x).saturating_sub(over).max(min.min(*x));
+        }
+    };
+    shrink(&mut w, LAST, 18);
+    shrink(&mut w, SERVICE, 12);
+    for i in DROP_ORDER {
+        if total(&w) <= columns {
+            break;
+        }
+        w[i] = None;
+    }
+    shrink(&mut w, LAST, 10);
+    shrink(&mut w, SERVICE, 6);
+    shrink(&mut w, STATE, 5);
+    if total(&w) > columns {
+        w[LAST] = None;
+    }
+    shrink(&mut w, SERVICE, 1);
+    w
+}
+
+/// One line of the table: each shown cell fitted to its width (with "…"),
+/// padded, coloured by `colour(column)`; never wider than the layout.
+fn render_row(cells: &[String; COLS], widths: &[Option<usize>; COLS], colour: impl Fn(usize) -> &'static str) -> String {
+    let mut line = String::new();
+    let mut first = true;
+    for (i, cell) in cells.iter().enumerate() {
+        let Some(width) = widths[i] else { continue };
+        if !first {
+            line.push_str(&" ".repeat(GAP));
+        }
+        first = false;
+        let text = fit(cell, width);
+        let pad = " ".repeat(width - text.chars().count());
+        let c = colour(i);
+        if !c.is_empty() {
+            line.push_str(c);
+        }
+        if RIGHT[i] {
+            line.push_str(&pad);
+            line.push_str(&text);
+        } else {
+            line.push_str(&text);
+            // No trailing blanks on the last cell.
+            if widths[i + 1..].iter().any(Option::is_some) {
+                line.push_str(&pad);
+            }
+        }
+        if !c.is_empty() {
+            line.push_str("\x1b[0m");
+        }
+    }
+    line
+}
+
+/// `text` cut to `width` characters, ending in "…" when cut.
+fn fit(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_string();
+    }
+    if width == 0 {
+        return String::new();
+    }
+    let mut out: String = text.chars().take(width - 1).collect();
+    out.push('…');
+    out
+}
+
+/// HH:MM:SS (UTC) of a transition's `at` (RFC 3339, as the server sends).
+fn transition_time(t: &Value) -> Option<&str> {
+    let at = t["at"].as_str().or_else(|| t["timestamp"].as_str())?;
+    let time = at.get(11..19)?;
+    (at.as_bytes().get(10) == Some(&b'T') && time.as_bytes()[2] == b':').then_some(time)
 }
 
 fn describe_transition(t: &Value) -> String {

@@ -610,3 +610,97 @@ async fn status_changes_without_a_transition_are_updates() {
     // The integration guide's client replaces its list with `services`.
     assert_eq!(degraded["services"].as_array().map(Vec::len), Some(1));
 }
+
+/// `text` without ANSI escape sequences (CSI: ESC [ ... final byte).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Whether `text` holds a time HH:MM:SS.
+fn has_time(text: &str) -> bool {
+    let c: Vec<char> = text.chars().collect();
+    c.windows(8).any(|w| w.iter().enumerate().all(|(i, ch)| if i == 2 || i == 5 { *ch == ':' } else { ch.is_ascii_digit() }))
+}
+
+/// `fusebox watch` on a 60-column terminal (COLUMNS=60): long names, an
+/// operation's circuit and a long transition reason, and still no line of
+/// the table is wider than 60 characters; what is cut ends in "…".
+#[tokio::test]
+async fn watch_fits_a_60_column_terminal() {
+    use fusebox::watch::{run_with, WatchOptions};
+    // Read once when the table starts; the other watch tests are fine at
+    // any width.
+    std::env::set_var("COLUMNS", "60");
+    let up = upstream("api").await;
+    let yaml = format!(
+        "upstreams:\n  payments-authorization-gateway-eu-west:\n    endpoints: [{}]\n    breaker: {{ jitter: 0, failureThreshold: 3 }}\n\
+         routes:\n\
+         \x20 - {{ match: {{ pathPrefix: /capture }}, upstream: payments-authorization-gateway-eu-west, operation: capture-and-settle }}\n\
+         \x20 - {{ match: {{ pathPrefix: / }}, upstream: payments-authorization-gateway-eu-west }}\n",
+        up.url()
+    );
+    let app = fusebox(&yaml).await;
+    let tty = Shared::default();
+    let task = tokio::spawn(run_with(WatchOptions { url: ws_url(&app), token: None }, tty.clone(), true));
+    tty.wait_for("capture").await;
+    up.set_status(500);
+    traffic(&app, 3).await;
+    tty.wait_for("\x1b[1;31mopen").await;
+    // One more redraw after the transition is in.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    task.abort();
+    let text = strip_ansi(&tty.text());
+    for line in text.lines() {
+        let n = line.chars().count();
+        assert!(n <= 60, "a {n}-character line on a 60-column terminal: {line:?}\n{text}");
+    }
+    let frame = text.rsplit("\x1b").next().unwrap_or(&text).to_string();
+    assert!(frame.contains('…'), "long names are cut with an ellipsis:\n{frame}");
+    assert!(frame.lines().any(|l| l.contains("open")), "the state column stays:\n{frame}");
+    assert!(frame.lines().any(|l| l.starts_with("payments") && l.contains("open") && has_time(l)), "the transition's time stays:\n{frame}");
+}
+
+/// Each transition carries its time: piped, "... at HH:MM:SS UTC"; in the
+/// table, the last-transition column starts with it.
+#[tokio::test]
+async fn watch_prints_each_transition_with_its_time() {
+    use fusebox::watch::{run_with, WatchOptions};
+    let up = upstream("api").await;
+    let app = fusebox(&one_upstream(&up.url(), "failureThreshold: 3")).await;
+    let options = WatchOptions { url: ws_url(&app), token: None };
+    let piped = Shared::default();
+    let piped_task = tokio::spawn(run_with(options.clone(), piped.clone(), false));
+    let tty = Shared::default();
+    let tty_task = tokio::spawn(run_with(options, tty.clone(), true));
+    piped.wait_for("api state closed").await;
+    up.set_status(500);
+    traffic(&app, 3).await;
+    piped.wait_for("api closed -> open").await;
+    tty.wait_for("\x1b[1;31mopen").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    piped_task.abort();
+    tty_task.abort();
+    let lines = piped.text();
+    let line = lines.lines().find(|l| l.contains("closed -> open")).expect("a transition line");
+    let at = line.split(" at ").nth(1).unwrap_or_else(|| panic!("no time in {line:?}"));
+    assert!(has_time(&at[..at.len().min(8)]) && at[8..].starts_with(" UTC"), "HH:MM:SS UTC after `at`: {line:?}");
+    let table = strip_ansi(&tty.text());
+    assert!(table.contains("times UTC"), "the table says which clock:\n{table}");
+    let row = table.lines().rev().find(|l| l.starts_with("api ")).expect("the api row");
+    assert!(has_time(row), "the table's transition has its time: {row:?}");
+}

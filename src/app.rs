@@ -281,9 +281,9 @@ impl App {
             Duration::from_secs(1),
             None,
             ConnPolicy::admin,
-            move |_peer| {
+            move |_peer, conn| {
                 let st = admin_state.clone();
-                service_fn(move |req| admin::handle(req, st.clone()))
+                crate::proxy::conn::Tracked::new(service_fn(move |req| admin::handle(req, st.clone())), conn.clone())
             },
         ));
 

@@ -29,6 +29,7 @@ use tokio::sync::Notify;
 use tokio::time::Sleep;
 
 use super::client::Lease;
+use super::conn::InFlight;
 use super::endpoint::{EndpointLease, EndpointSet};
 use super::error::{ClientFault, Fault, UpstreamFault};
 use super::upstream::{BoxError, CallGuard};
@@ -151,6 +152,8 @@ pub struct TrackedBody {
     endpoint: Option<(EndpointLease, Arc<EndpointSet>)>,
     idle: Duration,
     timer: Option<Pin<Box<Sleep>>>,
+    /// The request's count on its client connection (for its idle timer).
+    in_flight: Option<InFlight>,
 }
 
 impl TrackedBody {
@@ -160,13 +163,15 @@ impl TrackedBody {
         lease: Option<Lease>,
         endpoint: (EndpointLease, Arc<EndpointSet>),
         idle: Duration,
+        in_flight: InFlight,
     ) -> Self {
-        TrackedBody { inner, guard: Some(guard), lease, endpoint: Some(endpoint), idle, timer: None }
+        TrackedBody { inner, guard: Some(guard), lease, endpoint: Some(endpoint), idle, timer: None, in_flight: Some(in_flight) }
     }
 
     fn ended(&mut self) {
         self.guard.take();
         self.endpoint.take();
+        self.in_flight.take();
         if let Some(lease) = self.lease.take() {
             lease.release();
         }
@@ -175,6 +180,7 @@ impl TrackedBody {
     /// The upstream broke the body: its fault, for circuit and endpoint.
     fn broke(&mut self, fault: UpstreamFault) {
         self.lease.take();
+        self.in_flight.take();
         let now = clock::now();
         if let Some(g) = self.guard.take() {
             g.late_failure(now);

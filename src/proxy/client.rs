@@ -198,10 +198,8 @@ impl EndpointPool {
         match self.exchange(sender, req, reused).await {
             Err(SendError::NotSent { error, request: Some(req) }) if reused => {
                 tracing::debug!(endpoint = %self.endpoint, error = %error, "pooled connection closed before the request was sent: retrying on a new one");
-                match Box::pin(self.connect()).await {
-                    Ok(sender) => self.exchange(sender, *req, false).await,
-                    Err(error) => Err(SendError::NotSent { error, request: Some(req) }),
-                }
+                // Boxed: the rare path keeps its state out of every request's.
+                Box::pin(self.fresh(*req)).await
             }
             other => other,
         }
@@ -227,7 +225,7 @@ impl EndpointPool {
     /// first exchange ends).
     pub async fn fresh(self: &Arc<Self>, req: Request<ProxyBody>) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         if self.h2.is_some() {
-            return self.send(req).await;
+            return Box::pin(self.send(req)).await;
         }
         match Box::pin(self.connect()).await {
             Ok(sender) => self.exchange(sender, req, false).await,

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use http::{Request, Response, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 
 /// An unset millisecond offset.
@@ -58,8 +58,6 @@ struct Shared {
     head_started_ms: AtomicU64,
     /// The connection speaks h2 (known from its first request).
     h2: AtomicBool,
-    /// Woken when a deadline may have moved earlier (went idle, a head started).
-    wake: Notify,
 }
 
 /// Which deadline ran out.
@@ -95,7 +93,6 @@ impl ConnControl {
             idle_since_ms: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(UNSET),
             h2: AtomicBool::new(false),
-            wake: Notify::new(),
         }));
         if let Some(d) = stall {
             ctl.set_stall_timeout(d);
@@ -151,15 +148,11 @@ impl ConnControl {
             && s.in_flight.load(Ordering::Acquire) == 0
             && s.requests.load(Ordering::Relaxed) > 0
             && !s.h2.load(Ordering::Relaxed)
-            && s.head_started_ms.compare_exchange(UNSET, self.now_ms(), Ordering::Relaxed, Ordering::Relaxed).is_ok()
         {
-            s.wake.notify_one();
+            // The watchdog finds it at its next check (it never waits longer
+            // than half the shortest timeout).
+            let _ = s.head_started_ms.compare_exchange(UNSET, self.now_ms(), Ordering::Relaxed, Ordering::Relaxed);
         }
-    }
-
-    /// Resolves when a deadline may have moved earlier.
-    pub async fn changed(&self) {
-        self.0.wake.notified().await;
     }
 
     /// The next deadline of this connection and what it means; None while
@@ -201,9 +194,7 @@ impl Drop for InFlight {
         // The idle instant first: a watchdog that sees 0 in flight must not
         // read an older one.
         s.idle_since_ms.store(self.0.now_ms(), Ordering::Relaxed);
-        if s.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            s.wake.notify_one();
-        }
+        s.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -300,8 +291,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ConnIo<T> {
 // === Tracked ===
 
 /// A service wrapper: counts each request in flight until its response
-/// body ends or is dropped, and puts the connection's [`ConnControl`] in
-/// the request's extensions.
+/// body ends or is dropped. (The service itself gets the connection's
+/// [`ConnControl`] when it is made: no per-request extension.)
 #[derive(Clone)]
 pub struct Tracked<S> {
     inner: S,
@@ -322,9 +313,8 @@ where
     type Error = S::Error;
     type Future = TrackedFuture<S::Future>;
 
-    fn call(&self, mut req: Request<ReqB>) -> Self::Future {
+    fn call(&self, req: Request<ReqB>) -> Self::Future {
         let guard = self.ctl.request_started(req.version());
-        req.extensions_mut().insert(self.ctl.clone());
         TrackedFuture { inner: self.inner.call(req), guard: Some(guard) }
     }
 }

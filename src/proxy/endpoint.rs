@@ -165,9 +165,16 @@ impl EndpointSet {
     /// Resolves hostname endpoints if that never succeeded yet (first
     /// requests after start), so they need not wait for the resolver.
     pub async fn ensure_resolved(&self) {
-        if !self.resolved.load(Ordering::Acquire) {
-            self.resolve().await;
+        if !self.is_resolved() {
+            // Boxed: the lookup's state is large and rarely needed; inline it
+            // would be carried (and moved) by every request's future.
+            Box::pin(self.resolve()).await;
         }
+    }
+
+    /// Whether every hostname endpoint was resolved at least once.
+    pub fn is_resolved(&self) -> bool {
+        self.resolved.load(Ordering::Acquire)
     }
 
     /// Picks an endpoint for one attempt: round robin or least request over

@@ -22,6 +22,7 @@ use crate::config::{Protocol, RetryOn};
 
 use super::body::{ClientBody, TrackedBody, Upload};
 use super::client::{Lease, SendError};
+use super::conn::{ConnControl, InFlight};
 use super::endpoint::EndpointLease;
 use super::error::{describe, is_resource_exhaustion, ClientFault, Fault, LocalFault, UpstreamFault};
 use super::respond;
@@ -73,7 +74,14 @@ struct Exchange {
 }
 
 /// Entry point for one request on the data listener.
-pub async fn handle(req: Request<Incoming>, plane: Arc<DataPlane>, peer: PeerIp) -> Result<Response<ProxyBody>, Infallible> {
+/// `conn` is the client connection's control block and `in_flight` this
+/// request's count on it, held until the response body ends.
+pub async fn handle(
+    req: Request<Incoming>,
+    plane: Arc<DataPlane>,
+    peer: PeerIp,
+    (conn, in_flight): (ConnControl, InFlight),
+) -> Result<Response<ProxyBody>, Infallible> {
     let generation = plane.store.load_full();
     let request_id = request_id(req.headers());
     let access = generation.config.access_log;
@@ -92,7 +100,9 @@ pub async fn handle(req: Request<Incoming>, plane: Arc<DataPlane>, peer: PeerIp)
             }
             Some((up, op)) => {
                 exchange.operation = op.as_ref().and_then(|o| o.operation.as_ref()).map(|(_, name)| name.clone());
-                let resp = proxy(up.clone(), op, req, &peer, &request_id, plane.scheme, &mut exchange).await;
+                // Boxed: the exchange's state is large, and hyper moves the
+                // handler's future into place; a box moves as a pointer.
+                let resp = Box::pin(proxy(up.clone(), op, req, (&peer, &conn, in_flight), &request_id, plane.scheme, &mut exchange)).await;
                 (Some(up), resp)
             }
         },
@@ -166,7 +176,7 @@ async fn proxy(
     up: Arc<Upstream>,
     op: Option<Arc<Upstream>>,
     mut req: Request<Incoming>,
-    peer: &PeerIp,
+    (peer, conn, in_flight): (&PeerIp, &ConnControl, InFlight),
     request_id: &HeaderValue,
     scheme: &'static str,
     exchange: &mut Exchange,
@@ -195,9 +205,8 @@ async fn proxy(
         }
     };
     up.retry_budget.on_request(now);
-    if let Some(ctl) = req.extensions().get::<super::conn::ConnControl>() {
-        ctl.set_stall_timeout(up.config.timeouts.idle);
-    }
+    // A client that stops reading frees its slot after `timeouts.idle`.
+    conn.set_stall_timeout(up.config.timeouts.idle);
     // Phase 3: forward, on one endpoint and maybe again on another.
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -210,7 +219,9 @@ async fn proxy(
         version: out.version(),
         headers: out.headers().clone(),
     });
-    up.endpoints.ensure_resolved().await;
+    if !up.endpoints.is_resolved() {
+        up.endpoints.ensure_resolved().await;
+    }
     let mut next = Some(out);
     let mut exclude: Option<Arc<super::endpoint::Member>> = None;
     let mut retrying: Option<&'static str> = None;
@@ -292,7 +303,7 @@ async fn proxy(
     }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
-    let body = TrackedBody::new(body, guard, conn, (lease, set), up.config.timeouts.idle);
+    let body = TrackedBody::new(body, guard, conn, (lease, set), up.config.timeouts.idle, in_flight);
     Response::from_parts(parts, body.boxed_unsync())
 }
 
@@ -367,16 +378,13 @@ async fn attempt(
     let pool = lease.member.pool();
     let timeout = up.config.timeouts.request;
     let sent = within(timeout, upload, pool.send(req)).await;
-    let sent = match sent {
-        Some(Err(SendError::Failed { error, reused: true })) if replay.is_some() && upload.is_none() => {
+    let sent = match (sent, replay) {
+        (Some(Err(SendError::Failed { error, reused: true })), Some(replay)) if upload.is_none() => {
             tracing::debug!(upstream = %up.config.name, endpoint = %lease.member.label, error = %describe(&*error), "keep-alive connection closed under the request: sending it again on a new connection");
-            let again = replay.map(Replay::request).map(|r| pool.fresh(r));
-            match again {
-                Some(f) => within(timeout, None, f).await,
-                None => Some(Err(SendError::Failed { error, reused: true })),
-            }
+            // Boxed: the rare path keeps its state out of every request's.
+            Box::pin(within(timeout, None, pool.fresh(replay.request()))).await
         }
-        other => other,
+        (other, _) => other,
     };
     match sent {
         None => {

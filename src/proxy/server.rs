@@ -36,7 +36,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use super::conn::{later, ConnControl, ConnIo, Expiry, Timeouts, Tracked};
+use super::conn::{later, ConnControl, ConnIo, Expiry, Timeouts};
 use super::forward::{self, DataPlane};
 use crate::config::ClientConfig;
 
@@ -113,10 +113,14 @@ pub async fn serve(
 ) {
     let generations = plane.store.clone();
     let policy = move || ConnPolicy::data(&generations.load().config.client);
-    accept_loop(listener, stop, grace, tls, policy, move |peer| {
+    accept_loop(listener, stop, grace, tls, policy, move |peer, ctl| {
         let plane = plane.clone();
         let peer_ip = forward::PeerIp::new(peer);
-        service_fn(move |req| forward::handle(req, plane.clone(), peer_ip.clone()))
+        let ctl = ctl.clone();
+        service_fn(move |req: Request<Incoming>| {
+            let in_flight = ctl.request_started(req.version());
+            forward::handle(req, plane.clone(), peer_ip.clone(), (ctl.clone(), in_flight))
+        })
     })
     .await;
 }
@@ -144,7 +148,7 @@ pub async fn accept_loop<F, S, B, P>(
     make_service: F,
 ) where
     P: Fn() -> ConnPolicy,
-    F: Fn(SocketAddr) -> S,
+    F: Fn(SocketAddr, &ConnControl) -> S,
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
@@ -201,7 +205,9 @@ pub async fn accept_loop<F, S, B, P>(
         let _ = stream.set_nodelay(true);
         let ctl = ConnControl::new(accepted, policy.stall_timeout);
         let io = ConnIo::new(stream, ctl.clone(), permit);
-        let svc = Tracked::new(make_service(peer), ctl.clone());
+        // The service counts its requests in flight on `ctl` (the data
+        // path in its own response body; others wrap with `conn::Tracked`).
+        let svc = make_service(peer, &ctl);
         let phase = phase_rx.clone();
         let tls = tls.clone();
         tokio::spawn(connection(io, tls, builder, svc, ctl, policy, accepted, phase, peer));
@@ -227,7 +233,7 @@ async fn connection<S, B>(
     io: ConnIo<TcpStream>,
     tls: Option<TlsAcceptor>,
     builder: auto::Builder<TokioExecutor>,
-    svc: Tracked<S>,
+    svc: S,
     ctl: ConnControl,
     policy: ConnPolicy,
     accepted: Instant,
@@ -281,25 +287,35 @@ async fn watch_connection<I, S, B>(
         conn.as_mut().graceful_shutdown();
         shut_at = Some(Instant::now());
     }
+    // One timer per connection, re-armed in place. Requests never wake the
+    // watchdog (that cost two wake-ups and two timers per request): it
+    // checks at least every `check` and then aims at the exact deadline, so
+    // a deadline is never missed by more than nothing — the check interval
+    // is shorter than every timeout.
+    let check = (timeouts.header.min(timeouts.idle.unwrap_or(timeouts.header)) / 2).max(Duration::from_millis(1));
+    let first = ctl.deadline(&timeouts, shut_at).map_or_else(|| later(Instant::now(), check), |(at, _)| at);
+    let mut timer = Box::pin(tokio::time::sleep_until(first));
     loop {
-        let deadline = ctl.deadline(&timeouts, shut_at);
-        let timer = async {
-            match deadline {
-                Some((at, _)) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
+            biased;
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
                 return;
             }
-            () = timer => {
+            () = timer.as_mut() => {
                 let now = Instant::now();
-                let Some((at, why)) = ctl.deadline(&timeouts, shut_at) else { continue };
+                let next_check = later(now, check);
+                let (at, why) = match ctl.deadline(&timeouts, shut_at) {
+                    None => {
+                        timer.as_mut().reset(next_check);
+                        continue;
+                    }
+                    Some(d) => d,
+                };
                 if at > now {
+                    timer.as_mut().reset(at.min(next_check));
                     continue;
                 }
                 match (why, shut_at) {
@@ -315,10 +331,10 @@ async fn watch_connection<I, S, B>(
                         tracing::debug!(%peer, "idle for client.idleTimeout: shutting down");
                         conn.as_mut().graceful_shutdown();
                         shut_at = Some(now);
+                        timer.as_mut().reset(next_check);
                     }
                 }
             }
-            () = ctl.changed() => {}
             r = phase.changed(), if watch_phase => {
                 let p = match r {
                     Ok(()) => *phase.borrow_and_update(),
@@ -334,6 +350,7 @@ async fn watch_connection<I, S, B>(
                         if shut_at.is_none() {
                             conn.as_mut().graceful_shutdown();
                             shut_at = Some(Instant::now());
+                            timer.as_mut().reset(later(Instant::now(), check));
                         }
                     }
                     Phase::Close => return,

@@ -58,6 +58,11 @@ struct Shared {
     head_started_ms: AtomicU64,
     /// The connection speaks h2 (known from its first request).
     h2: AtomicBool,
+    /// The last request in flight ended; the watchdog stamps `idle_since_ms`
+    /// at its next check (no clock read on the request path).
+    went_idle: AtomicBool,
+    /// Bytes arrived while idle; the watchdog stamps `head_started_ms`.
+    read_while_idle: AtomicBool,
 }
 
 /// Which deadline ran out.
@@ -93,6 +98,8 @@ impl ConnControl {
             idle_since_ms: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(UNSET),
             h2: AtomicBool::new(false),
+            went_idle: AtomicBool::new(false),
+            read_while_idle: AtomicBool::new(false),
         }));
         if let Some(d) = stall {
             ctl.set_stall_timeout(d);
@@ -134,6 +141,7 @@ impl ConnControl {
         self.0.in_flight.fetch_add(1, Ordering::AcqRel);
         self.0.requests.fetch_add(1, Ordering::Relaxed);
         self.0.head_started_ms.store(UNSET, Ordering::Relaxed);
+        self.0.read_while_idle.store(false, Ordering::Relaxed);
         if version == Version::HTTP_2 {
             self.0.h2.store(true, Ordering::Relaxed);
         }
@@ -149,9 +157,9 @@ impl ConnControl {
             && s.requests.load(Ordering::Relaxed) > 0
             && !s.h2.load(Ordering::Relaxed)
         {
-            // The watchdog finds it at its next check (it never waits longer
-            // than half the shortest timeout).
-            let _ = s.head_started_ms.compare_exchange(UNSET, self.now_ms(), Ordering::Relaxed, Ordering::Relaxed);
+            // The watchdog stamps it at its next check (it never waits
+            // longer than half the shortest timeout).
+            s.read_while_idle.store(true, Ordering::Relaxed);
         }
     }
 
@@ -162,6 +170,20 @@ impl ConnControl {
     /// ping) and is closed at the next `Idle`.
     pub fn deadline(&self, t: &Timeouts, shut_at: Option<Instant>) -> Option<(Instant, Expiry)> {
         let s = &*self.0;
+        // What happened since the last check, stamped now: a deadline runs
+        // at most one check interval late, and requests read no clock.
+        if s.went_idle.swap(false, Ordering::AcqRel) {
+            if s.in_flight.load(Ordering::Acquire) == 0 {
+                // Read after the count reached 0: never before the idle start.
+                s.idle_since_ms.store(self.now_ms(), Ordering::Relaxed);
+            } else {
+                // Set just before its count went down: look again next time.
+                s.went_idle.store(true, Ordering::Release);
+            }
+        }
+        if s.read_while_idle.swap(false, Ordering::AcqRel) && s.in_flight.load(Ordering::Acquire) == 0 {
+            let _ = s.head_started_ms.compare_exchange(UNSET, self.now_ms(), Ordering::Relaxed, Ordering::Relaxed);
+        }
         if s.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
@@ -191,9 +213,9 @@ pub struct InFlight(ConnControl);
 impl Drop for InFlight {
     fn drop(&mut self) {
         let s = &*self.0 .0;
-        // The idle instant first: a watchdog that sees 0 in flight must not
-        // read an older one.
-        s.idle_since_ms.store(self.0.now_ms(), Ordering::Relaxed);
+        // The flag first, then the count: a watchdog that sees the flag
+        // stamps the idle start only once it also sees the count at 0.
+        s.went_idle.store(true, Ordering::Release);
         s.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -100,9 +100,11 @@ pub async fn handle(
             }
             Some((up, op)) => {
                 exchange.operation = op.as_ref().and_then(|o| o.operation.as_ref()).map(|(_, name)| name.clone());
-                // Boxed: the exchange's state is large, and hyper moves the
-                // handler's future into place; a box moves as a pointer.
-                let resp = Box::pin(proxy(up.clone(), op, req, (&peer, &conn, in_flight), &request_id, plane.scheme, &mut exchange)).await;
+                // Boxed in a statement of its own: the exchange's state is
+                // large, and a temporary in the `.await` statement would be
+                // kept in this future's state as well (rustc is conservative).
+                let exchanged = Box::pin(proxy(up.clone(), op, req, (&peer, &conn, in_flight), &request_id, plane.scheme, &mut exchange));
+                let resp = exchanged.await;
                 (Some(up), resp)
             }
         },

@@ -242,7 +242,12 @@ write_fusebox() {
     eps+="${eps:+, }http://127.0.0.1:$p"
   done
   # Defaults for everything else (retry, outlierDetection, breaker): the
-  # comparison is of defaults.
+  # comparison is of defaults, unless FUSEBOX_RETRY_ON asks for a row with
+  # another retry.on.
+  local retry=""
+  if [[ -n "${FUSEBOX_RETRY_ON:-}" ]]; then
+    retry=$'\n'"    retry: { on: [${FUSEBOX_RETRY_ON}] }"
+  fi
   cat >"$dir/fusebox.yaml" <<EOF
 listen: 127.0.0.1:$port
 admin: { listen: 127.0.0.1:$admin }
@@ -250,8 +255,7 @@ auth: none
 upstreams:
   app:
     endpoints: [$eps]
-    timeouts: { connect: ${CONNECT_TIMEOUT_S}s, request: ${READ_TIMEOUT_S}s }${FUSEBOX_RETRY_ON:+
-    retry: { on: [${FUSEBOX_RETRY_ON}] }}
+    timeouts: { connect: ${CONNECT_TIMEOUT_S}s, request: ${READ_TIMEOUT_S}s }${retry}
 routes:
   - { match: { pathPrefix: / }, upstream: app }
 EOF

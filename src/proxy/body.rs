@@ -84,13 +84,40 @@ pub struct BodyError(Fault);
 pub struct ClientBody {
     inner: Incoming,
     upload: Arc<Upload>,
-    idle: Duration,
-    timer: Option<Pin<Box<Sleep>>>,
+    idle: IdleDeadline,
 }
 
 impl ClientBody {
     pub fn new(inner: Incoming, upload: Arc<Upload>, idle: Duration) -> ClientBody {
-        ClientBody { inner, upload, idle, timer: None }
+        ClientBody { inner, upload, idle: IdleDeadline::new(idle) }
+    }
+}
+
+/// `timeouts.idle` on one body: the timer is armed only when the body
+/// first waits, and pushed back by every frame.
+struct IdleDeadline {
+    idle: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl IdleDeadline {
+    fn new(idle: Duration) -> IdleDeadline {
+        IdleDeadline { idle, timer: None }
+    }
+
+    /// A frame went through.
+    fn progress(&mut self) {
+        if let Some(t) = self.timer.as_mut() {
+            t.as_mut().reset(deadline(self.idle));
+        }
+    }
+
+    /// The body is waiting: whether it has waited past the idle timeout
+    /// (else the task is woken when it has).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let idle = self.idle;
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline(idle))));
+        timer.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -102,9 +129,7 @@ impl Body for ClientBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(t) = this.timer.as_mut() {
-                    t.as_mut().reset(deadline(this.idle));
-                }
+                this.idle.progress();
                 if this.inner.is_end_stream() {
                     this.upload.set(ENDED);
                 }
@@ -119,9 +144,7 @@ impl Body for ClientBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                let idle = this.idle;
-                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline(idle))));
-                if timer.as_mut().poll(cx).is_ready() {
+                if this.idle.expired(cx) {
                     this.upload.set(STALLED);
                     return Poll::Ready(Some(Err(Box::new(BodyError(Fault::Client(ClientFault::UploadStalled))))));
                 }
@@ -150,8 +173,7 @@ pub struct TrackedBody {
     guard: Option<CallGuard>,
     lease: Option<Lease>,
     endpoint: Option<(EndpointLease, Arc<EndpointSet>)>,
-    idle: Duration,
-    timer: Option<Pin<Box<Sleep>>>,
+    idle: IdleDeadline,
     /// The request's count on its client connection (for its idle timer).
     in_flight: Option<InFlight>,
 }
@@ -165,7 +187,14 @@ impl TrackedBody {
         idle: Duration,
         in_flight: InFlight,
     ) -> Self {
-        TrackedBody { inner, guard: Some(guard), lease, endpoint: Some(endpoint), idle, timer: None, in_flight: Some(in_flight) }
+        TrackedBody {
+            inner,
+            guard: Some(guard),
+            lease,
+            endpoint: Some(endpoint),
+            idle: IdleDeadline::new(idle),
+            in_flight: Some(in_flight),
+        }
     }
 
     fn ended(&mut self) {
@@ -199,9 +228,7 @@ impl Body for TrackedBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(t) = this.timer.as_mut() {
-                    t.as_mut().reset(deadline(this.idle));
-                }
+                this.idle.progress();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -213,9 +240,7 @@ impl Body for TrackedBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                let idle = this.idle;
-                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline(idle))));
-                if timer.as_mut().poll(cx).is_ready() {
+                if this.idle.expired(cx) {
                     this.broke(UpstreamFault::BodyStalled);
                     return Poll::Ready(Some(Err(Box::new(BodyError(Fault::Upstream(UpstreamFault::BodyStalled))))));
                 }

@@ -1209,3 +1209,32 @@ async fn effective_config_is_dumped_with_overrides_marked_and_secrets_redacted()
     assert_eq!(api["runtimeOverride"]["yaml"]["failureThreshold"], 7, "{v}");
     assert_eq!(api["runtimeOverride"]["appliedBy"], "ops", "{v}");
 }
+
+/// A forced-open refusal says why the operator opened it; a config answer
+/// and a fresh status entry carry no nulls for `requestLimit` or
+/// `lastOperation`.
+#[tokio::test]
+async fn forced_open_refusals_carry_the_operators_reason() {
+    let up = upstream("api").await;
+    let env = Env::start(&upstreams_yaml(&up.url(), "failureThreshold: 5", None), "").await;
+    let t = admin_token("ops");
+    let a = env.service("api").await;
+    assert!(a["operations"].get("lastOperation").is_none(), "omitted before the first call: {a}");
+    let (s, _, v) = env
+        .api(
+            Method::POST,
+            "/api/admin/circuit-breaker/api/force",
+            Some(&t),
+            Some(json!({ "state": "forced-open", "reason": "db migration" })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, _, body) = env.data("/x").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(v["reason"].as_str().is_some_and(|r| r.contains("db migration")), "{v}");
+    assert_eq!(v["rule"], "operator", "{v}");
+    let body = json!({ "failureThreshold": 3, "resetTimeoutMs": 1000, "minHealthyPeriodMs": 0 });
+    let (_, _, v) = env.api(Method::PUT, API_CONFIG, Some(&t), Some(body)).await;
+    assert_eq!(v["config"]["requestLimit"], 1000, "defaulted, not null: {v}");
+}

@@ -476,7 +476,8 @@ async fn put_config(state: &Arc<AppState>, who: &Principal, service: &str, body:
         "failureThreshold": body.failure_threshold,
         "resetTimeoutMs": body.reset_timeout_ms,
         "minHealthyPeriodMs": body.min_healthy_period_ms,
-        "requestLimit": body.request_limit,
+        // Defaulted to what is in effect, never null.
+        "requestLimit": body.request_limit.unwrap_or(up.config.max_concurrent_requests),
     });
     // The seed's other keys are echoed when the body named them.
     if let Some(v) = body.enabled {

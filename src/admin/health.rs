@@ -155,7 +155,7 @@ pub fn metrics(state: &AppState) -> Response<ProxyBody> {
 pub fn service_entry(u: &Upstream, s: &Snapshot) -> Value {
     let rate = if s.total > 0 { s.successful as f64 * 100.0 / s.total as f64 } else { 100.0 };
     let open = matches!(s.state, crate::breaker::CircuitState::Open | crate::breaker::CircuitState::ForcedOpen);
-    json!({
+    let mut entry = json!({
         "service": u.config.name,
         "status": s.status.as_str(),
         // The architecture seed's `ServiceState` fields.
@@ -178,7 +178,6 @@ pub fn service_entry(u: &Upstream, s: &Snapshot) -> Value {
             "successful": s.successful,
             "failed": s.failed,
             "successRate": (rate * 100.0).round() / 100.0,
-            "lastOperation": s.last_success.max(s.last_failure).map(|t| clock::rfc3339(clock::wall(t))),
         },
         "performance": {
             "averageOperationTimeMs": s.average_duration.map_or(0.0, |d| d.as_secs_f64() * 1e3),
@@ -188,5 +187,10 @@ pub fn service_entry(u: &Upstream, s: &Snapshot) -> Value {
         // An operation's circuit (docs/configuration.md: Routes) names its upstream and operation.
         "upstream": u.operation.as_ref().map_or(u.config.name.as_str(), |(up, _)| up.as_str()),
         "operation": u.operation.as_ref().map(|(_, op)| op.as_str()),
-    })
+    });
+    // Omitted, not null, before the first call.
+    if let Some(t) = s.last_success.max(s.last_failure) {
+        entry["operations"]["lastOperation"] = clock::rfc3339(clock::wall(t)).into();
+    }
+    entry
 }

@@ -185,6 +185,8 @@ pub struct Breaker {
     phase: Phase,
     mode: Mode,
     mode_until: Option<Instant>,
+    /// What the operator said when forcing the mode (the refusal's reason).
+    mode_action: Option<String>,
     /// Bumped on every phase change; stale permits do not move the machine.
     epoch: u64,
     next_lease: u64,
@@ -218,6 +220,7 @@ impl Breaker {
             phase: Phase::Closed { consecutive: 0, recovered_at: None },
             mode: Mode::Auto,
             mode_until: None,
+            mode_action: None,
             epoch: 0,
             next_lease: 1,
             origin: now,
@@ -303,7 +306,8 @@ impl Breaker {
         match self.effective_mode() {
             Mode::ForcedOpen => {
                 let retry = self.mode_until.map_or(self.policy.reset_timeout, |u| u.saturating_duration_since(now));
-                return Err(self.reject(RejectReason::CircuitOpen, retry, None));
+                let why = self.mode_action.clone().map(|action| Reason::Operator { action });
+                return Err(self.reject(RejectReason::CircuitOpen, retry, why));
             }
             Mode::ForcedClosed | Mode::MetricsOnly => return Ok(Permit { epoch, lease: None }),
             Mode::Auto => {}
@@ -537,8 +541,9 @@ impl Breaker {
         self.mode = mode;
         self.mode_until = match mode {
             Mode::Auto => None,
-            _ => ttl.map(|d| now + d),
+            _ => ttl.and_then(|d| now.checked_add(d)),
         };
+        self.mode_action = (mode != Mode::Auto).then(|| action.to_string());
         if matches!(mode, Mode::Auto | Mode::ForcedClosed) {
             // Leaving a forced state starts the automatic machine afresh.
             if !matches!(self.phase, Phase::Closed { .. }) || mode == Mode::ForcedClosed {

@@ -20,6 +20,7 @@ pub mod auth;
 pub mod config_view;
 pub mod dashboard;
 pub mod health;
+pub mod view;
 pub mod ws;
 
 use std::convert::Infallible;

@@ -19,6 +19,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use http::HeaderValue;
 use serde_json::Value;
+
+use crate::admin::view::{ServiceEntry, TransitionView};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -283,11 +285,17 @@ impl<W: Write> View<W> {
     /// Stores one service entry; returns its name if its state or status
     /// changed (or it is new).
     fn apply(&mut self, e: &Value, transition: Option<&Value>) -> Option<String> {
-        let name = e["service"].as_str()?.to_string();
-        let c = &e["circuit"];
-        let o = &e["operations"];
-        let last = transition.filter(|t| t.is_object()).or_else(|| Some(&c["lastTransition"]).filter(|t| t.is_object()));
-        let (total, failed) = (o["total"].as_u64().unwrap_or(0), o["failed"].as_u64().unwrap_or(0));
+        // The server's own shape (`admin::view`), read back.
+        let entry: ServiceEntry = serde_json::from_value(e.clone()).ok()?;
+        let name = entry.service.clone();
+        if name.is_empty() {
+            return None;
+        }
+        let c = &entry.circuit;
+        let o = &entry.operations;
+        let last_json = c.last_transition.as_ref().map(TransitionView::to_json);
+        let last = transition.filter(|t| t.is_object()).or(last_json.as_ref());
+        let (total, failed) = (o.total, o.failed);
         let old = self.services.get(&name);
         // A new transition out of the open states starts a new window.
         let closed_now = transition.filter(|t| t.is_object()).is_some_and(|t| !matches!(t["to"].as_str(), Some("open" | "forced-open")));
@@ -297,20 +305,20 @@ impl<W: Write> View<W> {
             None => (0, 0),
         };
         let row = Row {
-            status: e["status"].as_str().unwrap_or("unknown").to_string(),
-            state: c["state"].as_str().unwrap_or("unknown").to_string(),
-            failure_count: c["failureCount"].as_u64().unwrap_or(0),
+            status: if entry.status.is_empty() { "unknown".to_string() } else { entry.status.clone() },
+            state: if c.state.is_empty() { "unknown".to_string() } else { c.state.clone() },
+            failure_count: c.failure_count,
             total,
-            successful: o["successful"].as_u64().unwrap_or(0),
+            successful: o.successful,
             failed,
-            recovery_attempts: c["recoveryAttempts"].as_u64().unwrap_or(0),
-            half_open_at: c["retryInMs"].as_u64().map(|ms| Instant::now() + Duration::from_millis(ms)),
+            recovery_attempts: c.recovery_attempts,
+            half_open_at: c.retry_in_ms.map(|ms| Instant::now() + Duration::from_millis(ms)),
             last_transition: last.map(|t| match transition_time(t) {
                 Some(at) => format!("{at} {}", describe_transition(t)),
                 None => describe_transition(t),
             }),
-            upstream: e["upstream"].as_str().unwrap_or(&name).to_string(),
-            operation: e["operation"].as_str().map(str::to_owned),
+            upstream: if entry.upstream.is_empty() { name.clone() } else { entry.upstream.clone() },
+            operation: entry.operation.clone(),
             base,
         };
         let changed = self.services.get(&name).is_none_or(|old| old.state != row.state || old.status != row.status);

@@ -150,47 +150,7 @@ pub fn metrics(state: &AppState) -> Response<ProxyBody> {
     resp
 }
 
-/// One service in the seeds' shape: status, circuit, operations,
-/// performance.
+/// One service in the shapes every client reads (`view::ServiceEntry`).
 pub fn service_entry(u: &Upstream, s: &Snapshot) -> Value {
-    let rate = if s.total > 0 { s.successful as f64 * 100.0 / s.total as f64 } else { 100.0 };
-    let open = matches!(s.state, crate::breaker::CircuitState::Open | crate::breaker::CircuitState::ForcedOpen);
-    let mut entry = json!({
-        "service": u.config.name,
-        "status": s.status.as_str(),
-        // The architecture seed's `ServiceState` fields.
-        "running": !open,
-        "circuitBreaker": {
-            "isOpen": open,
-            "failures": s.failure_count,
-            "lastFailure": s.last_failure.map(|t| clock::rfc3339(clock::wall(t))),
-            "lastSuccess": s.last_success.map(|t| clock::rfc3339(clock::wall(t))),
-            "recoveryAttempts": s.recovery_attempts,
-        },
-        "circuit": {
-            "state": s.state.as_str(),
-            "failureCount": s.failure_count,
-            "lastFailure": s.last_failure.map(|t| clock::rfc3339(clock::wall(t))),
-            "recoveryAttempts": s.recovery_attempts,
-        },
-        "operations": {
-            "total": s.total,
-            "successful": s.successful,
-            "failed": s.failed,
-            "successRate": (rate * 100.0).round() / 100.0,
-        },
-        "performance": {
-            "averageOperationTimeMs": s.average_duration.map_or(0.0, |d| d.as_secs_f64() * 1e3),
-            "lastOperationTimeMs": s.last_duration.map_or(0.0, |d| d.as_secs_f64() * 1e3),
-        },
-        "endpoints": u.endpoints.view(clock::now()),
-        // An operation's circuit (docs/configuration.md: Routes) names its upstream and operation.
-        "upstream": u.operation.as_ref().map_or(u.config.name.as_str(), |(up, _)| up.as_str()),
-        "operation": u.operation.as_ref().map(|(_, op)| op.as_str()),
-    });
-    // Omitted, not null, before the first call.
-    if let Some(t) = s.last_success.max(s.last_failure) {
-        entry["operations"]["lastOperation"] = clock::rfc3339(clock::wall(t)).into();
-    }
-    entry
+    super::view::ServiceEntry::of(u, s, clock::now()).to_json()
 }

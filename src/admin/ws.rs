@@ -45,7 +45,6 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use super::auth::{Authorizer, Principal};
-use super::health::service_entry;
 use crate::app::AppState;
 use crate::breaker::{Snapshot, Transition};
 use crate::clock;
@@ -1017,35 +1016,15 @@ fn epoch_millis() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The seeds' service entry plus what the dashboard shows: mode, when an
-/// open circuit goes half-open, the trip rule and the last transition.
+/// One service's entry (`view::ServiceEntry`: the seeds' fields plus what
+/// the dashboard shows: mode, when an open circuit goes half-open, the
+/// trip rule, the last transition, the endpoints).
 fn entry(u: &Upstream, s: &Snapshot, now: std::time::Instant) -> Value {
-    let mut e = service_entry(u, s);
-    if let Some(circuit) = e.get_mut("circuit").and_then(Value::as_object_mut) {
-        circuit.insert("mode".into(), s.mode.as_str().into());
-        circuit.insert("openUntil".into(), s.open_until.map(|t| clock::rfc3339(clock::wall(t))).into());
-        circuit.insert("retryInMs".into(), s.open_until.map(|t| t.saturating_duration_since(now).as_millis() as u64).into());
-        circuit.insert("totalIncidents".into(), s.total_incidents.into());
-        circuit.insert("rejected".into(), s.rejected.into());
-        circuit.insert("inFlight".into(), u.circuit.in_flight().into());
-        circuit.insert("trip".into(), s.trip.as_ref().map(|r| json!({ "rule": r.rule(), "detail": r.to_string() })).into());
-        circuit.insert("lastTransition".into(), s.last_transition.as_ref().map(transition_json).into());
-    }
-    e
+    super::view::ServiceEntry::of(u, s, now).to_json()
 }
 
 fn transition_json(t: &Transition) -> Value {
-    json!({
-        "from": t.from.as_str(),
-        "to": t.to.as_str(),
-        // One meaning everywhere: `reason` is the readable text, `rule`
-        // the rule's name (`detail` kept for older dashboards).
-        "reason": t.reason.to_string(),
-        "rule": t.reason.rule(),
-        "detail": t.reason.to_string(),
-        "shadow": t.shadow,
-        "at": clock::rfc3339(clock::wall(t.at)),
-    })
+    super::view::TransitionView::of(t).to_json()
 }
 
 #[cfg(test)]

@@ -8,12 +8,12 @@
 //! connections or decide routing.
 
 use std::fmt;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use rustls::crypto::ring::default_provider;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -80,9 +80,14 @@ fn certified_key(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, TlsE
     Ok(CertifiedKey::new(certs, signing))
 }
 
+/// A PEM file: a regular file of at most 1 MiB, like every key file.
+fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
+    crate::config::validate::read_small_file(path).map_err(|message| TlsError::Pem { path: path.to_path_buf(), message })
+}
+
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let file = std::fs::File::open(path).map_err(|source| TlsError::Read { path: path.to_path_buf(), source })?;
-    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut BufReader::new(file)).collect();
+    let pem = read_pem(path)?;
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&pem).collect();
     let certs = certs.map_err(|e| TlsError::Pem { path: path.to_path_buf(), message: e.to_string() })?;
     if certs.is_empty() {
         return Err(TlsError::Pem { path: path.to_path_buf(), message: "no certificate in PEM".to_string() });
@@ -91,10 +96,8 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let file = std::fs::File::open(path).map_err(|source| TlsError::Read { path: path.to_path_buf(), source })?;
-    rustls_pemfile::private_key(&mut BufReader::new(file))
-        .map_err(|e| TlsError::Pem { path: path.to_path_buf(), message: e.to_string() })?
-        .ok_or_else(|| TlsError::Pem { path: path.to_path_buf(), message: "no private key in PEM".to_string() })
+    let pem = read_pem(path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| TlsError::Pem { path: path.to_path_buf(), message: e.to_string() })
 }
 
 /// The data listener's config: TLS 1.2 and 1.3 with rustls' safe default

@@ -18,7 +18,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     /// Log format (filter with RUST_LOG, e.g. RUST_LOG=debug).
     #[arg(long, value_enum, default_value = "text", global = true, env = "FUSEBOX_LOG_FORMAT")]
-    log_format: LogFormat,
+    log_format: CliLogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -60,9 +60,19 @@ enum Command {
     },
 }
 
+/// `--log-format` (clap stays in the binary, out of the library).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum CliLogFormat {
+    Text,
+    Json,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format);
+    logging::init(match cli.log_format {
+        CliLogFormat::Text => LogFormat::Text,
+        CliLogFormat::Json => LogFormat::Json,
+    });
     let result = match cli.command {
         Command::Check { config } => return check(&config),
         Command::Run { config: path } => match Config::load(&path) {

@@ -596,10 +596,7 @@ async fn force(state: &AppState, who: &Principal, service: &str, body: ForceBody
     let ttl = match body.ttl_ms {
         Some(0) => return error(StatusCode::BAD_REQUEST, "bad_body", "`ttlMs` must be positive"),
         Some(ms) if ms > 7 * 86_400_000 => return error(StatusCode::BAD_REQUEST, "bad_body", "`ttlMs` must be at most 7 days"),
-        Some(ms) if mode == Mode::Auto => {
-            let _ = ms;
-            return error(StatusCode::BAD_REQUEST, "bad_body", "`ttlMs` makes no sense with `auto`");
-        }
+        Some(_) if mode == Mode::Auto => return error(StatusCode::BAD_REQUEST, "bad_body", "`ttlMs` makes no sense with `auto`"),
         other => other.map(Duration::from_millis),
     };
     let now = clock::now();

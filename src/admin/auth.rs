@@ -115,10 +115,6 @@ impl Authorizer {
         Authorizer { mode: Mode::DenyAll }
     }
 
-    pub fn is_open(&self) -> bool {
-        matches!(self.mode, Mode::Open)
-    }
-
     /// Verifies `token` (None: no token was sent).
     pub fn verify(&self, token: Option<&str>) -> Result<Principal, AuthError> {
         let (key, validation, admin_role, role_claim) = match &self.mode {

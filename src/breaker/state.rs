@@ -371,9 +371,9 @@ impl Breaker {
     }
 
     /// Records the result of an active health probe.
-    pub fn on_probe(&mut self, permit: Permit, healthy: bool, elapsed: Duration, now: Instant) {
+    /// (`_elapsed`: a probe's latency is reported, never counted as slow.)
+    pub fn on_probe(&mut self, permit: Permit, healthy: bool, _elapsed: Duration, now: Instant) {
         self.probed = true;
-        let _ = elapsed;
         let outcome = CallOutcome { failure: !healthy, slow: false };
         if permit.lease.is_none() && permit.epoch != self.epoch {
             return;

@@ -36,10 +36,6 @@ impl Window {
         Window { width_nanos: u64::try_from(width).unwrap_or(u64::MAX), buckets: [Bucket::default(); BUCKETS] }
     }
 
-    pub fn span(&self) -> Duration {
-        Duration::from_nanos(self.width_nanos.saturating_mul(BUCKETS as u64))
-    }
-
     fn index_of(&self, t: Duration) -> u64 {
         u64::try_from(t.as_nanos() / u128::from(self.width_nanos)).unwrap_or(u64::MAX)
     }

@@ -641,7 +641,6 @@ impl Validator<'_> {
 
     fn upstream(&mut self, name: &str, raw: RawUpstream, defaults: &RawDefaults) -> Option<UpstreamConfig> {
         let path = format!("upstreams.{name}");
-        let before = self.errors.len();
         if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
             self.error(&path, format!("`{name}` must be 1-64 characters of letters, digits, `-`, `_` or `.`"));
         }
@@ -742,7 +741,6 @@ impl Validator<'_> {
         };
         // Kept even when invalid (the file is rejected anyway), so routes
         // naming it do not report a second, misleading error.
-        let _ = before;
         Some(UpstreamConfig {
             name: name.to_string(),
             endpoints,

@@ -232,10 +232,6 @@ impl Circuit {
         self.with(|b| b.reset(action, now))
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<CircuitEvent> {
-        self.events.subscribe()
-    }
-
     /// What the store keeps of this circuit: its operator mode and history.
     pub fn saved(&self, now: Instant) -> SavedCircuit {
         let core = self.lock();

@@ -1,9 +1,11 @@
 //! One client connection's timing: the shared [`ConnControl`] (requests in
 //! flight, when the connection went idle, when a new request head started,
 //! the write stall timeout), the IO wrapper [`ConnIo`] that fails a write
-//! stalled past that timeout, the service wrapper [`Tracked`] that counts a
-//! request in when its head arrives and out when its response body ends or
-//! is dropped, and the deadline arithmetic the connection task sleeps on.
+//! stalled past that timeout, the in-flight count ([`InFlight`]: the data
+//! path holds it in its response body; other services wrap themselves in
+//! [`Tracked`]), and the deadline arithmetic the connection task's one
+//! timer aims at (requests read no clock: the task stamps what changed at
+//! its next check).
 //!
 //! It owns per-connection state only; it must not accept connections, read
 //! config, route or answer requests, or hold anything shared between

@@ -39,30 +39,15 @@ pub fn from_ms(ms: u64) -> Instant {
 
 /// RFC 3339 UTC with milliseconds, e.g. `2026-11-22T05:30:00.123Z`.
 pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, day) = civil_from_days(days as i64);
-    format!("{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, (rem % 3600) / 60, rem % 60, d.subsec_millis())
+    // humantime formats 1970..=9999 and panics outside: clamp first.
+    const LAST: Duration = Duration::from_secs(253_402_300_799);
+    let t = t.clamp(UNIX_EPOCH, UNIX_EPOCH + LAST);
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 /// Wall-clock RFC 3339 of now.
 pub fn timestamp() -> String {
     rfc3339(SystemTime::now())
-}
-
-// Howard Hinnant's days-to-civil algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 #[cfg(test)]
@@ -74,5 +59,7 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_millis(1_795_325_400_123);
         assert_eq!(rfc3339(t), "2026-11-22T05:30:00.123Z");
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(UNIX_EPOCH - Duration::from_secs(5)), "1970-01-01T00:00:00.000Z", "clamped, no panic");
+        assert!(rfc3339(UNIX_EPOCH + Duration::from_secs(u64::MAX / 4)).starts_with("9999-12-31"), "clamped, no panic");
     }
 }

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use rusqlite::{params, Connection};
 use serde_json::Value;
@@ -351,7 +351,7 @@ impl Store {
 
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms(at: SystemTime) -> i64 {
-    at.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    i64::try_from(crate::clock::unix_millis(at)).unwrap_or(i64::MAX)
 }
 
 fn read_all(conn: &Connection) -> rusqlite::Result<Restored> {

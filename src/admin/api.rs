@@ -658,7 +658,7 @@ async fn history(state: &AppState, service: &str, query: Option<&str>) -> Resp {
             return error(StatusCode::BAD_REQUEST, "bad_timeframe", &format!("timeframe `{other}` is not 1h, 24h, 7d or 30d"));
         }
     };
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let now = clock::unix_secs(SystemTime::now());
     let (periods, ops) = up.circuit.history(|h| (h.periods(now, span), h.operations(now, span)));
     let transitions = stored_transitions(state, service, now.saturating_sub(span)).await;
     let entries: Vec<Value> = periods

@@ -131,7 +131,7 @@ impl Authorizer {
             return Err(AuthError::Invalid("`exp` must be a number of seconds since the epoch".to_string()));
         };
         if let Some(iat) = claims.get("iat") {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let now = crate::clock::unix_secs(std::time::SystemTime::now());
             match iat.as_f64() {
                 Some(t) if t <= now.saturating_add(validation.leeway) as f64 => {}
                 _ => return Err(AuthError::Invalid("`iat` is not a time in the past".to_string())),

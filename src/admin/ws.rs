@@ -625,7 +625,10 @@ impl Session {
         let (probe_tx, mut probe_rx) = mpsc::channel::<Value>(MAX_PROBES);
         // The session ends when its token does.
         let expiry = self.principal.as_ref().and_then(|p| p.expires_at).map(|exp| {
-            let left = (UNIX_EPOCH + Duration::from_secs(exp)).duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+            // `exp` comes from a token: checked, a far-future one never overflows.
+            let left = UNIX_EPOCH
+                .checked_add(Duration::from_secs(exp))
+                .map_or(Duration::from_secs(365 * 86_400), |at| at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO));
             start.checked_add(left).unwrap_or(start + Duration::from_secs(365 * 86_400))
         });
         loop {
@@ -1013,7 +1016,7 @@ async fn sleep_until_opt(at: Option<Instant>) {
 }
 
 fn epoch_millis() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    clock::unix_millis(SystemTime::now())
 }
 
 /// One service's entry (`view::ServiceEntry`: the seeds' fields plus what

@@ -324,7 +324,7 @@ impl Drop for CallGuard {
 
 /// Unix seconds of a monotonic instant.
 fn unix_secs(at: Instant) -> u64 {
-    clock::wall(at).duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    clock::unix_secs(clock::wall(at))
 }
 
 // === impl Upstream ===

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use fusebox::breaker::{Breaker, CallOutcome, Policy};
-use fusebox::proxy::upstream::Circuit;
+use fusebox::runtime::upstream::Circuit;
 use fusebox::telemetry::Metrics;
 use tokio::sync::broadcast;
 

@@ -7,8 +7,9 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use fusebox::config::{self, reload::ConfigStore};
-use fusebox::proxy::Shared;
+use fusebox::config;
+use fusebox::runtime::reload::ConfigStore;
+use fusebox::runtime::Shared;
 use fusebox::telemetry::Metrics;
 use tokio::sync::broadcast;
 

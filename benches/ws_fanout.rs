@@ -72,7 +72,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fusebox::breaker::Mode;
-use fusebox::proxy::upstream::Upstream;
+use fusebox::runtime::upstream::Upstream;
 use fusebox::App;
 use futures_util::StreamExt;
 use http::{Request, Response, StatusCode};

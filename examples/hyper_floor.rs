@@ -25,8 +25,8 @@ fn main() -> anyhow::Result<()> {
     let up = config.upstream("floor").cloned().ok_or_else(|| anyhow::anyhow!("no upstream"))?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let transport = Arc::new(fusebox::proxy::client::Transport::new(&up));
-        let pool = fusebox::proxy::client::EndpointPool::new(
+        let transport = Arc::new(fusebox::runtime::pool::Transport::new(&up));
+        let pool = fusebox::runtime::pool::EndpointPool::new(
             up.endpoints[0].clone(),
             up.endpoints[0].authority.as_str().parse().expect("the floor's endpoint is an ip:port"),
             transport,
@@ -66,12 +66,12 @@ fn main() -> anyhow::Result<()> {
 /// Gives the upstream connection back when the body is done.
 struct Released {
     inner: hyper::body::Incoming,
-    lease: Option<fusebox::proxy::client::Lease>,
+    lease: Option<fusebox::runtime::pool::Lease>,
 }
 
 impl http_body::Body for Released {
     type Data = bytes::Bytes;
-    type Error = fusebox::proxy::upstream::BoxError;
+    type Error = fusebox::http::BoxError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,

@@ -12,8 +12,11 @@
 //! - `/api/admin/...` — the admin API (`api`), JWT-protected mutations;
 //!   `GET /api/admin/config` the effective config (`config_view`).
 //!
-//! This module owns request routing on that listener; it must not forward
-//! traffic to upstreams or change breaker state except through `Circuit`.
+//! This module owns request routing on that listener and the state only
+//! the control plane uses ([`AdminState`]: token checker, mutation rate
+//! limit, audit log, WebSocket sessions) on top of the runtime's
+//! [`Live`]; it must not forward traffic to upstreams or change breaker
+//! state except through `Circuit`.
 
 pub mod api;
 pub mod auth;
@@ -23,19 +26,72 @@ pub mod health;
 pub mod view;
 pub mod ws;
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use serde_json::json;
 
-use crate::app::AppState;
-use crate::proxy::respond::json_response;
-use crate::proxy::upstream::ProxyBody;
+use crate::http::{error_response, ProxyBody};
+use crate::runtime::Live;
+use auth::{Authorizer, RateLimiter};
+
+/// Admin mutations allowed per caller per minute.
+const MUTATIONS_PER_MINUTE: u32 = 10;
+
+/// The control plane's state, on top of the runtime's [`Live`].
+pub struct AdminState {
+    pub live: Arc<Live>,
+    /// The token checker of the current generation's `auth:`, by
+    /// generation number.
+    auth: Mutex<Option<(u64, Arc<Authorizer>)>>,
+    /// Rate limit of admin mutations per caller.
+    pub mutations: RateLimiter,
+    /// The last admin mutations (bounded), newest last.
+    pub audit: Mutex<VecDeque<serde_json::Value>>,
+    /// State WebSocket sessions: closed with 1001 at shutdown.
+    pub ws: ws::Hub,
+}
+
+// === impl AdminState ===
+
+impl AdminState {
+    pub fn new(live: Arc<Live>) -> AdminState {
+        AdminState {
+            live,
+            auth: Mutex::new(None),
+            mutations: RateLimiter::new(MUTATIONS_PER_MINUTE, Duration::from_secs(60)),
+            audit: Mutex::new(VecDeque::with_capacity(64)),
+            ws: ws::Hub::new(),
+        }
+    }
+
+    /// The authorizer for the running config (rebuilt after a reload that
+    /// changed it). An unusable key falls back to refusing every token.
+    pub fn authorizer(&self) -> Arc<Authorizer> {
+        let generation = self.live.store.current();
+        let mut cache = self.auth.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((n, a)) = cache.as_ref() {
+            if *n == generation.number {
+                return a.clone();
+            }
+        }
+        let authorizer = match Authorizer::new(&generation.config.auth) {
+            Ok(a) => Arc::new(a),
+            Err(e) => {
+                tracing::error!("auth config unusable, refusing all tokens: {e}");
+                Arc::new(Authorizer::deny_all())
+            }
+        };
+        *cache = Some((generation.number, authorizer.clone()));
+        authorizer
+    }
+}
 
 /// Routes one admin request.
-pub async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Result<Response<ProxyBody>, Infallible> {
+pub async fn handle(req: Request<Incoming>, state: Arc<AdminState>) -> Result<Response<ProxyBody>, Infallible> {
     let mutation = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     let websocket = req.method() == Method::GET && req.uri().path() == ws::PATH;
     if mutation || websocket {
@@ -44,7 +100,7 @@ pub async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Result<Resp
         }
     }
     if mutation && req.uri().path().starts_with("/api/admin/") && has_body(&req) && !is_json(&req) {
-        return Ok(error(
+        return Ok(error_response(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "admin mutations take a JSON body: send content-type: application/json",
@@ -54,7 +110,7 @@ pub async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Result<Resp
         if let Some(resp) = api::handle(req, &state).await {
             return Ok(resp);
         }
-        return Ok(error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"));
+        return Ok(error_response(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"));
     }
     if req.method() == Method::GET && req.uri().path() == ws::PATH {
         return Ok(ws::upgrade(req, state));
@@ -68,7 +124,7 @@ pub async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Result<Resp
         let auth = state.authorizer();
         if auth.reads_need_token() {
             if let Err(e) = auth.verify(auth::bearer(req.headers())) {
-                return Ok(error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string()));
+                return Ok(error_response(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()));
             }
         }
     }
@@ -92,11 +148,11 @@ pub async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Result<Resp
             | "/metrics"
             | "/dashboard",
         ) => {
-            let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint only answers GET");
+            let mut resp = error_response(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint only answers GET");
             resp.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
             resp
         }
-        _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
+        _ => error_response(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
     };
     Ok(resp)
 }
@@ -106,17 +162,17 @@ pub async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Result<Resp
 /// origin but the admin listener's own (the `Host` it was reached at) or
 /// one of `admin.allowedOrigins` is refused. Clients that are not browsers
 /// send no `Origin` and are not affected.
-fn same_origin(req: &Request<Incoming>, state: &AppState) -> Result<(), Response<ProxyBody>> {
+fn same_origin(req: &Request<Incoming>, state: &AdminState) -> Result<(), Response<ProxyBody>> {
     let Some(origin) = req.headers().get(http::header::ORIGIN) else { return Ok(()) };
     let origin = origin.to_str().unwrap_or("null").trim().trim_end_matches('/').to_ascii_lowercase();
     let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_ascii_lowercase);
     let own = host.is_some_and(|h| origin == format!("http://{h}") || origin == format!("https://{h}"));
-    let allowed = own || state.store.current().config.admin.allowed_origins.contains(&origin);
+    let allowed = own || state.live.store.current().config.admin.allowed_origins.contains(&origin);
     if allowed {
         return Ok(());
     }
     tracing::warn!(origin = ?origin, path = req.uri().path(), "admin request from a foreign origin refused");
-    Err(error(
+    Err(error_response(
         StatusCode::FORBIDDEN,
         "origin_not_allowed",
         "this origin may not call the admin API (add it to admin.allowedOrigins to allow it)",
@@ -134,9 +190,4 @@ fn is_json(req: &Request<Incoming>) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
-}
-
-/// The admin error shape: `{error: {code, message}}`.
-pub fn error(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
-    json_response(status, &json!({ "error": { "code": code, "message": message } }))
 }

@@ -10,149 +10,51 @@
 //! Reloads from every trigger (file change, SIGHUP, admin) go through one
 //! coalescing [`Reloader`] that runs them on the blocking pool.
 //!
-//! It owns process-wide state ([`AppState`]); it must not contain request
+//! It owns process-wide state ([`Live`]); it must not contain request
 //! handling (that is `proxy` and `admin`).
 
-use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use hyper::service::service_fn;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
-use crate::admin::auth::{Authorizer, RateLimiter};
+use crate::admin::AdminState;
 use crate::breaker::Mode;
-use crate::config::reload::{self, ConfigStore, ReloadResult, Reloader};
-use crate::config::{AuthConfig, Config, ConfigErrors};
+use crate::config::{AuthConfig, Config};
 use crate::history::History;
 use crate::proxy::forward::DataPlane;
-use crate::proxy::probe;
 use crate::proxy::server::{self, bind, ConnPolicy};
-use crate::proxy::upstream::{Circuit, CircuitEvent};
-use crate::proxy::{RuntimeOverride, Shared};
-use crate::store::{Restored, SavedPhase, Store, StoredTransition};
+use crate::runtime::pool::REAP_EVERY;
+use crate::runtime::reload::{self, ConfigStore};
+use crate::runtime::upstream::CircuitEvent;
+use crate::runtime::{Live, RuntimeOverride, Shared};
+use crate::store::{Restored, Store, StoredTransition};
 use crate::telemetry::Metrics;
 use crate::tls::{self, CertStore};
 use crate::{admin, clock};
 use tokio_rustls::TlsAcceptor;
 
 /// How often idle circuits are ticked (open -> half-open on time, expired
-/// trial leases and overrides).
+/// trial leases and overrides); idle upstream connections are swept every
+/// `REAP_EVERY` from the same loop.
 const TICK: Duration = Duration::from_millis(100);
-/// Admin mutations allowed per caller per minute.
-const MUTATIONS_PER_MINUTE: u32 = 10;
 /// Transition events buffered for slow watchers before they lag.
 const EVENT_BUFFER: usize = 1024;
 /// How often every circuit's history and mode are written to the store
 /// (also on every operator action and at shutdown).
 pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(15);
 
-/// Process-wide state shared by the admin side.
-pub struct AppState {
-    pub store: ConfigStore,
-    pub ready: AtomicBool,
-    pub draining: AtomicBool,
-    pub started: SystemTime,
-    /// The token checker of the current generation's `auth:`.
-    auth: Mutex<Option<(u64, Arc<Authorizer>)>>,
-    /// Upstreams whose periodic health checker is running.
-    checkers: Mutex<HashSet<String>>,
-    /// Rate limit of admin mutations per caller.
-    pub mutations: RateLimiter,
-    /// The last admin mutations (bounded), newest last.
-    pub audit: Mutex<VecDeque<serde_json::Value>>,
-    /// State WebSocket sessions: closed with 1001 at shutdown.
-    pub ws: admin::ws::Hub,
-    /// Runs reloads one at a time, off the runtime workers, coalesced.
-    pub reloader: Arc<Reloader>,
-}
-
-// === impl AppState ===
-
-impl AppState {
-    /// The authorizer for the running config (rebuilt after a reload that
-    /// changed it). An unusable key falls back to refusing every token.
-    pub fn authorizer(&self) -> Arc<Authorizer> {
-        let generation = self.store.current();
-        let mut cache = self.auth.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((n, a)) = cache.as_ref() {
-            if *n == generation.number {
-                return a.clone();
-            }
-        }
-        let authorizer = match Authorizer::new(&generation.config.auth) {
-            Ok(a) => Arc::new(a),
-            Err(e) => {
-                tracing::error!("auth config unusable, refusing all tokens: {e}");
-                Arc::new(Authorizer::deny_all())
-            }
-        };
-        *cache = Some((generation.number, authorizer.clone()));
-        authorizer
-    }
-
-    /// Reloads the config file on the calling thread; on success starts
-    /// health checkers that the new config needs. Blocking, and needs a
-    /// runtime entered: for blocking threads (the [`Reloader`]) and tests.
-    pub fn reload(self: &Arc<Self>, trigger: &str) -> Result<u64, ConfigErrors> {
-        let n = self.store.reload(trigger)?;
-        self.ensure_checkers();
-        Ok(n)
-    }
-
-    /// Asks for a reload and waits for its result: parsed and built on the
-    /// blocking pool, one at a time, coalesced with the triggers that
-    /// arrive meanwhile. What the admin API calls.
-    pub async fn reload_coalesced(self: &Arc<Self>, trigger: &str) -> ReloadResult {
-        let answer = self.request_reload(trigger);
-        answer.await.unwrap_or_else(|_| {
-            Err(ConfigErrors { file: None, errors: vec![crate::config::ConfigError::at_root("the reload was abandoned")] })
-        })
-    }
-
-    /// Asks for a reload without waiting (file changes, SIGHUP): parsing a
-    /// large file must not stall the request path (with `workers: 1` it
-    /// shares one thread), and a burst of triggers costs at most one more
-    /// run than the one in progress.
-    pub fn reload_in_background(self: &Arc<Self>, trigger: &'static str) {
-        drop(self.request_reload(trigger));
-    }
-
-    fn request_reload(self: &Arc<Self>, trigger: &str) -> tokio::sync::oneshot::Receiver<ReloadResult> {
-        // A weak handle: a pending reload does not keep a stopped app alive.
-        let state = Arc::downgrade(self);
-        self.reloader.request(trigger, move |trigger| match state.upgrade() {
-            Some(state) => state.reload(trigger),
-            None => Err(ConfigErrors { file: None, errors: vec![crate::config::ConfigError::at_root("fusebox is stopping")] }),
-        })
-    }
-
-    /// Starts a periodic health checker for every upstream that has a
-    /// `healthCheck` and no checker yet (checkers end on their own when the
-    /// upstream or its health check goes away).
-    pub fn ensure_checkers(self: &Arc<Self>) {
-        let generation = self.store.current();
-        let mut running = self.checkers.lock().unwrap_or_else(|e| e.into_inner());
-        for (name, up) in &generation.upstreams {
-            if up.config.health_check.is_some() && running.insert(name.clone()) {
-                let state = self.clone();
-                let name = name.clone();
-                tokio::spawn(async move {
-                    probe::run_checks(state.store.handle(), name.clone()).await;
-                    state.checkers.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
-                });
-            }
-        }
-    }
-}
-
 /// A running fusebox.
 pub struct App {
-    pub state: Arc<AppState>,
+    /// The runtime's live state (config store, readiness, reloads).
+    pub state: Arc<Live>,
+    /// The control plane's state on top of it.
+    pub admin: Arc<AdminState>,
     data_addr: SocketAddr,
     admin_addr: SocketAddr,
     stop_data: watch::Sender<bool>,
@@ -217,23 +119,12 @@ impl App {
             shared.persist = Some(store.clone());
             (store, restored)
         });
-        let store = ConfigStore::new(config, path, shared);
-        let state = Arc::new(AppState {
-            store,
-            ready: AtomicBool::new(false),
-            draining: AtomicBool::new(false),
-            started: SystemTime::now(),
-            auth: Mutex::new(None),
-            checkers: Mutex::new(HashSet::new()),
-            mutations: RateLimiter::new(MUTATIONS_PER_MINUTE, Duration::from_secs(60)),
-            audit: Mutex::new(VecDeque::with_capacity(64)),
-            ws: admin::ws::Hub::new(),
-            reloader: Arc::new(Reloader::default()),
-        });
+        let state = Arc::new(Live::new(ConfigStore::new(config, path, shared)));
+        let admin_state = Arc::new(AdminState::new(state.clone()));
         let persist_tasks = match persist {
             Some((store, restored)) => {
                 restore_circuits(&state, &restored);
-                restore_audit(&state, restored.audit);
+                restore_audit(&admin_state, restored.audit);
                 tracing::info!(path = %store.path().display(), "store opened: history, audit, overrides and modes persist across restarts");
                 vec![tokio::spawn(record_transitions(state.clone(), store.clone())), tokio::spawn(snapshot_circuits(state.clone(), store))]
             }
@@ -272,7 +163,7 @@ impl App {
         ));
 
         let (stop_admin, mut stop_admin_rx) = watch::channel(false);
-        let admin_state = state.clone();
+        let admin_handle = admin_state.clone();
         let admin_task = tokio::spawn(server::accept_loop(
             admin_listener,
             async move {
@@ -282,7 +173,7 @@ impl App {
             None,
             ConnPolicy::admin,
             move |_peer, conn| {
-                let st = admin_state.clone();
+                let st = admin_handle.clone();
                 crate::proxy::conn::Tracked::new(service_fn(move |req| admin::handle(req, st.clone())), conn.clone())
             },
         ));
@@ -291,11 +182,20 @@ impl App {
         let ticker = tokio::spawn(async move {
             let mut interval = tokio::time::interval(TICK);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_reap = clock::now();
             loop {
                 interval.tick().await;
                 let now = clock::now();
-                for u in tick_state.store.current().upstreams.values() {
+                let generation = tick_state.store.current();
+                for u in generation.upstreams.values() {
                     u.circuit.tick(now);
+                }
+                if now.saturating_duration_since(last_reap) >= REAP_EVERY {
+                    last_reap = now;
+                    // Operations share their upstream's endpoints: sweep those once.
+                    for u in generation.upstreams.values().filter(|u| u.operation.is_none()) {
+                        u.endpoints.reap_idle(now);
+                    }
                 }
             }
         });
@@ -320,7 +220,19 @@ impl App {
         state.ready.store(true, Ordering::Release);
         tracing::info!(data = %data_addr, admin = %admin_addr, "fusebox is ready");
         watchers.extend(config_watcher);
-        Ok(App { state, data_addr, admin_addr, stop_data, stop_admin, data_task, admin_task, ticker, persist_tasks, _watchers: watchers })
+        Ok(App {
+            state,
+            admin: admin_state,
+            data_addr,
+            admin_addr,
+            stop_data,
+            stop_admin,
+            data_task,
+            admin_task,
+            ticker,
+            persist_tasks,
+            _watchers: watchers,
+        })
     }
 
     pub fn data_addr(&self) -> SocketAddr {
@@ -346,7 +258,7 @@ impl App {
         }
         save_circuits(&self.state).await;
         // State WebSocket clients get close 1001 before the admin listener goes.
-        self.state.ws.shutdown(Duration::from_secs(2)).await;
+        self.admin.ws.shutdown(Duration::from_secs(2)).await;
         let _ = self.stop_admin.send(true);
         let _ = self.admin_task.await;
         tracing::info!("fusebox stopped");
@@ -375,7 +287,7 @@ fn restore_overrides(shared: &Shared, config: &Config, restored: &Restored) {
 /// half-open one comes back open with no wait left, so it goes half-open at
 /// once and admits only its trial requests), its history and its operator
 /// mode (while its ttl has not run out).
-fn restore_circuits(state: &AppState, restored: &Restored) {
+fn restore_circuits(state: &Live, restored: &Restored) {
     let generation = state.store.current();
     let now = clock::now();
     let now_ms = crate::store::unix_ms(SystemTime::now());
@@ -412,46 +324,23 @@ fn restore_circuits(state: &AppState, restored: &Restored) {
     }
 }
 
-fn restore_audit(state: &AppState, entries: Vec<serde_json::Value>) {
+fn restore_audit(state: &AdminState, entries: Vec<serde_json::Value>) {
     let mut log = state.audit.lock().unwrap_or_else(|e| e.into_inner());
     log.extend(entries);
-    while log.len() > admin::api::AUDIT_KEEP {
+    while log.len() > crate::store::AUDIT_RECENT {
         log.pop_front();
     }
 }
 
-/// What the store keeps of one circuit right now: mode and history, and
-/// the automatic phase (open until when, recovery attempts, incidents).
-pub fn save_circuit(store: &Store, name: &str, circuit: &Circuit) {
-    let now = clock::now();
-    store.circuit(name, circuit.saved(now));
-    let snap = circuit.snapshot(now);
-    let phase = match (snap.open_until, snap.state) {
-        (Some(_), _) => "open",
-        (None, crate::breaker::CircuitState::HalfOpen) => "half-open",
-        _ => "closed",
-    };
-    store.phase(
-        name,
-        SavedPhase {
-            saved_ms: crate::store::unix_ms(clock::wall(now)),
-            phase: phase.to_string(),
-            open_until_ms: snap.open_until.map(|t| crate::store::unix_ms(clock::wall(t))),
-            recovery_attempts: snap.recovery_attempts,
-            total_incidents: snap.total_incidents,
-        },
-    );
-}
-
 /// Writes every transition (real and shadow) to the store, and the state of
 /// its circuit right after it (a crash then loses no open period).
-async fn record_transitions(state: Arc<AppState>, store: Arc<Store>) {
+async fn record_transitions(state: Arc<Live>, store: Arc<Store>) {
     let mut events = state.store.shared.events.subscribe();
     loop {
         match events.recv().await {
             Ok(e) => {
                 if let Some(up) = state.store.current().upstreams.get(&*e.upstream) {
-                    save_circuit(&store, &e.upstream, &up.circuit);
+                    up.circuit.save(&store);
                 }
                 store.transition(StoredTransition {
                     at_ms: crate::store::unix_ms(clock::wall(e.transition.at)),
@@ -472,23 +361,23 @@ async fn record_transitions(state: Arc<AppState>, store: Arc<Store>) {
 }
 
 /// Writes every circuit's history and mode every [`SNAPSHOT_EVERY`].
-async fn snapshot_circuits(state: Arc<AppState>, store: Arc<Store>) {
+async fn snapshot_circuits(state: Arc<Live>, store: Arc<Store>) {
     let mut interval = tokio::time::interval(SNAPSHOT_EVERY);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     interval.tick().await;
     loop {
         interval.tick().await;
-        for (name, up) in &state.store.current().upstreams {
-            save_circuit(&store, name, &up.circuit);
+        for up in state.store.current().upstreams.values() {
+            up.circuit.save(&store);
         }
     }
 }
 
 /// The last snapshot, at shutdown, and waits (briefly) for it to be on disk.
-async fn save_circuits(state: &AppState) {
+async fn save_circuits(state: &Live) {
     let Some(store) = state.store.shared.persist.clone() else { return };
-    for (name, up) in &state.store.current().upstreams {
-        save_circuit(&store, name, &up.circuit);
+    for up in state.store.current().upstreams.values() {
+        up.circuit.save(&store);
     }
     let flushed = tokio::task::spawn_blocking(move || store.flush(Duration::from_secs(2))).await.unwrap_or(false);
     if !flushed {

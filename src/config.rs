@@ -7,7 +7,7 @@
 //! owns no runtime state: swapping configs live is `reload`'s job.
 
 pub mod model;
-pub mod reload;
+pub mod render;
 pub mod validate;
 
 use std::fmt;
@@ -20,6 +20,16 @@ use http::uri::{Authority, Scheme};
 use crate::breaker::Policy;
 
 pub use validate::parse;
+
+/// An upstream's TLS settings (`tls:` of an upstream); `tls::client_config`
+/// turns them into a rustls client config.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamTls {
+    pub ca_file: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
 
 /// A checked configuration, ready to be published.
 #[derive(Debug, Clone)]
@@ -121,7 +131,7 @@ pub struct UpstreamConfig {
     pub max_concurrent_requests: usize,
     pub fallback: Option<Fallback>,
     /// TLS to the upstream (for `https://` endpoints).
-    pub tls: crate::tls::UpstreamTls,
+    pub tls: UpstreamTls,
     pub outlier_detection: OutlierDetection,
     pub retry: RetryPolicy,
     /// How often hostname endpoints are resolved again.

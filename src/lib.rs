@@ -1,14 +1,28 @@
 //! fusebox: a sidecar reverse proxy that gives every upstream its own
 //! circuit breaker.
 //!
-//! Modules, in the order a request meets them: `config` (YAML -> checked
-//! `Config`, live reload), `proxy` (the data path), `breaker` (the pure
-//! state machine), `admin` (health, metrics, admin API on its own
-//! listener), `telemetry` (metrics and logging), `app` (wiring, listeners,
-//! shutdown), `store` (the SQLite file that keeps history, audit and
-//! overrides across restarts), `demo` (built-in upstreams and traffic for
-//! `fusebox demo`), `watch` (the terminal client of the state WebSocket,
-//! `fusebox watch`).
+//! Modules in layers, lowest first; a module uses only modules of lower
+//! layers (`tests/layers.rs` checks every `crate::` path against this
+//! order):
+//!
+//! 1. `clock` (the one time source, injectable in tests), `http` (the
+//!    response body type and fusebox's JSON answers);
+//! 2. `breaker` (the pure state machine), `history` (a circuit's
+//!    transitions and incidents);
+//! 3. `config` (YAML -> checked `Config`: parse and validate, no runtime
+//!    objects);
+//! 4. `tls` (certificates and rustls configs), `telemetry` (metrics and
+//!    logging), `store` (the SQLite file that keeps history, audit,
+//!    overrides and circuit phases across restarts);
+//! 5. `runtime` (what a config becomes while fusebox runs: circuits,
+//!    endpoints, pools, generations, overrides, the live config store and
+//!    reloads);
+//! 6. `proxy` (the data path) and `admin` (health, metrics, admin API and
+//!    state WebSocket on their own listener), side by side;
+//! 7. `app` (wiring, listeners, shutdown);
+//! 8. `demo` (built-in upstreams and traffic for `fusebox demo`), `watch`
+//!    (the terminal client of the state WebSocket, `fusebox watch`); the
+//!    binary (`main.rs`) on top.
 
 #![forbid(unsafe_code)]
 
@@ -19,7 +33,9 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod history;
+pub mod http;
 pub mod proxy;
+pub mod runtime;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

@@ -36,8 +36,9 @@ pub const QUEUE: usize = 4096;
 pub const TRANSITION_RETENTION: Duration = Duration::from_secs(7 * 86_400);
 /// Audit entries kept in the file (the newest).
 pub const AUDIT_KEEP: i64 = 10_000;
-/// Audit entries read back at startup (what the admin API keeps in memory).
-const AUDIT_RESTORE: usize = crate::admin::api::AUDIT_KEEP;
+/// Audit entries the admin API keeps in memory, and so the number read
+/// back at startup.
+pub const AUDIT_RECENT: usize = 1000;
 /// Writes committed in one transaction at most.
 const BATCH: usize = 512;
 
@@ -388,7 +389,7 @@ fn read_all(conn: &Connection) -> rusqlite::Result<Restored> {
         restored.phases.push(row?);
     }
     let mut stmt = conn.prepare("SELECT entry FROM (SELECT id, entry FROM audit ORDER BY id DESC LIMIT ?1) ORDER BY id")?;
-    for row in stmt.query_map([i64::try_from(AUDIT_RESTORE).unwrap_or(i64::MAX)], |r| r.get::<_, String>(0))? {
+    for row in stmt.query_map([i64::try_from(AUDIT_RECENT).unwrap_or(i64::MAX)], |r| r.get::<_, String>(0))? {
         if let Ok(v) = serde_json::from_str(&row?) {
             restored.audit.push(v);
         }

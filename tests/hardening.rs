@@ -590,7 +590,7 @@ async fn concurrent_reloads_of_a_large_config_never_stall_the_data_plane() {
 
 #[tokio::test]
 async fn a_burst_of_triggers_while_a_reload_runs_costs_at_most_one_more_run() {
-    let reloader = Arc::new(fusebox::config::reload::Reloader::default());
+    let reloader = Arc::new(fusebox::runtime::reload::Reloader::default());
     let slow = |_: &str| {
         std::thread::sleep(Duration::from_millis(300));
         Ok(1)
@@ -607,7 +607,7 @@ async fn a_burst_of_triggers_while_a_reload_runs_costs_at_most_one_more_run() {
 
 #[tokio::test]
 async fn a_reload_that_panics_is_a_failure_and_the_next_one_runs() {
-    let reloader = Arc::new(fusebox::config::reload::Reloader::default());
+    let reloader = Arc::new(fusebox::runtime::reload::Reloader::default());
     let boom = reloader.request("boom", |_: &str| panic!("a bug in build"));
     let e = boom.await.expect("answered").expect_err("a panic is a failed reload");
     assert!(e.to_string().contains("a bug in build"), "{e}");

@@ -158,3 +158,43 @@ async fn a_store_that_cannot_be_opened_stops_startup_with_its_path() {
     assert!(err.contains(&db.display().to_string()), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The stored override's key (`entry.base`) of upstream `ok` in `db`.
+fn stored_base(db: &std::path::Path) -> String {
+    let conn = rusqlite::Connection::open(db).expect("open the store");
+    let entry: String =
+        conn.query_row("SELECT entry FROM overrides WHERE upstream = 'ok'", [], |r| r.get(0)).expect("an override of ok is stored");
+    let v: Value = serde_json::from_str(&entry).expect("stored JSON");
+    v["base"].as_str().expect("base is a string").to_string()
+}
+
+#[tokio::test]
+async fn an_override_stored_with_the_old_debug_key_is_restored_and_rewritten_with_the_stable_key() {
+    let dir = temp_dir("store-migrate");
+    let db = dir.join("fusebox.db");
+    let api = upstream("api").await;
+    let ok = upstream("ok").await;
+    let yaml = config(&db, &api.url(), &ok.url(), "failureThreshold: 5");
+    let parsed = fusebox::config::parse(&yaml).expect("valid config");
+    let ok_yaml = parsed.upstream("ok").expect("ok upstream");
+    let stable = fusebox::config::render::upstream_key(ok_yaml);
+
+    let first = fusebox(&yaml).await;
+    override_ok(&first, 7).await;
+    first.shutdown().await;
+    assert_eq!(stored_base(&db), stable, "written with the stable key, not a Debug rendering");
+
+    // A store written by an older fusebox: the key is the Debug rendering.
+    {
+        let conn = rusqlite::Connection::open(&db).expect("open the store");
+        let entry: String = conn.query_row("SELECT entry FROM overrides WHERE upstream = 'ok'", [], |r| r.get(0)).expect("stored");
+        let mut v: Value = serde_json::from_str(&entry).expect("stored JSON");
+        v["base"] = Value::from(format!("{ok_yaml:?}"));
+        conn.execute("UPDATE overrides SET entry = ?1 WHERE upstream = 'ok'", [v.to_string()]).expect("rewrite");
+    }
+    let second = fusebox(&yaml).await;
+    assert_eq!(service(&second, "ok").await["override"]["failureThreshold"], 7, "the old key is still accepted");
+    second.shutdown().await;
+    assert_eq!(stored_base(&db), stable, "and the store now holds the stable key");
+    let _ = std::fs::remove_dir_all(dir);
+}

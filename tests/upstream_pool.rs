@@ -144,10 +144,10 @@ async fn idle_connections_expire() {
     // A new client connection each time: fusebox's own idle client
     // connections are cut by its header read timeout as the clock jumps.
     assert_eq!(get(&client(), &url).await.0, StatusCode::OK);
-    advance(fusebox::proxy::client::IDLE_TIMEOUT - Duration::from_secs(1)).await;
+    advance(fusebox::runtime::pool::IDLE_TIMEOUT - Duration::from_secs(1)).await;
     assert_eq!(get(&client(), &url).await.0, StatusCode::OK);
     assert_eq!(up.connections(), 1, "not idle long enough to expire");
-    advance(fusebox::proxy::client::IDLE_TIMEOUT + Duration::from_secs(1)).await;
+    advance(fusebox::runtime::pool::IDLE_TIMEOUT + Duration::from_secs(1)).await;
     assert_eq!(get(&client(), &url).await.0, StatusCode::OK);
     assert_eq!(up.connections(), 2, "the expired connection was replaced");
 }

@@ -35,19 +35,18 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::auth::{bearer, AuthError, Principal};
-use super::error;
 use super::health::service_entry;
-use crate::app::AppState;
+use super::AdminState;
 use crate::breaker::{CircuitState, Mode};
 use crate::clock;
-use crate::proxy::respond::json_response;
-use crate::proxy::upstream::{ProxyBody, Upstream};
-use crate::proxy::RuntimeOverride;
+use crate::http::error_response;
+use crate::http::json_response;
+use crate::http::ProxyBody;
+use crate::runtime::upstream::Upstream;
+use crate::runtime::RuntimeOverride;
 
 /// Largest admin request body.
 const MAX_BODY: usize = 64 * 1024;
-/// Audit entries kept in memory.
-pub const AUDIT_KEEP: usize = 1000;
 /// How long a mutation waits for its audit entry to be committed before it
 /// answers 503 and changes nothing.
 const AUDIT_COMMIT_LIMIT: Duration = Duration::from_secs(5);
@@ -93,7 +92,7 @@ struct ForceBody {
 }
 
 /// Routes `/api/admin/...`; `None` when the path is not an API path.
-pub async fn handle(req: Request<Incoming>, state: &Arc<AppState>) -> Option<Resp> {
+pub async fn handle(req: Request<Incoming>, state: &Arc<AdminState>) -> Option<Resp> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let rest = path.strip_prefix("/api/admin/")?;
     let parts: Vec<&str> = rest.split('/').collect();
@@ -112,8 +111,8 @@ pub async fn handle(req: Request<Incoming>, state: &Arc<AppState>) -> Option<Res
         // fusebox is wired, though never a secret).
         (Method::GET, ["config"]) => match admin(&req, state) {
             Ok(_) => {
-                let overrides = state.store.shared.overrides.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                json_response(StatusCode::OK, &super::config_view::render(&state.store.current(), &overrides))
+                let overrides = state.live.store.shared.overrides.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                json_response(StatusCode::OK, &super::config_view::render(&state.live.store.current(), &overrides))
             }
             Err(e) => e,
         },
@@ -167,25 +166,25 @@ pub async fn handle(req: Request<Incoming>, state: &Arc<AppState>) -> Option<Res
                 _ => "GET",
             };
             let mut resp =
-                error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &format!("{method} is not allowed here; use {allow}"));
+                error_response(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{method} is not allowed here; use {allow}"));
             resp.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static(allow));
             resp
         }
-        _ => error(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
+        _ => error_response(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
     };
     Some(resp)
 }
 
 fn auth_error(e: &AuthError) -> Resp {
     match e {
-        AuthError::Missing => error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string()),
-        AuthError::Invalid(_) => error(StatusCode::UNAUTHORIZED, "invalid_token", &e.to_string()),
-        AuthError::Forbidden(_) => error(StatusCode::FORBIDDEN, "forbidden", &e.to_string()),
+        AuthError::Missing => error_response(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()),
+        AuthError::Invalid(_) => error_response(StatusCode::UNAUTHORIZED, "invalid_token", e.to_string()),
+        AuthError::Forbidden(_) => error_response(StatusCode::FORBIDDEN, "forbidden", e.to_string()),
     }
 }
 
 /// Reads are open unless the config asks for a token.
-fn read(req: &Request<Incoming>, state: &AppState) -> Result<Option<Principal>, Resp> {
+fn read(req: &Request<Incoming>, state: &AdminState) -> Result<Option<Principal>, Resp> {
     let auth = state.authorizer();
     if !auth.reads_need_token() {
         return Ok(None);
@@ -194,13 +193,13 @@ fn read(req: &Request<Incoming>, state: &AppState) -> Result<Option<Principal>, 
 }
 
 /// Admin role plus the per-caller rate limit.
-fn admin(req: &Request<Incoming>, state: &AppState) -> Result<Principal, Resp> {
+fn admin(req: &Request<Incoming>, state: &AdminState) -> Result<Principal, Resp> {
     let p = state.authorizer().admin(bearer(req.headers())).map_err(|e| auth_error(&e))?;
     if let Err(wait) = state.mutations.check(&p.subject, clock::now()) {
-        let mut resp = error(
+        let mut resp = error_response(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
-            &format!("too many admin changes by {}; try again in {}s", p.subject, wait.as_secs().max(1)),
+            format!("too many admin changes by {}; try again in {}s", p.subject, wait.as_secs().max(1)),
         );
         resp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
         return Err(resp);
@@ -209,46 +208,51 @@ fn admin(req: &Request<Incoming>, state: &AppState) -> Result<Principal, Resp> {
 }
 
 /// Auth, rate limit, bounded body, JSON with unknown fields refused.
-async fn mutate<B: DeserializeOwned>(req: Request<Incoming>, state: &Arc<AppState>) -> Result<(Principal, B), Resp> {
+async fn mutate<B: DeserializeOwned>(req: Request<Incoming>, state: &Arc<AdminState>) -> Result<(Principal, B), Resp> {
     let principal = admin(&req, state)?;
     let bytes: Bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
             let too_big = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
             return Err(if too_big {
-                error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", &format!("bodies are limited to {MAX_BODY} bytes"))
+                error_response(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("bodies are limited to {MAX_BODY} bytes"))
             } else {
-                error(StatusCode::BAD_REQUEST, "bad_body", "could not read the request body")
+                error_response(StatusCode::BAD_REQUEST, "bad_body", "could not read the request body")
             });
         }
     };
     match serde_json::from_slice::<B>(&bytes) {
         Ok(body) => Ok((principal, body)),
-        Err(e) => Err(error(StatusCode::BAD_REQUEST, "bad_body", &format!("invalid JSON body: {e}"))),
+        Err(e) => Err(error_response(StatusCode::BAD_REQUEST, "bad_body", format!("invalid JSON body: {e}"))),
     }
 }
 
 /// The circuit named by a `{service}` path segment: an upstream, or an
 /// operation's circuit `upstream/operation` (its `/` URL-encoded).
-fn find(state: &AppState, service: &str) -> Result<Arc<Upstream>, Resp> {
+fn find(state: &AdminState, service: &str) -> Result<Arc<Upstream>, Resp> {
     let service = crate::admin::ws::percent_decode(service);
     state
+        .live
         .store
         .current()
         .upstreams
         .get(&service)
         .cloned()
-        .ok_or_else(|| error(StatusCode::NOT_FOUND, "unknown_service", &format!("no upstream named `{service}`")))
+        .ok_or_else(|| error_response(StatusCode::NOT_FOUND, "unknown_service", format!("no upstream named `{service}`")))
 }
 
 /// `GET .../{service}/operations/{operation}`: the usage guide's
 /// `CircuitBreakerStats` of one operation's circuit.
-fn operation_stats(state: &AppState, service: &str, operation: &str) -> Resp {
+fn operation_stats(state: &AdminState, service: &str, operation: &str) -> Resp {
     let operation = crate::admin::ws::percent_decode(operation);
     let up = match find(state, &format!("{}/{operation}", crate::admin::ws::percent_decode(service))) {
         Ok(up) => up,
         Err(_) => {
-            return error(StatusCode::NOT_FOUND, "unknown_operation", &format!("upstream `{service}` has no operation `{operation}`"));
+            return error_response(
+                StatusCode::NOT_FOUND,
+                "unknown_operation",
+                format!("upstream `{service}` has no operation `{operation}`"),
+            );
         }
     };
     let now = clock::now();
@@ -279,9 +283,9 @@ fn operation_stats(state: &AppState, service: &str, operation: &str) -> Resp {
 
 /// Writes an operator's change of a circuit to the store at once (the
 /// periodic snapshot would lose it to a crash in between).
-fn save_circuit(state: &AppState, up: &Upstream) {
-    if let Some(store) = &state.store.shared.persist {
-        crate::app::save_circuit(store, &up.config.name, &up.circuit);
+fn save_circuit(state: &AdminState, up: &Upstream) {
+    if let Some(store) = &state.live.store.shared.persist {
+        up.circuit.save(store);
     }
 }
 
@@ -291,7 +295,7 @@ fn save_circuit(state: &AppState, up: &Upstream) {
 /// memory. Call it before applying the change, with `after` the intended
 /// result.
 async fn audit(
-    state: &AppState,
+    state: &AdminState,
     who: &Principal,
     action: &str,
     service: Option<&str>,
@@ -318,40 +322,40 @@ fn audit_entry(who: &Principal, action: &str, service: Option<&str>, reason: &st
 }
 
 /// Writes `entry` to the store (when there is one) and waits for the commit.
-async fn commit_audit(state: &AppState, entry: &Value) -> Result<(), Resp> {
-    let Some(store) = &state.store.shared.persist else { return Ok(()) };
+async fn commit_audit(state: &AdminState, entry: &Value) -> Result<(), Resp> {
+    let Some(store) = &state.live.store.shared.persist else { return Ok(()) };
     match store.audit_durable(SystemTime::now(), entry, AUDIT_COMMIT_LIMIT).await {
         Ok(()) => Ok(()),
         Err(e) => {
             let action = entry["action"].as_str().unwrap_or("-");
             tracing::error!(target: "fusebox::audit", action, error = %e, "admin {action} refused: its audit entry could not be stored; nothing was changed");
-            Err(error(
+            Err(error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",
-                &format!("the audit entry could not be stored, so nothing was changed: {e}"),
+                format!("the audit entry could not be stored, so nothing was changed: {e}"),
             ))
         }
     }
 }
 
 /// Logs an audit entry and keeps it in the in-memory list.
-fn remember(state: &AppState, entry: Value) {
+fn remember(state: &AdminState, entry: Value) {
     // `who` and `reason` come from a token and a request body: escaped
     // (Debug) so a newline or an escape sequence cannot forge a log line.
     let text = |k: &str| entry[k].as_str().unwrap_or("-").to_string();
     let (who, action, service, reason) = (text("who"), text("action"), text("service"), text("reason"));
     tracing::info!(target: "fusebox::audit", who = ?who, action = %action, service = %service, reason = ?reason, before = %entry["before"], after = %entry["after"], "admin {action} by {who:?}");
     let mut log = state.audit.lock().unwrap_or_else(|e| e.into_inner());
-    if log.len() >= AUDIT_KEEP {
+    if log.len() >= crate::store::AUDIT_RECENT {
         log.pop_front();
     }
     log.push_back(entry);
 }
 
-fn status(state: &AppState) -> Resp {
-    let gen = state.store.current();
+fn status(state: &AdminState) -> Resp {
+    let gen = state.live.store.current();
     let now = clock::now();
-    let overrides = state.store.shared.overrides.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let overrides = state.live.store.shared.overrides.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let services: Vec<Value> = gen
         .sorted_upstreams()
         .into_iter()
@@ -405,7 +409,7 @@ fn override_json(o: &RuntimeOverride) -> Value {
     })
 }
 
-async fn put_config(state: &Arc<AppState>, who: &Principal, service: &str, body: ConfigBody) -> Resp {
+async fn put_config(state: &Arc<AdminState>, who: &Principal, service: &str, body: ConfigBody) -> Resp {
     let up = match find(state, service) {
         Ok(u) => u,
         Err(e) => return e,
@@ -430,11 +434,11 @@ async fn put_config(state: &Arc<AppState>, who: &Principal, service: &str, body:
         problems.push("healthCheckIntervalMs must be between 100 and 86400000");
     }
     if !problems.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "invalid_config", &problems.join("; "));
+        return error_response(StatusCode::BAD_REQUEST, "invalid_config", problems.join("; "));
     }
-    let gen = state.store.current();
+    let gen = state.live.store.current();
     let Some(base) = gen.config.upstream(service).cloned() else {
-        return error(StatusCode::NOT_FOUND, "unknown_service", &format!("no upstream named `{service}`"));
+        return error_response(StatusCode::NOT_FOUND, "unknown_service", format!("no upstream named `{service}`"));
     };
     let before = effective_config(&up);
     let intended = json!({
@@ -461,8 +465,8 @@ async fn put_config(state: &Arc<AppState>, who: &Principal, service: &str, body:
         applied_by: who.subject.clone(),
     };
     let applied_at = clock::rfc3339(o.applied_at);
-    state.store.shared.overrides.lock().unwrap_or_else(|e| e.into_inner()).insert(service.to_string(), o);
-    state.store.apply((*gen.config).clone(), "admin config override");
+    state.live.store.shared.overrides.lock().unwrap_or_else(|e| e.into_inner()).insert(service.to_string(), o);
+    state.live.store.apply((*gen.config).clone(), "admin config override");
     let after = find(state, service)
         .map(|u| {
             let mut config = effective_config(&u);
@@ -501,17 +505,17 @@ async fn put_config(state: &Arc<AppState>, who: &Principal, service: &str, body:
     )
 }
 
-async fn delete_config(state: &Arc<AppState>, who: &Principal, service: &str) -> Resp {
+async fn delete_config(state: &Arc<AdminState>, who: &Principal, service: &str) -> Resp {
     let up = match find(state, service) {
         Ok(u) => u,
         Err(e) => return e,
     };
-    if !state.store.shared.overrides.lock().unwrap_or_else(|e| e.into_inner()).contains_key(service) {
-        return error(StatusCode::NOT_FOUND, "no_override", &format!("upstream `{service}` has no runtime override"));
+    if !state.live.store.shared.overrides.lock().unwrap_or_else(|e| e.into_inner()).contains_key(service) {
+        return error_response(StatusCode::NOT_FOUND, "no_override", format!("upstream `{service}` has no runtime override"));
     }
     let before = effective_config(&up);
     // Back to the YAML's values.
-    let intended = state.store.current().config.upstream(service).map_or(Value::Null, |base| {
+    let intended = state.live.store.current().config.upstream(service).map_or(Value::Null, |base| {
         json!({
             "failureThreshold": base.breaker.failure_threshold,
             "resetTimeoutMs": base.breaker.reset_timeout.as_millis() as u64,
@@ -522,31 +526,31 @@ async fn delete_config(state: &Arc<AppState>, who: &Principal, service: &str) ->
     if let Err(resp) = audit(state, who, "config-delete", Some(service), "runtime override removed", before, intended).await {
         return resp;
     }
-    let removed = state.store.shared.overrides.lock().unwrap_or_else(|e| e.into_inner()).remove(service);
+    let removed = state.live.store.shared.overrides.lock().unwrap_or_else(|e| e.into_inner()).remove(service);
     if removed.is_none() {
         // Removed by a concurrent call meanwhile: the outcome is the same.
         tracing::info!(service, "runtime override already removed");
     }
-    state.store.apply((*state.store.current().config).clone(), "admin override removed");
+    state.live.store.apply((*state.live.store.current().config).clone(), "admin override removed");
     let after = find(state, service).map(|u| effective_config(&u)).unwrap_or(Value::Null);
     json_response(StatusCode::OK, &json!({ "success": true, "service": service, "config": after, "removedAt": clock::timestamp() }))
 }
 
-async fn reset(state: &AppState, who: &Principal, service: &str, body: ResetBody) -> Resp {
+async fn reset(state: &AdminState, who: &Principal, service: &str, body: ResetBody) -> Resp {
     let up = match find(state, service) {
         Ok(u) => u,
         Err(e) => return e,
     };
     if body.reason.trim().is_empty() {
-        return error(StatusCode::BAD_REQUEST, "bad_body", "`reason` must say why");
+        return error_response(StatusCode::BAD_REQUEST, "bad_body", "`reason` must say why");
     }
     let now = clock::now();
     let snap = up.circuit.snapshot(now);
     if matches!(snap.state, CircuitState::ForcedOpen | CircuitState::ForcedClosed | CircuitState::MetricsOnly) && !body.force {
-        return error(
+        return error_response(
             StatusCode::CONFLICT,
             "conflicting_state",
-            &format!("circuit `{service}` is {} by an operator; send \"force\": true to reset it anyway", snap.state),
+            format!("circuit `{service}` is {} by an operator; send \"force\": true to reset it anyway", snap.state),
         );
     }
     let action = format!("reset by {}: {}", who.subject, body.reason);
@@ -582,27 +586,27 @@ async fn reset(state: &AppState, who: &Principal, service: &str, body: ResetBody
     json_response(StatusCode::OK, &json!({ "success": true, "service": service, "resetTime": reset_time, "previousState": previous }))
 }
 
-async fn force(state: &AppState, who: &Principal, service: &str, body: ForceBody) -> Resp {
+async fn force(state: &AdminState, who: &Principal, service: &str, body: ForceBody) -> Resp {
     let up = match find(state, service) {
         Ok(u) => u,
         Err(e) => return e,
     };
     let Some(mode) = Mode::parse(&body.state) else {
-        return error(StatusCode::BAD_REQUEST, "bad_body", "`state` must be forced-open, forced-closed, metrics-only or auto");
+        return error_response(StatusCode::BAD_REQUEST, "bad_body", "`state` must be forced-open, forced-closed, metrics-only or auto");
     };
     if body.reason.trim().is_empty() {
-        return error(StatusCode::BAD_REQUEST, "bad_body", "`reason` must say why");
+        return error_response(StatusCode::BAD_REQUEST, "bad_body", "`reason` must say why");
     }
     let ttl = match body.ttl_ms {
-        Some(0) => return error(StatusCode::BAD_REQUEST, "bad_body", "`ttlMs` must be positive"),
-        Some(ms) if ms > 7 * 86_400_000 => return error(StatusCode::BAD_REQUEST, "bad_body", "`ttlMs` must be at most 7 days"),
-        Some(_) if mode == Mode::Auto => return error(StatusCode::BAD_REQUEST, "bad_body", "`ttlMs` makes no sense with `auto`"),
+        Some(0) => return error_response(StatusCode::BAD_REQUEST, "bad_body", "`ttlMs` must be positive"),
+        Some(ms) if ms > 7 * 86_400_000 => return error_response(StatusCode::BAD_REQUEST, "bad_body", "`ttlMs` must be at most 7 days"),
+        Some(_) if mode == Mode::Auto => return error_response(StatusCode::BAD_REQUEST, "bad_body", "`ttlMs` makes no sense with `auto`"),
         other => other.map(Duration::from_millis),
     };
     let now = clock::now();
     let before = up.circuit.snapshot(now);
     if before.mode == mode && ttl.is_none() && before.mode_until.is_none() {
-        return error(StatusCode::CONFLICT, "conflicting_state", &format!("circuit `{service}` is already {}", mode.as_str()));
+        return error_response(StatusCode::CONFLICT, "conflicting_state", format!("circuit `{service}` is already {}", mode.as_str()));
     }
     let action = format!("{} by {}: {}", mode.as_str(), who.subject, body.reason);
     // The intended result, from a copy of the breaker: nothing changes until
@@ -643,7 +647,7 @@ async fn force(state: &AppState, who: &Principal, service: &str, body: ForceBody
     )
 }
 
-async fn history(state: &AppState, service: &str, query: Option<&str>) -> Resp {
+async fn history(state: &AdminState, service: &str, query: Option<&str>) -> Resp {
     let up = match find(state, service) {
         Ok(u) => u,
         Err(e) => return e,
@@ -655,7 +659,7 @@ async fn history(state: &AppState, service: &str, query: Option<&str>) -> Resp {
         "7d" => 7 * 86_400,
         "30d" => 30 * 86_400,
         other => {
-            return error(StatusCode::BAD_REQUEST, "bad_timeframe", &format!("timeframe `{other}` is not 1h, 24h, 7d or 30d"));
+            return error_response(StatusCode::BAD_REQUEST, "bad_timeframe", format!("timeframe `{other}` is not 1h, 24h, 7d or 30d"));
         }
     };
     let now = clock::unix_secs(SystemTime::now());
@@ -697,8 +701,8 @@ async fn history(state: &AppState, service: &str, query: Option<&str>) -> Resp {
 
 /// The stored transitions of `service` since Unix second `since` (newest
 /// 1,000), or null without a store. Read on a blocking thread.
-async fn stored_transitions(state: &AppState, service: &str, since: u64) -> Value {
-    let Some(store) = state.store.shared.persist.clone() else { return Value::Null };
+async fn stored_transitions(state: &AdminState, service: &str, since: u64) -> Value {
+    let Some(store) = state.live.store.shared.persist.clone() else { return Value::Null };
     let name = service.to_string();
     let since_ms = i64::try_from(since.saturating_mul(1000)).unwrap_or(i64::MAX);
     match tokio::task::spawn_blocking(move || store.transitions(&name, since_ms, 1000)).await {
@@ -723,11 +727,11 @@ async fn stored_transitions(state: &AppState, service: &str, since: u64) -> Valu
     }
 }
 
-async fn reload(state: &Arc<AppState>, who: &Principal) -> Resp {
-    if state.store.path().is_none() {
-        return error(StatusCode::CONFLICT, "no_config_file", "fusebox runs on a built-in config; there is no file to reload");
+async fn reload(state: &Arc<AdminState>, who: &Principal) -> Resp {
+    if state.live.store.path().is_none() {
+        return error_response(StatusCode::CONFLICT, "no_config_file", "fusebox runs on a built-in config; there is no file to reload");
     }
-    let before = json!({ "generation": state.store.generation() });
+    let before = json!({ "generation": state.live.store.generation() });
     // The stored entry is the request (committed before anything happens);
     // the in-memory list gets the outcome.
     let request = audit_entry(who, "reload", None, "admin reload", before.clone(), json!({ "requested": true }));
@@ -735,7 +739,7 @@ async fn reload(state: &Arc<AppState>, who: &Principal) -> Resp {
         return resp;
     }
     // Parsed and built on the blocking pool, coalesced with other triggers.
-    match state.reload_coalesced("admin").await {
+    match state.live.reload_coalesced("admin").await {
         Ok(n) => {
             remember(state, audit_entry(who, "reload", None, "admin reload", before, json!({ "generation": n })));
             json_response(StatusCode::OK, &json!({ "success": true, "generation": n, "reloadedAt": clock::timestamp() }))
@@ -749,14 +753,14 @@ async fn reload(state: &Arc<AppState>, who: &Principal) -> Resp {
                 &json!({
                     "success": false,
                     "error": { "code": "invalid_config", "message": errors.to_string(), "details": details },
-                    "generation": state.store.generation(),
+                    "generation": state.live.store.generation(),
                 }),
             )
         }
     }
 }
 
-fn audit_list(state: &AppState) -> Resp {
+fn audit_list(state: &AdminState) -> Resp {
     let log = state.audit.lock().unwrap_or_else(|e| e.into_inner());
     json_response(StatusCode::OK, &json!({ "entries": log.iter().collect::<Vec<_>>() }))
 }

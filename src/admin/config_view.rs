@@ -7,13 +7,12 @@
 //! change anything.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::breaker::Policy;
-use crate::config::{AuthConfig, Config, JwtKey, LoadBalancing, Protocol, RouteConfig, UpstreamConfig};
-use crate::proxy::{Generation, RuntimeOverride};
+use crate::config::render::{breaker, human, route, upstream};
+use crate::config::{AuthConfig, Config, JwtKey};
+use crate::runtime::{Generation, RuntimeOverride};
 
 /// The effective config of `generation`, with `overrides` marked.
 pub fn render(generation: &Generation, overrides: &HashMap<String, RuntimeOverride>) -> Value {
@@ -57,10 +56,6 @@ pub fn render(generation: &Generation, overrides: &HashMap<String, RuntimeOverri
     })
 }
 
-fn human(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
-}
-
 fn auth(a: &AuthConfig) -> Value {
     match a {
         AuthConfig::None => json!("none"),
@@ -81,73 +76,6 @@ fn auth(a: &AuthConfig) -> Value {
             } })
         }
     }
-}
-
-fn upstream(u: &UpstreamConfig) -> Value {
-    json!({
-        "endpoints": u.endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "loadBalancing": match u.load_balancing { LoadBalancing::RoundRobin => "round-robin", LoadBalancing::LeastRequest => "least-request" },
-        "protocol": match u.protocol { Protocol::Http1 => "http1", Protocol::Http2 => "http2" },
-        "breaker": breaker(&u.breaker),
-        "healthCheck": u.health_check.as_ref().map(|h| json!({ "path": h.path, "interval": human(h.interval), "timeout": human(h.timeout) })),
-        "timeouts": { "connect": human(u.timeouts.connect), "request": human(u.timeouts.request), "idle": human(u.timeouts.idle) },
-        "maxConcurrentRequests": u.max_concurrent_requests,
-        "fallback": u.fallback.as_ref().map(|f| json!({
-            "status": f.status.as_u16(),
-            "headers": f.headers.iter().map(|(k, v)| (k.to_string(), Value::from(v.to_str().unwrap_or("<binary>")))).collect::<serde_json::Map<_, _>>(),
-            "bodyBytes": f.body.len(),
-        })),
-        "tls": {
-            "caFile": u.tls.ca_file,
-            "serverName": u.tls.server_name,
-            "certFile": u.tls.cert_file,
-            "keyFile": u.tls.key_file,
-        },
-        "outlierDetection": {
-            "consecutiveFailures": u.outlier_detection.consecutive_failures,
-            "baseEjectionTime": human(u.outlier_detection.base_ejection_time),
-            "maxEjectionTime": human(u.outlier_detection.max_ejection_time),
-            "maxEjectionPercent": u.outlier_detection.max_ejection_percent,
-        },
-        "retry": {
-            "attempts": u.retry.attempts,
-            "on": u.retry.on.names(),
-            "budget": { "ratio": u.retry.budget_ratio, "minPerSecond": u.retry.budget_min_per_second },
-        },
-        "dnsRefresh": human(u.dns_refresh),
-    })
-}
-
-fn breaker(p: &Policy) -> Value {
-    json!({
-        "enabled": p.enabled,
-        "failureThreshold": p.failure_threshold,
-        "failureRateThreshold": p.failure_rate_threshold,
-        "minimumRequestCount": p.minimum_request_count,
-        "monitoringWindow": human(p.monitoring_window),
-        "slowCallDuration": human(p.slow_call_duration),
-        "slowCallRateThreshold": p.slow_call_rate_threshold,
-        "resetTimeout": human(p.reset_timeout),
-        "maxResetTimeout": human(p.max_reset_timeout),
-        "jitter": p.jitter,
-        "halfOpenRequests": p.half_open_requests,
-        "minHealthyPeriod": human(p.min_healthy_period),
-        "recoveryRamp": human(p.recovery_ramp),
-        "failureStatuses": p.failure_statuses.0.iter().map(|r| if r.from == r.to { r.from.to_string() } else { format!("{}-{}", r.from, r.to) }).collect::<Vec<_>>(),
-    })
-}
-
-fn route(r: &RouteConfig) -> Value {
-    json!({
-        "match": {
-            "pathPrefix": r.path_prefix,
-            "host": r.host,
-            "methods": r.methods.as_ref().map(|m| m.iter().map(ToString::to_string).collect::<Vec<_>>()),
-        },
-        "upstream": r.upstream,
-        "operation": r.operation,
-        "breaker": r.breaker.as_ref().map(breaker),
-    })
 }
 
 /// The keys a runtime override sets, as the PUT body named them.

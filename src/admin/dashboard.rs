@@ -8,8 +8,8 @@
 
 use http::{header, HeaderValue, Response};
 
-use crate::proxy::respond::full;
-use crate::proxy::upstream::ProxyBody;
+use crate::http::full;
+use crate::http::ProxyBody;
 
 /// The page, compiled in.
 pub const PAGE: &str = include_str!("dashboard.html");

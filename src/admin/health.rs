@@ -10,20 +10,21 @@ use std::time::SystemTime;
 use http::{HeaderValue, Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::app::AppState;
+use super::AdminState;
 use crate::breaker::{Snapshot, Status};
 use crate::clock;
-use crate::proxy::respond::{full, json_response};
-use crate::proxy::upstream::{ProxyBody, Upstream};
+use crate::http::ProxyBody;
+use crate::http::{full, json_response};
+use crate::runtime::upstream::Upstream;
 
 pub fn livez() -> Response<ProxyBody> {
     json_response(StatusCode::OK, &json!({ "status": "alive" }))
 }
 
-pub fn readyz(state: &AppState) -> Response<ProxyBody> {
-    if state.draining.load(Ordering::Acquire) {
+pub fn readyz(state: &AdminState) -> Response<ProxyBody> {
+    if state.live.draining.load(Ordering::Acquire) {
         json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({ "status": "draining" }))
-    } else if !state.ready.load(Ordering::Acquire) {
+    } else if !state.live.ready.load(Ordering::Acquire) {
         json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({ "status": "starting" }))
     } else {
         json_response(StatusCode::OK, &json!({ "status": "ready" }))
@@ -44,8 +45,8 @@ fn overall(statuses: impl Iterator<Item = Status>) -> &'static str {
     worst
 }
 
-pub fn summary(state: &AppState) -> Response<ProxyBody> {
-    let gen = state.store.current();
+pub fn summary(state: &AdminState) -> Response<ProxyBody> {
+    let gen = state.live.store.current();
     let now = clock::now();
     let snaps: Vec<Snapshot> = gen.upstreams.values().map(|u| u.circuit.snapshot(now)).collect();
     let status = overall(snaps.iter().map(|s| s.status));
@@ -62,12 +63,12 @@ pub fn summary(state: &AppState) -> Response<ProxyBody> {
     )
 }
 
-pub fn detailed(state: &AppState) -> Response<ProxyBody> {
-    let gen = state.store.current();
+pub fn detailed(state: &AdminState) -> Response<ProxyBody> {
+    let gen = state.live.store.current();
     let now = clock::now();
     let services: Vec<Value> = gen.sorted_upstreams().into_iter().map(|u| service_entry(u, &u.circuit.snapshot(now))).collect();
-    let reload = state.store.status();
-    let store = state.store.shared.persist.as_ref().map(|p| (p.path().display().to_string(), p.health()));
+    let reload = state.live.store.status();
+    let store = state.live.store.shared.persist.as_ref().map(|p| (p.path().display().to_string(), p.health()));
     let store_degraded = store.as_ref().is_some_and(|(_, h)| h.degraded);
     let status = overall(
         services
@@ -84,10 +85,10 @@ pub fn detailed(state: &AppState) -> Response<ProxyBody> {
         &json!({
             "status": status,
             "timestamp": clock::timestamp(),
-            "uptimeSeconds": SystemTime::now().duration_since(state.started).map_or(0, |d| d.as_secs()),
+            "uptimeSeconds": SystemTime::now().duration_since(state.live.started).map_or(0, |d| d.as_secs()),
             "config": {
                 "generation": gen.number,
-                "path": state.store.path().map(|p| p.display().to_string()),
+                "path": state.live.store.path().map(|p| p.display().to_string()),
                 "lastReload": {
                     "trigger": reload.last_trigger,
                     "attemptedAt": reload.last_attempt.map(clock::rfc3339),
@@ -99,7 +100,7 @@ pub fn detailed(state: &AppState) -> Response<ProxyBody> {
                     "restartNeeded": reload.restart_needed,
                 },
             },
-            "websocket": { "clients": state.store.shared.metrics.websocket_clients.get() },
+            "websocket": { "clients": state.live.store.shared.metrics.websocket_clients.get() },
             "store": store.map(|(path, h)| json!({
                 "path": path,
                 "status": if h.degraded { "degraded" } else { "ok" },
@@ -112,8 +113,8 @@ pub fn detailed(state: &AppState) -> Response<ProxyBody> {
     )
 }
 
-pub fn circuit_breakers(state: &AppState) -> Response<ProxyBody> {
-    let gen = state.store.current();
+pub fn circuit_breakers(state: &AdminState) -> Response<ProxyBody> {
+    let gen = state.live.store.current();
     let now = clock::now();
     let circuits: Vec<Value> = gen
         .sorted_upstreams()
@@ -144,8 +145,8 @@ pub fn circuit_breakers(state: &AppState) -> Response<ProxyBody> {
     json_response(StatusCode::OK, &json!({ "timestamp": clock::timestamp(), "circuitBreakers": circuits }))
 }
 
-pub fn metrics(state: &AppState) -> Response<ProxyBody> {
-    let mut resp = Response::new(full(state.store.shared.metrics.render()));
+pub fn metrics(state: &AdminState) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(state.live.store.shared.metrics.render()));
     resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     resp
 }

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::breaker::{CircuitState, Snapshot, Transition};
 use crate::clock;
-use crate::proxy::endpoint::EndpointView;
-use crate::proxy::upstream::Upstream;
+use crate::runtime::endpoint::EndpointView;
+use crate::runtime::upstream::Upstream;
 
 /// One circuit (an upstream's, or an operation's `upstream/operation`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -45,12 +45,13 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use super::auth::{Authorizer, Principal};
-use crate::app::AppState;
+use super::AdminState;
 use crate::breaker::{Snapshot, Transition};
 use crate::clock;
-use crate::proxy::probe::probe;
-use crate::proxy::respond::{full, json_response};
-use crate::proxy::upstream::{CircuitEvent, ProxyBody, Upstream};
+use crate::http::{error_response, ProxyBody};
+use crate::http::{full, json_response};
+use crate::runtime::probe::probe;
+use crate::runtime::upstream::{CircuitEvent, Upstream};
 use crate::telemetry::Metrics;
 
 /// Where the state WebSocket is served on the admin listener.
@@ -192,8 +193,8 @@ impl Default for Hub {
 }
 
 /// `GET /health/websocket`: clients connected, messages sent, drops.
-pub fn health(state: &AppState) -> Response<ProxyBody> {
-    let m = &state.store.shared.metrics;
+pub fn health(state: &AdminState) -> Response<ProxyBody> {
+    let m = &state.live.store.shared.metrics;
     json_response(
         StatusCode::OK,
         &json!({
@@ -214,16 +215,16 @@ pub fn health(state: &AppState) -> Response<ProxyBody> {
 /// hands over the connection. Auth failures still complete the handshake,
 /// so the client reads error 4001 and the close code instead of a bare
 /// HTTP error browsers do not expose.
-pub fn upgrade(mut req: Request<Incoming>, state: Arc<AppState>) -> Response<ProxyBody> {
+pub fn upgrade(mut req: Request<Incoming>, state: Arc<AdminState>) -> Response<ProxyBody> {
     let key = match handshake_key(&req) {
         Ok(k) => k,
         Err(resp) => return resp,
     };
     if state.ws.is_closing() {
-        return super::error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "fusebox is shutting down");
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "fusebox is shutting down");
     }
-    if state.store.shared.metrics.websocket_clients.get() >= MAX_CLIENTS {
-        return super::error(StatusCode::SERVICE_UNAVAILABLE, "too_many_clients", "too many WebSocket clients");
+    if state.live.store.shared.metrics.websocket_clients.get() >= MAX_CLIENTS {
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, "too_many_clients", "too many WebSocket clients");
     }
     let offered = offered_protocols(req.headers());
     let query_token = query_param(req.uri().query(), "token");
@@ -276,23 +277,23 @@ fn handshake_key(req: &Request<Incoming>) -> Result<String, Response<ProxyBody>>
     let h = req.headers();
     let upgrade_ok = has_token(h, UPGRADE, "websocket");
     if !upgrade_ok || !has_token(h, CONNECTION, "upgrade") {
-        return Err(super::error(
+        return Err(error_response(
             StatusCode::UPGRADE_REQUIRED,
             "upgrade_required",
             "this endpoint speaks WebSocket: send `Connection: Upgrade` and `Upgrade: websocket`",
         ));
     }
     if req.version() != Version::HTTP_11 {
-        return Err(super::error(StatusCode::BAD_REQUEST, "bad_request", "the WebSocket handshake needs HTTP/1.1"));
+        return Err(error_response(StatusCode::BAD_REQUEST, "bad_request", "the WebSocket handshake needs HTTP/1.1"));
     }
     if h.get(SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()).map(str::trim) != Some("13") {
-        let mut resp = super::error(StatusCode::UPGRADE_REQUIRED, "unsupported_version", "only WebSocket version 13 is supported");
+        let mut resp = error_response(StatusCode::UPGRADE_REQUIRED, "unsupported_version", "only WebSocket version 13 is supported");
         resp.headers_mut().insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
         return Err(resp);
     }
     match h.get(SEC_WEBSOCKET_KEY).and_then(|v| v.to_str().ok()).map(str::trim) {
         Some(k) if !k.is_empty() => Ok(k.to_string()),
-        _ => Err(super::error(StatusCode::BAD_REQUEST, "bad_request", "missing Sec-WebSocket-Key")),
+        _ => Err(error_response(StatusCode::BAD_REQUEST, "bad_request", "missing Sec-WebSocket-Key")),
     }
 }
 
@@ -425,7 +426,7 @@ enum Rate {
 }
 
 struct Session {
-    state: Arc<AppState>,
+    state: Arc<AdminState>,
     metrics: Metrics,
     principal: Option<Principal>,
     seq: u64,
@@ -451,13 +452,13 @@ impl Drop for ClientGuard {
 }
 
 /// Runs one client from the completed handshake to the closed socket.
-async fn run(ws: Ws, state: Arc<AppState>, access: Access, mut closing: watch::Receiver<bool>) {
-    let metrics = state.store.shared.metrics.clone();
+async fn run(ws: Ws, state: Arc<AdminState>, access: Access, mut closing: watch::Receiver<bool>) {
+    let metrics = state.live.store.shared.metrics.clone();
     metrics.websocket_clients.inc();
     let _guard = ClientGuard(metrics.clone());
     // Subscribe before the first snapshot, so no transition falls between.
-    let mut events = state.store.shared.events.subscribe();
-    let mut statuses = state.store.shared.status_changes.subscribe();
+    let mut events = state.live.store.shared.events.subscribe();
+    let mut statuses = state.live.store.shared.status_changes.subscribe();
     let (sink, mut stream) = ws.split();
     let (out, rx) = mpsc::channel(QUEUE);
     let (close_tx, close_rx) = oneshot::channel();
@@ -766,7 +767,7 @@ impl Session {
             self.error(INVALID_MESSAGE, "service:health_check needs a string field `service`");
             return;
         };
-        let Some(upstream) = self.state.store.current().upstreams.get(name).cloned() else {
+        let Some(upstream) = self.state.live.store.current().upstreams.get(name).cloned() else {
             let shown: String = name.chars().take(64).collect();
             self.error(INVALID_MESSAGE, &format!("unknown service `{shown}`"));
             return;
@@ -829,7 +830,7 @@ impl Session {
         if due.is_empty() {
             return;
         }
-        let generation = self.state.store.current();
+        let generation = self.state.live.store.current();
         let at = clock::now();
         for name in due {
             let Some(pending) = self.pending.remove(&name) else {
@@ -899,7 +900,7 @@ impl Session {
             self.snapshot_retry = Instant::now() + BATCH;
             return;
         }
-        let generation = self.state.store.current();
+        let generation = self.state.live.store.current();
         let text = self.state.ws.snapshot_text(generation.number, || {
             let at = clock::now();
             let services: Vec<Value> = generation.sorted_upstreams().into_iter().map(|u| entry(u, &u.circuit.snapshot(at), at)).collect();
@@ -921,7 +922,7 @@ impl Session {
     /// every service in `services` (no `service`/`data`), the shape the
     /// integration guide's client reads.
     fn send_all_services(&mut self) {
-        let generation = self.state.store.current();
+        let generation = self.state.live.store.current();
         let at = clock::now();
         let services: Vec<Value> = generation.sorted_upstreams().into_iter().map(|u| entry(u, &u.circuit.snapshot(at), at)).collect();
         self.send(json!({ "type": "service:update", "timestamp": clock::timestamp(), "services": services }));

@@ -711,7 +711,7 @@ impl Validator<'_> {
             Fallback { status, headers, body: bytes::Bytes::from(body) }
         });
         let tls = match raw.tls {
-            None => crate::tls::UpstreamTls::default(),
+            None => super::UpstreamTls::default(),
             Some(t) => {
                 for (key, file) in [("caFile", &t.ca_file), ("certFile", &t.cert_file), ("keyFile", &t.key_file)] {
                     if let Some(f) = file {
@@ -731,7 +731,7 @@ impl Validator<'_> {
                 if !endpoints.iter().any(|e| e.scheme == Scheme::HTTPS) {
                     self.error(&format!("{path}.tls"), "is only used by https:// endpoints, and this upstream has none");
                 }
-                crate::tls::UpstreamTls {
+                super::UpstreamTls {
                     ca_file: t.ca_file.map(PathBuf::from),
                     server_name: t.server_name,
                     cert_file: t.cert_file.map(PathBuf::from),

@@ -28,12 +28,13 @@ use hyper::body::Incoming;
 use tokio::sync::Notify;
 use tokio::time::Sleep;
 
-use super::client::Lease;
 use super::conn::InFlight;
-use super::endpoint::{EndpointLease, EndpointSet};
-use super::error::{ClientFault, Fault, UpstreamFault};
-use super::upstream::{BoxError, CallGuard};
 use crate::clock;
+use crate::http::BoxError;
+use crate::runtime::endpoint::{EndpointLease, EndpointSet};
+use crate::runtime::fault::{ClientFault, Fault, UpstreamFault};
+use crate::runtime::pool::Lease;
+use crate::runtime::upstream::CallGuard;
 
 /// How far the client's upload got, shared with the data path.
 #[derive(Debug, Default)]

@@ -21,14 +21,15 @@ use crate::clock;
 use crate::config::{Protocol, RetryOn};
 
 use super::body::{ClientBody, TrackedBody, Upload};
-use super::client::{Lease, SendError};
 use super::conn::{ConnControl, InFlight};
-use super::endpoint::EndpointLease;
-use super::error::{describe, is_resource_exhaustion, ClientFault, Fault, LocalFault, UpstreamFault};
 use super::respond;
-use super::route::request_host;
-use super::upstream::{BoxError, CallGuard, ProxyBody, Upstream};
-use super::Generation;
+use crate::http::{BoxError, ProxyBody};
+use crate::runtime::endpoint::EndpointLease;
+use crate::runtime::fault::{describe, is_resource_exhaustion, ClientFault, Fault, LocalFault, UpstreamFault};
+use crate::runtime::pool::{Lease, SendError};
+use crate::runtime::route::request_host;
+use crate::runtime::upstream::{CallGuard, Upstream};
+use crate::runtime::Generation;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -225,7 +226,7 @@ async fn proxy(
         up.endpoints.ensure_resolved().await;
     }
     let mut next = Some(out);
-    let mut exclude: Option<Arc<super::endpoint::Member>> = None;
+    let mut exclude: Option<Arc<crate::runtime::endpoint::Member>> = None;
     let mut retrying: Option<&'static str> = None;
     let (mut resp, conn, lease, ejected) = loop {
         let now = clock::now();
@@ -300,7 +301,7 @@ async fn proxy(
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             tokio::spawn(splice(client_upgrade, upstream_upgrade, guard, lease));
             let (parts, _) = resp.into_parts();
-            return Response::from_parts(parts, respond::full(Bytes::new()));
+            return Response::from_parts(parts, crate::http::full(Bytes::new()));
         }
     }
     let (mut parts, body) = resp.into_parts();

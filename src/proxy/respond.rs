@@ -3,47 +3,31 @@
 //! every typed [`Fault`] (400/408 for the client's, 502/504 for the
 //! upstream's, the overloaded 503 for fusebox's own). Small JSON bodies, always with `x-request-id`.
 
-use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
 use serde_json::json;
 
 use crate::breaker::{RejectReason, Rejection};
+use crate::http::{error_response, full, json_response, ProxyBody};
 
-use super::error::Fault;
-use super::upstream::{ProxyBody, Refusal, Upstream};
+use crate::runtime::fault::Fault;
+use crate::runtime::upstream::{Refusal, Upstream};
 
 pub const CIRCUIT_HEADER: &str = "x-fusebox-circuit";
 pub const OVERLOADED_HEADER: &str = "x-fusebox-overloaded";
 
-pub fn full(body: impl Into<Bytes>) -> ProxyBody {
-    Full::new(body.into()).map_err(|never| match never {}).boxed_unsync()
-}
-
-pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
-    let mut resp = Response::new(full(value.to_string()));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
-}
-
-fn error(status: StatusCode, code: &str, message: String) -> Response<ProxyBody> {
-    json_response(status, &json!({ "error": { "code": code, "message": message } }))
-}
-
 pub fn no_route(host: Option<&str>, path: &str) -> Response<ProxyBody> {
-    error(StatusCode::NOT_FOUND, "no_route", format!("no route matches host {:?} path {path:?}", host.unwrap_or("")))
+    error_response(StatusCode::NOT_FOUND, "no_route", format!("no route matches host {:?} path {path:?}", host.unwrap_or("")))
 }
 
 /// The answer to a request that failed: status, code and header from the
-/// fault's one mapping (`error::Fault`).
+/// fault's one mapping (`runtime::fault::Fault`).
 pub fn fault(upstream: Option<&str>, fault: Fault, detail: &str) -> Response<ProxyBody> {
     let message = match (upstream, detail.is_empty()) {
         (Some(u), false) => format!("upstream {u}: {fault}: {detail}"),
         (Some(u), true) => format!("upstream {u}: {fault}"),
         (None, _) => fault.to_string(),
     };
-    let mut resp = error(fault.status(), fault.code(), message);
+    let mut resp = error_response(fault.status(), fault.code(), message);
     if fault.overloaded() {
         resp.headers_mut().insert(OVERLOADED_HEADER, HeaderValue::from_static("true"));
     }
@@ -59,7 +43,7 @@ pub fn fault(upstream: Option<&str>, fault: Fault, detail: &str) -> Response<Pro
 pub fn refused(upstream: &Upstream, refusal: &Refusal) -> Response<ProxyBody> {
     match refusal {
         Refusal::Overloaded { limit } => {
-            let mut resp = error(
+            let mut resp = error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "overloaded",
                 format!("upstream {} has {limit} requests in flight (maxConcurrentRequests)", upstream.config.name),

@@ -23,9 +23,9 @@ use tokio::sync::oneshot;
 
 use arc_swap::ArcSwap;
 
-use super::{Config, ConfigError, ConfigErrors};
 use crate::clock;
-use crate::proxy::{Generation, Shared};
+use crate::config::{Config, ConfigError, ConfigErrors};
+use crate::runtime::{Generation, Shared};
 
 /// The outcome of the last reload, for `/health/detailed`.
 #[derive(Debug, Clone, Default)]
@@ -43,9 +43,8 @@ pub struct ConfigStore {
     pub shared: Shared,
     path: Option<PathBuf>,
     status: Mutex<ReloadStatus>,
-    /// Held while a reload builds and swaps a generation.
+    /// Held while a reload builds, starts and swaps a generation.
     reloading: Mutex<()>,
-    generation: AtomicU64,
 }
 
 // === impl ConfigStore ===
@@ -55,6 +54,7 @@ impl ConfigStore {
     pub fn new(config: Config, path: Option<PathBuf>, shared: Shared) -> ConfigStore {
         shared.metrics.set_request_metrics(config.request_metrics);
         let generation = Generation::build(1, config, None, &shared, clock::now());
+        generation.start(None, &shared);
         shared.metrics.config_generation.set(1);
         shared.metrics.last_reload_success.set(unix_now());
         let status = ReloadStatus {
@@ -69,7 +69,6 @@ impl ConfigStore {
             path,
             status: Mutex::new(status),
             reloading: Mutex::new(()),
-            generation: AtomicU64::new(1),
         }
     }
 
@@ -143,7 +142,7 @@ impl ConfigStore {
     fn build_locked(&self, mut config: Config) -> (Generation, Vec<String>) {
         let previous = self.current.load_full();
         let restart_needed = keep_restart_only_settings(&mut config, &previous.config);
-        let number = self.generation.load(Ordering::SeqCst) + 1;
+        let number = previous.number.saturating_add(1);
         (Generation::build(number, config, Some(&previous), &self.shared, clock::now()), restart_needed)
     }
 
@@ -153,7 +152,7 @@ impl ConfigStore {
         }
         let number = next.number;
         self.shared.metrics.set_request_metrics(next.config.request_metrics);
-        self.generation.store(number, Ordering::SeqCst);
+        next.start(Some(&self.current.load()), &self.shared);
         self.current.store(Arc::new(next));
         self.shared.metrics.reloads.with_label_values(&["success"]).inc();
         self.shared.metrics.config_generation.set(i64::try_from(number).unwrap_or(i64::MAX));
@@ -169,8 +168,9 @@ impl ConfigStore {
         number
     }
 
+    /// The number of the running generation.
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::SeqCst)
+        self.current.load().number
     }
 }
 

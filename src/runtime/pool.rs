@@ -18,7 +18,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -32,9 +32,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower_service::Service;
 
-use super::upstream::{BoxError, ProxyBody};
 use crate::clock;
 use crate::config::{Endpoint, Protocol, UpstreamConfig};
+use crate::http::{BoxError, ProxyBody};
 use crate::tls;
 
 /// hyper-util's pooled client, used for HTTP/2 upstreams.
@@ -42,6 +42,8 @@ pub type H2Client = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 
 /// How long a connection may sit idle in a pool before it is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often idle connections are swept ([`EndpointPool::reap`]).
+pub const REAP_EVERY: Duration = Duration::from_secs(15);
 /// Most idle connections kept per endpoint; more are closed when returned.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 1024;
 
@@ -155,9 +157,7 @@ impl EndpointPool {
                 .http2_only(true);
             client.build(connector.clone())
         });
-        let pool = Arc::new(EndpointPool { endpoint, target, connector, h2, host, transport, idle: Mutex::new(VecDeque::new()) });
-        spawn_reaper(Arc::downgrade(&pool));
-        pool
+        Arc::new(EndpointPool { endpoint, target, connector, h2, host, transport, idle: Mutex::new(VecDeque::new()) })
     }
 
     pub fn endpoint(&self) -> &Endpoint {
@@ -312,8 +312,10 @@ impl EndpointPool {
         }
     }
 
-    /// Closes connections idle past [`IDLE_TIMEOUT`] (and dead ones).
-    fn reap(&self, now: Instant) {
+    /// Closes connections idle past [`IDLE_TIMEOUT`] (and dead ones). The
+    /// app's ticker calls it every [`REAP_EVERY`] for every endpoint of the
+    /// current generation; idle connections are also expired on use.
+    pub fn reap(&self, now: Instant) {
         let expired: VecDeque<Idle> = {
             let mut idle = self.lock();
             let (keep, expired) =
@@ -324,23 +326,6 @@ impl EndpointPool {
         // Dropped outside the lock.
         drop(expired);
     }
-}
-
-/// Sweeps `pool` every half idle timeout until it is gone. Without a
-/// runtime (benchmarks building generations), idle connections are still
-/// expired on use.
-fn spawn_reaper(pool: Weak<EndpointPool>) {
-    let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
-    handle.spawn(async move {
-        let mut tick = tokio::time::interval(IDLE_TIMEOUT / 2);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            let Some(pool) = pool.upgrade() else { return };
-            pool.reap(clock::now());
-        }
-    });
 }
 
 // === impl Lease ===

@@ -7,23 +7,18 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
 use tokio::sync::broadcast;
 
 use crate::breaker::{Breaker, CallOutcome, Mode, Permit, Policy, Rejection, ResetReport, Snapshot, Transition};
 use crate::clock;
 use crate::config::UpstreamConfig;
 use crate::history::History;
-use crate::store::SavedCircuit;
+use crate::store::{SavedCircuit, SavedPhase, Store};
 use crate::telemetry::metrics::Outcome;
 use crate::telemetry::UpstreamMetrics;
 
 use super::endpoint::EndpointSet;
 use super::retry::RetryBudget;
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A transition of one circuit, as published to watchers (WebSocket,
 /// history). Cloned per receiver by the channel, not per client socket.
@@ -96,6 +91,30 @@ struct Core {
 // === impl Circuit ===
 
 impl Circuit {
+    /// Writes what the store keeps of this circuit right now: mode and
+    /// history, and the automatic phase (open until when, recovery
+    /// attempts, incidents).
+    pub fn save(&self, store: &Store) {
+        let now = clock::now();
+        store.circuit(&self.name, self.saved(now));
+        let snap = self.snapshot(now);
+        let phase = match (snap.open_until, snap.state) {
+            (Some(_), _) => "open",
+            (None, crate::breaker::CircuitState::HalfOpen) => "half-open",
+            _ => "closed",
+        };
+        store.phase(
+            &self.name,
+            SavedPhase {
+                saved_ms: crate::store::unix_ms(clock::wall(now)),
+                phase: phase.to_string(),
+                open_until_ms: snap.open_until.map(|t| crate::store::unix_ms(clock::wall(t))),
+                recovery_attempts: snap.recovery_attempts,
+                total_incidents: snap.total_incidents,
+            },
+        );
+    }
+
     pub fn new(
         name: &str,
         policy: Policy,

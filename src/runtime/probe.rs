@@ -14,9 +14,9 @@ use futures_util::future::join_all;
 use http::{Request, StatusCode};
 
 use super::endpoint::Member;
-use super::respond::full;
 use super::upstream::Upstream;
 use crate::clock;
+use crate::http::full;
 
 /// What one probe saw.
 #[derive(Debug, Clone, Copy, PartialEq)]

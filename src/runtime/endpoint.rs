@@ -21,8 +21,8 @@ use arc_swap::ArcSwap;
 use http::uri::Scheme;
 use prometheus::IntGauge;
 
-use super::client::{EndpointPool, Transport};
-use super::error::Fault;
+use super::fault::Fault;
+use super::pool::{EndpointPool, Transport};
 use crate::clock;
 use crate::config::{Endpoint, LoadBalancing, OutlierDetection, UpstreamConfig};
 use crate::telemetry::UpstreamMetrics;
@@ -44,6 +44,8 @@ pub struct EndpointSet {
     changes: Mutex<()>,
     resolving: tokio::sync::Mutex<()>,
     resolved: AtomicBool,
+    /// Whether its resolver runs ([`EndpointSet::start`]).
+    started: AtomicBool,
     transport: Arc<Transport>,
     gauges: UpstreamMetrics,
 }
@@ -144,13 +146,28 @@ impl EndpointSet {
             changes: Mutex::new(()),
             resolving: tokio::sync::Mutex::new(()),
             resolved: AtomicBool::new(resolved),
+            started: AtomicBool::new(false),
             transport,
             gauges,
         });
-        if has_names {
-            spawn_resolver(Arc::downgrade(&set));
-        }
         set
+    }
+
+    /// Starts re-resolving hostname endpoints every `dnsRefresh` (first at
+    /// once), for as long as this set lives. Called once the generation
+    /// holding it starts; a second call does nothing.
+    pub fn start(self: &Arc<Self>) {
+        let has_names = self.sources.iter().any(|s| matches!(s, Source::Name(..)));
+        if has_names && !self.started.swap(true, Ordering::AcqRel) {
+            spawn_resolver(Arc::downgrade(self));
+        }
+    }
+
+    /// Closes every member's connections idle past the pool's idle timeout.
+    pub fn reap_idle(&self, now: Instant) {
+        for m in self.members.load().iter() {
+            m.pool.reap(now);
+        }
     }
 
     pub fn transport(&self) -> &Arc<Transport> {

@@ -26,9 +26,10 @@ pub mod health;
 pub mod view;
 pub mod ws;
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
@@ -72,7 +73,7 @@ impl AdminState {
     /// changed it). An unusable key falls back to refusing every token.
     pub fn authorizer(&self) -> Arc<Authorizer> {
         let generation = self.live.store.current();
-        let mut cache = self.auth.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.auth.lock();
         if let Some((n, a)) = cache.as_ref() {
             if *n == generation.number {
                 return a.clone();

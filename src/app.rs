@@ -270,7 +270,7 @@ impl App {
 /// Puts back the stored runtime overrides whose upstream YAML is unchanged
 /// (a changed or removed upstream drops its override, as a reload does).
 fn restore_overrides(shared: &Shared, config: &Config, restored: &Restored) {
-    let mut overrides = shared.overrides.lock().unwrap_or_else(|e| e.into_inner());
+    let mut overrides = shared.overrides.lock();
     for (name, stored) in &restored.overrides {
         match config.upstream(name).and_then(|base| RuntimeOverride::from_json(stored, base)) {
             Some(o) => {
@@ -325,7 +325,7 @@ fn restore_circuits(state: &Live, restored: &Restored) {
 }
 
 fn restore_audit(state: &AdminState, entries: Vec<serde_json::Value>) {
-    let mut log = state.audit.lock().unwrap_or_else(|e| e.into_inner());
+    let mut log = state.audit.lock();
     log.extend(entries);
     while log.len() > crate::store::AUDIT_RECENT {
         log.pop_front();

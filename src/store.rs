@@ -20,10 +20,11 @@
 //! lose the old data when the file cannot be opened (startup then fails
 //! with the path and the reason).
 
+use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
@@ -214,7 +215,7 @@ impl Store {
     /// Counts failed commits in `counter` from now on (and the ones so far).
     pub fn count_write_errors_in(&self, counter: prometheus::IntCounter) {
         counter.inc_by(self.health.errors.load(Ordering::Relaxed));
-        *self.health.counter.lock().unwrap_or_else(|e| e.into_inner()) = Some(counter);
+        *self.health.counter.lock() = Some(counter);
     }
 
     /// Write errors, drops and whether the store is degraded now.
@@ -223,7 +224,7 @@ impl Store {
             degraded: self.health.degraded.load(Ordering::Relaxed),
             write_errors: self.health.errors.load(Ordering::Relaxed),
             dropped_writes: self.dropped(),
-            last_error: self.health.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            last_error: self.health.last_error.lock().clone(),
         }
     }
 
@@ -420,8 +421,8 @@ fn write_loop(mut conn: Connection, rx: Receiver<Op>, health: &WriteHealth) {
                 tracing::error!(error = %e, lost = durable.len(), "store write failed: this batch is lost; the store is degraded");
                 health.errors.fetch_add(1, Ordering::Relaxed);
                 health.degraded.store(true, Ordering::Relaxed);
-                *health.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some((SystemTime::now(), e.to_string()));
-                if let Some(c) = health.counter.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                *health.last_error.lock() = Some((SystemTime::now(), e.to_string()));
+                if let Some(c) = health.counter.lock().as_ref() {
                     c.inc();
                 }
             }

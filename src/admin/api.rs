@@ -111,7 +111,7 @@ pub async fn handle(req: Request<Incoming>, state: &Arc<AdminState>) -> Option<R
         // fusebox is wired, though never a secret).
         (Method::GET, ["config"]) => match admin(&req, state) {
             Ok(_) => {
-                let overrides = state.live.store.shared.overrides.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let overrides = state.live.store.shared.overrides.lock().clone();
                 json_response(StatusCode::OK, &super::config_view::render(&state.live.store.current(), &overrides))
             }
             Err(e) => e,
@@ -345,7 +345,7 @@ fn remember(state: &AdminState, entry: Value) {
     let text = |k: &str| entry[k].as_str().unwrap_or("-").to_string();
     let (who, action, service, reason) = (text("who"), text("action"), text("service"), text("reason"));
     tracing::info!(target: "fusebox::audit", who = ?who, action = %action, service = %service, reason = ?reason, before = %entry["before"], after = %entry["after"], "admin {action} by {who:?}");
-    let mut log = state.audit.lock().unwrap_or_else(|e| e.into_inner());
+    let mut log = state.audit.lock();
     if log.len() >= crate::store::AUDIT_RECENT {
         log.pop_front();
     }
@@ -355,7 +355,7 @@ fn remember(state: &AdminState, entry: Value) {
 fn status(state: &AdminState) -> Resp {
     let gen = state.live.store.current();
     let now = clock::now();
-    let overrides = state.live.store.shared.overrides.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let overrides = state.live.store.shared.overrides.lock().clone();
     let services: Vec<Value> = gen
         .sorted_upstreams()
         .into_iter()
@@ -465,7 +465,7 @@ async fn put_config(state: &Arc<AdminState>, who: &Principal, service: &str, bod
         applied_by: who.subject.clone(),
     };
     let applied_at = clock::rfc3339(o.applied_at);
-    state.live.store.shared.overrides.lock().unwrap_or_else(|e| e.into_inner()).insert(service.to_string(), o);
+    state.live.store.shared.overrides.lock().insert(service.to_string(), o);
     state.live.store.apply((*gen.config).clone(), "admin config override");
     let after = find(state, service)
         .map(|u| {
@@ -510,7 +510,7 @@ async fn delete_config(state: &Arc<AdminState>, who: &Principal, service: &str) 
         Ok(u) => u,
         Err(e) => return e,
     };
-    if !state.live.store.shared.overrides.lock().unwrap_or_else(|e| e.into_inner()).contains_key(service) {
+    if !state.live.store.shared.overrides.lock().contains_key(service) {
         return error_response(StatusCode::NOT_FOUND, "no_override", format!("upstream `{service}` has no runtime override"));
     }
     let before = effective_config(&up);
@@ -526,7 +526,7 @@ async fn delete_config(state: &Arc<AdminState>, who: &Principal, service: &str) 
     if let Err(resp) = audit(state, who, "config-delete", Some(service), "runtime override removed", before, intended).await {
         return resp;
     }
-    let removed = state.live.store.shared.overrides.lock().unwrap_or_else(|e| e.into_inner()).remove(service);
+    let removed = state.live.store.shared.overrides.lock().remove(service);
     if removed.is_none() {
         // Removed by a concurrent call meanwhile: the outcome is the same.
         tracing::info!(service, "runtime override already removed");
@@ -761,6 +761,6 @@ async fn reload(state: &Arc<AdminState>, who: &Principal) -> Resp {
 }
 
 fn audit_list(state: &AdminState) -> Resp {
-    let log = state.audit.lock().unwrap_or_else(|e| e.into_inner());
+    let log = state.audit.lock();
     json_response(StatusCode::OK, &json!({ "entries": log.iter().collect::<Vec<_>>() }))
 }

@@ -3,8 +3,8 @@
 //! or the configured claim), and per-caller rate limiting of mutations.
 //! It must not decide what an endpoint does; it answers "who, and may they".
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
@@ -200,7 +200,7 @@ impl RateLimiter {
 
     /// Ok, or the time until the caller may try again.
     pub fn check(&self, caller: &str, now: Instant) -> Result<(), Duration> {
-        let mut map = self.callers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.callers.lock();
         if map.len() >= MAX_CALLERS && !map.contains_key(caller) {
             let window = self.window;
             map.retain(|_, (start, _)| now.saturating_duration_since(*start) < window);

@@ -101,7 +101,7 @@ type WsStream = SplitStream<Ws>;
 /// [`Metrics`].
 pub struct Hub {
     closing: watch::Sender<bool>,
-    renders: std::sync::Mutex<Renders>,
+    renders: parking_lot::Mutex<Renders>,
 }
 
 /// How long a rendered message may be reused by other sessions. Within a
@@ -134,24 +134,20 @@ type UpdateKey = (u64, usize, Option<std::time::Instant>);
 impl Hub {
     pub fn new() -> Hub {
         let (closing, _) = watch::channel(false);
-        Hub { closing, renders: std::sync::Mutex::new(Renders::default()) }
-    }
-
-    fn renders(&self) -> std::sync::MutexGuard<'_, Renders> {
-        self.renders.lock().unwrap_or_else(|e| e.into_inner())
+        Hub { closing, renders: parking_lot::Mutex::new(Renders::default()) }
     }
 
     /// The `services:state` of `generation`, rendered at most once per
     /// [`RENDER_FRESH`].
     fn snapshot_text(&self, generation: u64, render: impl FnOnce() -> Value) -> Arc<str> {
         let now = Instant::now();
-        if let Some(r) = &self.renders().snapshot {
+        if let Some(r) = &self.renders.lock().snapshot {
             if r.key == generation && now.saturating_duration_since(r.at) < RENDER_FRESH {
                 return r.text.clone();
             }
         }
         let text: Arc<str> = Arc::from(render().to_string());
-        self.renders().snapshot = Some(Rendered { at: now, key: generation, text: text.clone() });
+        self.renders.lock().snapshot = Some(Rendered { at: now, key: generation, text: text.clone() });
         text
     }
 
@@ -159,13 +155,13 @@ impl Hub {
     /// once per [`RENDER_FRESH`].
     fn update_text(&self, service: &Arc<str>, key: UpdateKey, render: impl FnOnce() -> Value) -> Arc<str> {
         let now = Instant::now();
-        if let Some(r) = self.renders().updates.get(service) {
+        if let Some(r) = self.renders.lock().updates.get(service) {
             if r.key == key && now.saturating_duration_since(r.at) < RENDER_FRESH {
                 return r.text.clone();
             }
         }
         let text: Arc<str> = Arc::from(render().to_string());
-        let mut renders = self.renders();
+        let mut renders = self.renders.lock();
         if renders.updates.len() > 4096 {
             // Services removed by reloads: forget what went stale.
             renders.updates.retain(|_, r| now.saturating_duration_since(r.at) < RENDER_FRESH);

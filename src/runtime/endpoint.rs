@@ -12,9 +12,10 @@
 //! picking reads atomics; only an ejection or a return takes the set's
 //! ejection lock.
 
+use parking_lot::Mutex;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -298,7 +299,7 @@ impl EndpointSet {
     }
 
     fn eject(&self, m: &Arc<Member>, rule: &'static str, why: String, now: Instant) -> bool {
-        let _changes = lock(&self.changes);
+        let _changes = self.changes.lock();
         let members = self.members.load();
         if !m.out.load(Ordering::Acquire) {
             let n = members.len();
@@ -312,7 +313,7 @@ impl EndpointSet {
                 return false;
             }
         }
-        let mut o = lock(&m.outlier);
+        let mut o = m.outlier.lock();
         if o.returned_at.is_some_and(|t| now.saturating_duration_since(t) >= self.policy.max_ejection_time) {
             // Healthy for a whole maxEjectionTime: start over from the base.
             o.ejections = 0;
@@ -337,13 +338,13 @@ impl EndpointSet {
     }
 
     fn restore(&self, m: &Arc<Member>, why: &str, now: Instant) {
-        let _changes = lock(&self.changes);
+        let _changes = self.changes.lock();
         if !m.out.swap(false, Ordering::AcqRel) {
             return;
         }
         m.ejected_until.store(0, Ordering::Release);
         m.probing.store(false, Ordering::Release);
-        let mut o = lock(&m.outlier);
+        let mut o = m.outlier.lock();
         o.reason = None;
         o.returned_at = Some(now);
         drop(o);
@@ -360,7 +361,7 @@ impl EndpointSet {
             .map(|m| {
                 let until = m.ejected_until.load(Ordering::Acquire);
                 let out = m.out.load(Ordering::Acquire);
-                let o = lock(&m.outlier);
+                let o = m.outlier.lock();
                 EndpointView {
                     address: m.label.to_string(),
                     state: match (out, until > now_ms) {
@@ -406,7 +407,7 @@ impl EndpointSet {
                 },
             }
         }
-        let _changes = lock(&self.changes);
+        let _changes = self.changes.lock();
         let changed = members.len() != old.len() || members.iter().zip(old.iter()).any(|(a, b)| !Arc::ptr_eq(a, b));
         if changed {
             for gone in old.iter().filter(|m| !members.iter().any(|n| Arc::ptr_eq(n, m))) {
@@ -420,12 +421,6 @@ impl EndpointSet {
             self.resolved.store(true, Ordering::Release);
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Nothing here can be left half-updated by a panic in a way worse than
-    // the state it had; keep serving.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The member for `(endpoint, address)` from `old`, or a new one.

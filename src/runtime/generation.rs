@@ -10,8 +10,9 @@
 //! store, starts DNS re-resolution and pool reapers, and unregisters the
 //! metrics of upstreams and endpoints that are gone.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::broadcast;
@@ -160,7 +161,6 @@ impl Generation {
         let overrides: HashMap<String, RuntimeOverride> = shared
             .overrides
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter(|(name, o)| o.holds_over(&config, name))
             .map(|(name, o)| (name.clone(), o.clone()))
@@ -226,7 +226,7 @@ impl Generation {
     /// are resolved on first use).
     pub fn start(&self, previous: Option<&Generation>, shared: &Shared) {
         {
-            let mut overrides = shared.overrides.lock().unwrap_or_else(|e| e.into_inner());
+            let mut overrides = shared.overrides.lock();
             overrides.retain(|name, o| {
                 let keep = o.holds_over(&self.config, name);
                 if !keep {

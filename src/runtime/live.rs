@@ -6,9 +6,10 @@
 //! (`admin`, which adds its own state on top); it must not hold anything
 //! only one of them uses.
 
+use parking_lot::Mutex;
 use std::collections::HashSet;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::probe;
@@ -81,14 +82,14 @@ impl Live {
     /// upstream or its health check goes away).
     pub fn ensure_checkers(self: &Arc<Self>) {
         let generation = self.store.current();
-        let mut running = self.checkers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut running = self.checkers.lock();
         for (name, up) in &generation.upstreams {
             if up.config.health_check.is_some() && running.insert(name.clone()) {
                 let live = self.clone();
                 let name = name.clone();
                 tokio::spawn(async move {
                     probe::run_checks(live.store.handle(), name.clone()).await;
-                    live.checkers.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
+                    live.checkers.lock().remove(&name);
                 });
             }
         }

@@ -16,9 +16,10 @@
 //! (`forward` does), or hold a lock across an await; each endpoint's idle
 //! list has its own lock, held for a push or a pop.
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -233,10 +234,6 @@ impl EndpointPool {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn absolute(&self, uri: &Uri) -> Result<Uri, BoxError> {
         let path = uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         let authority = self.target.authority().map_or_else(|| self.endpoint.authority.clone(), Clone::clone);
@@ -254,7 +251,7 @@ impl EndpointPool {
         let mut found = None;
         loop {
             // (The lock guard must not live across the await below.)
-            let Some(mut idle) = self.lock().pop_back() else { break };
+            let Some(mut idle) = self.idle.lock().pop_back() else { break };
             if idle.sender.is_closed() || now.saturating_duration_since(idle.since) >= IDLE_TIMEOUT {
                 continue;
             }
@@ -268,7 +265,7 @@ impl EndpointPool {
             }
         }
         if !busy.is_empty() {
-            let mut pool = self.lock();
+            let mut pool = self.idle.lock();
             for idle in busy.into_iter().rev() {
                 if pool.len() < MAX_IDLE_PER_ENDPOINT {
                     pool.push_front(idle);
@@ -302,7 +299,7 @@ impl EndpointPool {
             return;
         }
         let now = clock::now();
-        let mut idle = self.lock();
+        let mut idle = self.idle.lock();
         // The oldest are at the front: drop what expired while we are here.
         while idle.front().is_some_and(|i| now.saturating_duration_since(i.since) >= IDLE_TIMEOUT) {
             idle.pop_front();
@@ -317,7 +314,7 @@ impl EndpointPool {
     /// current generation; idle connections are also expired on use.
     pub fn reap(&self, now: Instant) {
         let expired: VecDeque<Idle> = {
-            let mut idle = self.lock();
+            let mut idle = self.idle.lock();
             let (keep, expired) =
                 idle.drain(..).partition(|i| !i.sender.is_closed() && now.saturating_duration_since(i.since) < IDLE_TIMEOUT);
             *idle = keep;

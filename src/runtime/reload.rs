@@ -13,10 +13,11 @@
 //! Must not: parse or build on an async task, hold the reload lock across
 //! an await, or let a failed reload change the running generation.
 
+use parking_lot::Mutex;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use tokio::sync::oneshot;
@@ -86,7 +87,7 @@ impl ConfigStore {
     }
 
     pub fn status(&self) -> ReloadStatus {
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.status.lock().clone()
     }
 
     /// Re-reads the config file and applies it if it is valid. Blocking:
@@ -99,7 +100,7 @@ impl ConfigStore {
                 errors: vec![ConfigError::at_root("fusebox runs on a built-in config; there is no file to reload")],
             });
         };
-        let _serial = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let _serial = self.reloading.lock();
         let built = catch_unwind(AssertUnwindSafe(|| Config::load(path).map(|config| self.build_locked(config))));
         match built {
             Ok(Ok(next)) => Ok(self.publish_locked(next, trigger)),
@@ -124,7 +125,7 @@ impl ConfigStore {
         let file = errors.file.as_ref().map_or_else(String::new, |f| format!("{}: ", f.display()));
         let list: Vec<String> = errors.errors.iter().map(ToString::to_string).collect();
         tracing::error!(trigger, errors = list.len(), "config reload rejected, the running config is kept: {file}{}", list.join("; "));
-        let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.status.lock();
         st.last_attempt = Some(SystemTime::now());
         st.last_trigger = Some(trigger.to_string());
         st.last_error = Some(errors.clone());
@@ -133,7 +134,7 @@ impl ConfigStore {
 
     /// Publishes an already checked config as the next generation.
     pub fn apply(&self, config: Config, trigger: &str) -> u64 {
-        let _serial = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let _serial = self.reloading.lock();
         let next = self.build_locked(config);
         self.publish_locked(next, trigger)
     }
@@ -159,7 +160,7 @@ impl ConfigStore {
         self.shared.metrics.last_reload_success.set(unix_now());
         self.shared.metrics.last_reload_ok.set(1);
         tracing::info!(generation = number, trigger, "config reloaded");
-        let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.status.lock();
         st.last_attempt = Some(SystemTime::now());
         st.last_success = st.last_attempt;
         st.last_trigger = Some(trigger.to_string());
@@ -245,7 +246,7 @@ impl Reloader {
     ) -> oneshot::Receiver<ReloadResult> {
         let (tx, rx) = oneshot::channel();
         let start = {
-            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let mut q = self.queue.lock();
             let pending = q.next.get_or_insert_with(|| Pending { triggers: Vec::new(), waiters: Vec::new() });
             if !pending.triggers.iter().any(|t| t == trigger) {
                 pending.triggers.push(trigger.to_string());
@@ -282,7 +283,7 @@ impl Reloader {
     fn drive(&self, run: &dyn Fn(&str) -> ReloadResult) {
         loop {
             let pending = {
-                let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                let mut q = self.queue.lock();
                 match q.next.take() {
                     Some(p) => p,
                     None => {

@@ -3,8 +3,9 @@
 //! HTTP client. The circuit lock is per upstream and is never held across an
 //! await or while logging, counting or broadcasting.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
@@ -137,9 +138,7 @@ impl Circuit {
     }
 
     fn lock(&self) -> MutexGuard<'_, Core> {
-        // A panic while holding the lock cannot leave the breaker half
-        // updated in a way worse than refusing all traffic; keep serving.
-        self.core.lock().unwrap_or_else(|e| e.into_inner())
+        self.core.lock()
     }
 
     /// Runs `f` under the lock, then publishes its transitions unlocked.

@@ -118,10 +118,13 @@ pub async fn handle(req: Request<Incoming>, state: Arc<AdminState>) -> Result<Re
     }
     let path = req.uri().path().trim_end_matches('/');
     let path = if path.is_empty() { "/" } else { path };
+    let Some(page) = PAGES.iter().find(|p| p.path == path) else {
+        return Ok(error_response(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"));
+    };
     // With `requireForReads`, detailed health and metrics need a token too
     // (Prometheus sends one with `authorization: { credentials: ... }`);
     // probes and the cheap `/health` stay open for kubelets and balancers.
-    if matches!(path, "/health/detailed" | "/health/circuit-breakers" | "/health/websocket" | "/metrics") {
+    if page.guarded {
         let auth = state.authorizer();
         if auth.reads_need_token() {
             if let Err(e) = auth.verify(auth::bearer(req.headers())) {
@@ -129,34 +132,58 @@ pub async fn handle(req: Request<Incoming>, state: Arc<AdminState>) -> Result<Re
             }
         }
     }
-    let resp = match (req.method(), path) {
-        (&Method::GET | &Method::HEAD, "/livez") => health::livez(),
-        (&Method::GET | &Method::HEAD, "/readyz") => health::readyz(&state),
-        (&Method::GET, "/health") => health::summary(&state),
-        (&Method::GET, "/health/detailed") => health::detailed(&state),
-        (&Method::GET, "/health/circuit-breakers") => health::circuit_breakers(&state),
-        (&Method::GET, "/metrics") => health::metrics(&state),
-        (&Method::GET, "/health/websocket") => ws::health(&state),
-        (&Method::GET | &Method::HEAD, "/dashboard") => dashboard::page(),
-        (
-            _,
-            "/livez"
-            | "/readyz"
-            | "/health"
-            | "/health/detailed"
-            | "/health/circuit-breakers"
-            | "/health/websocket"
-            | "/metrics"
-            | "/dashboard",
-        ) => {
-            let mut resp = error_response(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint only answers GET");
-            resp.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
-            resp
-        }
-        _ => error_response(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
+    let head = req.method() == Method::HEAD && page.allow.contains("HEAD");
+    if req.method() != Method::GET && !head {
+        let mut resp =
+            error_response(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("this endpoint only answers {}", page.allow));
+        resp.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static(page.allow));
+        return Ok(resp);
+    }
+    let resp = match page.page {
+        Page::Livez => health::livez(),
+        Page::Readyz => health::readyz(&state),
+        Page::Health => health::summary(&state),
+        Page::Detailed => health::detailed(&state),
+        Page::CircuitBreakers => health::circuit_breakers(&state),
+        Page::Metrics => health::metrics(&state),
+        Page::WebSocket => ws::health(&state),
+        Page::Dashboard => dashboard::page(),
     };
     Ok(resp)
 }
+
+/// The admin listener's pages outside `/api/admin/` and the WebSocket,
+/// each written once: path, the methods it answers (the `Allow` of a 405),
+/// and whether `auth.jwt.requireForReads` guards it.
+struct PageRoute {
+    path: &'static str,
+    page: Page,
+    allow: &'static str,
+    guarded: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Page {
+    Livez,
+    Readyz,
+    Health,
+    Detailed,
+    CircuitBreakers,
+    Metrics,
+    WebSocket,
+    Dashboard,
+}
+
+const PAGES: &[PageRoute] = &[
+    PageRoute { path: "/livez", page: Page::Livez, allow: "GET, HEAD", guarded: false },
+    PageRoute { path: "/readyz", page: Page::Readyz, allow: "GET, HEAD", guarded: false },
+    PageRoute { path: "/health", page: Page::Health, allow: "GET", guarded: false },
+    PageRoute { path: "/health/detailed", page: Page::Detailed, allow: "GET", guarded: true },
+    PageRoute { path: "/health/circuit-breakers", page: Page::CircuitBreakers, allow: "GET", guarded: true },
+    PageRoute { path: "/metrics", page: Page::Metrics, allow: "GET", guarded: true },
+    PageRoute { path: "/health/websocket", page: Page::WebSocket, allow: "GET", guarded: true },
+    PageRoute { path: "/dashboard", page: Page::Dashboard, allow: "GET, HEAD", guarded: false },
+];
 
 /// CSRF defence (also with `auth: none`): a browser names the page that
 /// sent a request in `Origin`; a mutation or a WebSocket handshake from any

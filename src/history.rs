@@ -9,6 +9,8 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use crate::breaker::Status;
+
 const MINUTES: usize = 60;
 const HOURS: usize = 30 * 24;
 const MAX_PERIODS: usize = 5_000;
@@ -33,7 +35,7 @@ struct Bucket {
 #[derive(Debug, Clone, PartialEq)]
 pub struct HealthPeriod {
     pub start: u64,
-    pub status: &'static str,
+    pub status: Status,
     pub incidents: u32,
 }
 
@@ -54,9 +56,6 @@ pub struct History {
     hours: VecDeque<Bucket>,
     periods: VecDeque<HealthPeriod>,
 }
-
-/// The statuses a period can have (periods keep `&'static str`).
-const STATUSES: [&str; 4] = ["healthy", "degraded", "failed", "unknown"];
 
 /// A history as the store saves it.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -89,11 +88,7 @@ impl History {
             .rev()
             .take(MAX_PERIODS)
             .rev()
-            .map(|(start, status, incidents)| HealthPeriod {
-                start,
-                status: STATUSES.iter().copied().find(|s| *s == status).unwrap_or("unknown"),
-                incidents,
-            })
+            .map(|(start, status, incidents)| HealthPeriod { start, status: Status::parse(&status).unwrap_or(Status::Unknown), incidents })
             .collect();
         Ok(History { minutes: tail(saved.minutes, MINUTES), hours: tail(saved.hours, HOURS), periods })
     }
@@ -101,7 +96,7 @@ impl History {
     /// A history whose first period (healthy) starts at `t`.
     pub fn starting(t: u64) -> History {
         let mut h = History::default();
-        h.status(t, "healthy", false);
+        h.status(t, Status::Healthy, false);
         h
     }
 
@@ -132,7 +127,7 @@ impl History {
     }
 
     /// Notes the status from Unix second `t` on (no-op if unchanged).
-    pub fn status(&mut self, t: u64, status: &'static str, incident: bool) {
+    pub fn status(&mut self, t: u64, status: Status, incident: bool) {
         if let Some(last) = self.periods.back_mut() {
             if last.status == status {
                 last.incidents += u32::from(incident);
@@ -228,8 +223,8 @@ mod tests {
     fn survives_a_round_trip_through_json() {
         let mut h = History::default();
         let t = 1_800_000_000;
-        h.status(t, "healthy", false);
-        h.status(t + 5, "failed", true);
+        h.status(t, Status::Healthy, false);
+        h.status(t + 5, Status::Failed, true);
         for i in 0..50 {
             h.record(t + i * 30, i % 5 == 0, Duration::from_millis(12));
         }
@@ -243,17 +238,17 @@ mod tests {
     #[test]
     fn periods_are_bounded_and_timed() {
         let mut h = History::default();
-        h.status(100, "healthy", false);
-        h.status(160, "failed", true);
-        h.status(170, "failed", false);
-        h.status(200, "healthy", false);
+        h.status(100, Status::Healthy, false);
+        h.status(160, Status::Failed, true);
+        h.status(170, Status::Failed, false);
+        h.status(200, Status::Healthy, false);
         let p = h.periods(260, 3600);
         assert_eq!(p.len(), 3);
-        assert_eq!(p[1].0.status, "failed");
+        assert_eq!(p[1].0.status, Status::Failed);
         assert_eq!(p[1].1, 40_000);
         assert_eq!(p[1].0.incidents, 1);
         for i in 0..(MAX_PERIODS as u64 + 10) {
-            h.status(300 + i, if i % 2 == 0 { "failed" } else { "healthy" }, false);
+            h.status(300 + i, if i % 2 == 0 { Status::Failed } else { Status::Healthy }, false);
         }
         assert!(h.periods.len() <= MAX_PERIODS);
     }

@@ -7,20 +7,20 @@
 //!
 //! 1. `clock` (the one time source, injectable in tests), `http` (the
 //!    response body type and fusebox's JSON answers);
-//! 2. `breaker` (the pure state machine), `history` (a circuit's
-//!    transitions and incidents);
-//! 3. `config` (YAML -> checked `Config`: parse and validate, no runtime
+//! 2. `breaker` (the pure state machine);
+//! 3. `history` (a circuit's operation buckets and health periods);
+//! 4. `config` (YAML -> checked `Config`: parse and validate, no runtime
 //!    objects);
-//! 4. `tls` (certificates and rustls configs), `telemetry` (metrics and
+//! 5. `tls` (certificates and rustls configs), `telemetry` (metrics and
 //!    logging), `store` (the SQLite file that keeps history, audit,
 //!    overrides and circuit phases across restarts);
-//! 5. `runtime` (what a config becomes while fusebox runs: circuits,
+//! 6. `runtime` (what a config becomes while fusebox runs: circuits,
 //!    endpoints, pools, generations, overrides, the live config store and
 //!    reloads);
-//! 6. `proxy` (the data path) and `admin` (health, metrics, admin API and
+//! 7. `proxy` (the data path) and `admin` (health, metrics, admin API and
 //!    state WebSocket on their own listener), side by side;
-//! 7. `app` (wiring, listeners, shutdown);
-//! 8. `demo` (built-in upstreams and traffic for `fusebox demo`), `watch`
+//! 8. `app` (wiring, listeners, shutdown);
+//! 9. `demo` (built-in upstreams and traffic for `fusebox demo`), `watch`
 //!    (the terminal client of the state WebSocket, `fusebox watch`); the
 //!    binary (`main.rs`) on top.
 

@@ -1015,6 +1015,8 @@ async fn unknown_service_path_and_method() {
         (Method::DELETE, "/api/admin/circuit-breaker/api/history", "GET"),
         (Method::GET, RELOAD, "POST"),
         (Method::PUT, AUDIT, "GET"),
+        (Method::POST, "/api/admin/config", "GET"),
+        (Method::DELETE, "/api/admin/circuit-breaker/api/operations/x", "GET"),
     ] {
         let (s, h, v) = env.api(method.clone(), path, Some(&t), None).await;
         assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}: {v}");

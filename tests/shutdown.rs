@@ -36,7 +36,7 @@ mod tempdir {
 /// Starts `fusebox run` on a temp config and reads the bound addresses from
 /// its JSON "ready" log line.
 fn spawn(upstream_url: &str, drain: &str, grace: &str) -> Fusebox {
-    let dir = std::env::temp_dir().join(format!("fusebox-shutdown-{}-{}", std::process::id(), rand::random::<u32>()));
+    let dir = std::env::temp_dir().join(format!("fusebox-shutdown-{}-{}", std::process::id(), fastrand::u32(..)));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("fusebox.yaml");
     std::fs::write(

@@ -65,7 +65,7 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("fusebox-tls-{tag}-{}-{}", std::process::id(), rand::random::<u32>()));
+        let p = std::env::temp_dir().join(format!("fusebox-tls-{tag}-{}-{}", std::process::id(), fastrand::u32(..)));
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
     }

@@ -96,83 +96,115 @@ pub async fn handle(req: Request<Incoming>, state: &Arc<AdminState>) -> Option<R
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let rest = path.strip_prefix("/api/admin/")?;
     let parts: Vec<&str> = rest.split('/').collect();
+    let Some(route) = Route::parse(&parts) else {
+        return Some(error_response(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"));
+    };
     let method = req.method().clone();
-    let resp = match (method.clone(), parts.as_slice()) {
-        (Method::GET, ["circuit-breaker", "status"]) => read(&req, state).map_or_else(|e| e, |_| status(state)),
-        (Method::GET, ["circuit-breaker", service, "operations", operation]) => match read(&req, state) {
+    if !route.methods().contains(&method) {
+        // RFC 9110 15.5.6: a 405 names the methods the resource has.
+        let allow = route.methods().iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+        let mut resp =
+            error_response(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{method} is not allowed here; use {allow}"));
+        if let Ok(v) = HeaderValue::from_str(&allow) {
+            resp.headers_mut().insert(http::header::ALLOW, v);
+        }
+        return Some(resp);
+    }
+    let resp = match route {
+        Route::Status => read(&req, state).map_or_else(|e| e, |_| status(state)),
+        Route::Operation { service, operation } => match read(&req, state) {
             Ok(_) => operation_stats(state, service, operation),
             Err(e) => e,
         },
-        (Method::GET, ["circuit-breaker", service, "history"]) => match read(&req, state) {
+        Route::History { service } => match read(&req, state) {
             Ok(_) => history(state, service, req.uri().query()).await,
             Err(e) => e,
         },
         // The effective config: admin-only where auth is on (it shows how
         // fusebox is wired, though never a secret).
-        (Method::GET, ["config"]) => match admin(&req, state) {
+        Route::Config => match admin(&req, state) {
             Ok(_) => {
                 let overrides = state.live.store.shared.overrides.lock().clone();
                 json_response(StatusCode::OK, &super::config_view::render(&state.live.store.current(), &overrides))
             }
             Err(e) => e,
         },
-        (Method::GET, ["audit"]) => match read(&req, state) {
+        Route::Audit => match read(&req, state) {
             Ok(_) => audit_list(state),
             Err(e) => e,
         },
-        (Method::PUT, ["circuit-breaker", service, "config"]) => {
+        Route::BreakerConfig { service } if method == Method::PUT => {
             let service = service.to_string();
             match mutate::<ConfigBody>(req, state).await {
                 Ok((p, body)) => put_config(state, &p, &service, body).await,
                 Err(e) => e,
             }
         }
-        (Method::DELETE, ["circuit-breaker", service, "config"]) => {
-            let service = service.to_string();
-            match admin(&req, state) {
-                Ok(p) => delete_config(state, &p, &service).await,
-                Err(e) => e,
-            }
-        }
-        (Method::POST, ["circuit-breaker", service, "reset"]) => {
+        Route::BreakerConfig { service } => match admin(&req, state) {
+            Ok(p) => delete_config(state, &p, service).await,
+            Err(e) => e,
+        },
+        Route::Reset { service } => {
             let service = service.to_string();
             match mutate::<ResetBody>(req, state).await {
                 Ok((p, body)) => reset(state, &p, &service, body).await,
                 Err(e) => e,
             }
         }
-        (Method::POST, ["circuit-breaker", service, "force"]) => {
+        Route::Force { service } => {
             let service = service.to_string();
             match mutate::<ForceBody>(req, state).await {
                 Ok((p, body)) => force(state, &p, &service, body).await,
                 Err(e) => e,
             }
         }
-        (Method::POST, ["config", "reload"]) => match admin(&req, state) {
+        Route::Reload => match admin(&req, state) {
             Ok(p) => reload(state, &p).await,
             Err(e) => e,
         },
-        (
-            _,
-            ["circuit-breaker", "status"]
-            | ["circuit-breaker", _, "history" | "config" | "reset" | "force"]
-            | ["config", "reload"]
-            | ["audit"],
-        ) => {
-            // RFC 9110 15.5.6: a 405 names the methods the resource has.
-            let allow = match parts.as_slice() {
-                ["circuit-breaker", _, "config"] => "PUT, DELETE",
-                ["circuit-breaker", _, "reset" | "force"] | ["config", "reload"] => "POST",
-                _ => "GET",
-            };
-            let mut resp =
-                error_response(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{method} is not allowed here; use {allow}"));
-            resp.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static(allow));
-            resp
-        }
-        _ => error_response(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"),
     };
     Some(resp)
+}
+
+/// The admin API's resources, each path written once (`parse`) with the
+/// methods it answers (`methods`, also the `Allow` of a 405).
+#[derive(Debug, Clone, Copy)]
+enum Route<'a> {
+    Status,
+    Operation { service: &'a str, operation: &'a str },
+    History { service: &'a str },
+    Config,
+    Audit,
+    BreakerConfig { service: &'a str },
+    Reset { service: &'a str },
+    Force { service: &'a str },
+    Reload,
+}
+
+impl<'a> Route<'a> {
+    /// The resource `parts` (the path after `/api/admin/`, split on `/`) names.
+    fn parse(parts: &[&'a str]) -> Option<Route<'a>> {
+        Some(match *parts {
+            ["circuit-breaker", "status"] => Route::Status,
+            ["circuit-breaker", service, "operations", operation] => Route::Operation { service, operation },
+            ["circuit-breaker", service, "history"] => Route::History { service },
+            ["circuit-breaker", service, "config"] => Route::BreakerConfig { service },
+            ["circuit-breaker", service, "reset"] => Route::Reset { service },
+            ["circuit-breaker", service, "force"] => Route::Force { service },
+            ["config"] => Route::Config,
+            ["config", "reload"] => Route::Reload,
+            ["audit"] => Route::Audit,
+            _ => return None,
+        })
+    }
+
+    fn methods(self) -> &'static [Method] {
+        match self {
+            Route::Status | Route::Operation { .. } | Route::History { .. } | Route::Config | Route::Audit => &[Method::GET],
+            Route::BreakerConfig { .. } => &[Method::PUT, Method::DELETE],
+            Route::Reset { .. } | Route::Force { .. } | Route::Reload => &[Method::POST],
+        }
+    }
 }
 
 fn auth_error(e: &AuthError) -> Resp {
@@ -670,7 +702,7 @@ async fn history(state: &AdminState, service: &str, query: Option<&str>) -> Resp
         .map(|(p, duration)| {
             json!({
                 "timestamp": clock::rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(p.start)),
-                "status": p.status,
+                "status": p.status.as_str(),
                 "duration": duration,
                 "incidents": p.incidents,
             })

@@ -776,6 +776,11 @@ impl Status {
             Status::Unknown => "unknown",
         }
     }
+
+    /// The status [`Status::as_str`] names.
+    pub fn parse(s: &str) -> Option<Status> {
+        [Status::Healthy, Status::Degraded, Status::Failed, Status::Unknown].into_iter().find(|v| v.as_str() == s)
+    }
 }
 
 impl fmt::Display for Status {

@@ -590,7 +590,8 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
 }
 
 /// Keeps the client's `x-request-id` if it is sane, else makes one: 128
-/// random bits in hex, from a per-thread generator seeded by the OS (ids
+/// random bits in hex, from fastrand's per-thread wyrand (seeded through
+/// std's `RandomState`, i.e. by the OS; ids
 /// must not repeat, they need not be secret).
 fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(REQUEST_ID) {
@@ -601,25 +602,12 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = [0u8; 32];
     for half in id.chunks_exact_mut(16) {
-        let n = next_random();
+        let n = fastrand::u64(..);
         for (i, b) in half.iter_mut().enumerate() {
             *b = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
         }
     }
     HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
-}
-
-/// wyrand: a fast 64-bit generator, one state per thread.
-fn next_random() -> u64 {
-    thread_local! {
-        static STATE: std::cell::Cell<u64> = std::cell::Cell::new(rand::random());
-    }
-    STATE.with(|s| {
-        let x = s.get().wrapping_add(0xa076_1d64_78bd_642f);
-        s.set(x);
-        let t = u128::from(x) * u128::from(x ^ 0xe703_7ed1_a0b4_28db);
-        (t as u64) ^ ((t >> 64) as u64)
-    })
 }
 
 /// Copies bytes both ways between an upgraded client and upstream.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 
-use crate::breaker::{Breaker, CallOutcome, Mode, Permit, Policy, Rejection, ResetReport, Snapshot, Transition};
+use crate::breaker::{Breaker, CallOutcome, Mode, Permit, Policy, Rejection, ResetReport, Snapshot, Status, Transition};
 use crate::clock;
 use crate::config::UpstreamConfig;
 use crate::history::History;
@@ -123,7 +123,7 @@ impl Circuit {
         (events, status_changes): (broadcast::Sender<CircuitEvent>, broadcast::Sender<Arc<str>>),
         now: Instant,
     ) -> Circuit {
-        let seed = rand::random::<u64>();
+        let seed = fastrand::u64(..);
         metrics.set_state(crate::breaker::CircuitState::Closed);
         Circuit {
             name: Arc::from(name),
@@ -155,7 +155,7 @@ impl Circuit {
             for t in transitions.iter().filter(|t| !t.shadow) {
                 let status = core.breaker.status(t.at);
                 let incident = t.to == crate::breaker::CircuitState::Open && t.from == crate::breaker::CircuitState::Closed;
-                core.history.status(unix_secs(t.at), status.as_str(), incident);
+                core.history.status(unix_secs(t.at), status, incident);
                 // A transition's update carries its status: no separate one.
                 self.status.store(status as u8, Ordering::Relaxed);
             }
@@ -268,8 +268,8 @@ impl Circuit {
         let mut core = self.lock();
         let status = core.breaker.status(now);
         core.history = history;
-        core.history.status(u64::try_from(saved_ms / 1000).unwrap_or(0), "unknown", false);
-        core.history.status(unix_secs(now), status.as_str(), false);
+        core.history.status(u64::try_from(saved_ms / 1000).unwrap_or(0), Status::Unknown, false);
+        core.history.status(unix_secs(now), status, false);
     }
 }
 

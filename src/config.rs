@@ -1,10 +1,12 @@
 //! Configuration: the YAML file (`model`), the checks that turn it into a
-//! [`Config`] (`validate`), and the errors with line, column and key path
-//! that `fusebox check` and a failed reload report.
+//! [`Config`] (`validate`), its rendering in the file's key names
+//! (`render`), and the errors with line, column and key path that
+//! `fusebox check` and a failed reload report.
 //!
 //! A `Config` that exists has passed every check: the data path never sees an
 //! unchecked value. This module reads files and environment variables but
-//! owns no runtime state: swapping configs live is `reload`'s job.
+//! builds no runtime object and owns no runtime state: what a config
+//! becomes while fusebox runs, and swapping it live, is `runtime`'s job.
 
 pub mod model;
 pub mod render;

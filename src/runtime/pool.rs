@@ -12,9 +12,11 @@
 //! client.
 //!
 //! Owns: connecting (TCP, connect timeout, TLS, SNI), idle reuse, idle
-//! expiry and the one retry. Must not: classify results or touch circuits
-//! (`forward` does), or hold a lock across an await; each endpoint's idle
-//! list has its own lock, held for a push or a pop.
+//! expiry (on use, and swept by [`EndpointPool::reap`], which the app's
+//! ticker calls: no task per pool) and the one retry. Must not: classify
+//! results or touch circuits (`proxy::forward` does), spawn anything when
+//! built, or hold a lock across an await; each endpoint's idle list has its
+//! own lock, held for a push or a pop.
 
 use parking_lot::Mutex;
 use std::collections::VecDeque;

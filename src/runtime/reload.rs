@@ -1,5 +1,6 @@
 //! The live config: an `ArcSwap` of the current [`Generation`], and reloads
-//! that parse and validate a whole file before swapping it in. An invalid
+//! that parse and validate a whole file, build the next generation and
+//! start it (`Generation::start`) before swapping it in. An invalid
 //! file changes nothing; its errors are logged, counted and kept for the
 //! health endpoints. Reloads are serialized by a lock that the request path
 //! never takes (it only does `ArcSwap::load`).

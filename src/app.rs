@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use hyper::service::service_fn;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::admin::AdminState;
@@ -55,6 +55,9 @@ pub struct App {
     pub state: Arc<Live>,
     /// The control plane's state on top of it.
     pub admin: Arc<AdminState>,
+    /// Data-path workers on threads of their own: each resolves when its
+    /// thread has drained and ended.
+    worker_threads: Vec<oneshot::Receiver<()>>,
     data_addr: SocketAddr,
     admin_addr: SocketAddr,
     stop_data: watch::Sender<bool>,
@@ -86,8 +89,19 @@ impl App {
     /// Binds both listeners and starts serving `config`. `path` is the file
     /// reloads read (None for a built-in config).
     pub async fn start(config: Config, path: Option<PathBuf>) -> Result<App, AppError> {
+        App::start_workers(config, path, 1).await
+    }
+
+    /// [`App::start`] with `workers` data-path workers: this task's runtime
+    /// serves one, and every other is a thread of its own with a
+    /// current-thread runtime and its own `SO_REUSEPORT` listener on the
+    /// data address (nginx's worker model): a request stays on the thread
+    /// that accepted it, with that worker's idle upstream connections.
+    /// The admin listener, the ticker, health checks and reloads stay here.
+    pub async fn start_workers(config: Config, path: Option<PathBuf>, workers: usize) -> Result<App, AppError> {
+        let workers = workers.max(1);
         server::raise_nofile_limit();
-        let data_listener = bind(config.listen).await?;
+        let data_listener = if workers > 1 { server::bind_shared(config.listen).await? } else { bind(config.listen).await? };
         let admin_listener = bind(config.admin.listen).await?;
         let data_addr = data_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
@@ -131,7 +145,7 @@ impl App {
             None => Vec::new(),
         };
         state.ensure_checkers();
-        let plane = Arc::new(DataPlane { store: state.store.handle(), scheme: if tls.is_some() { "https" } else { "http" } });
+        let plane = Arc::new(DataPlane { store: state.store.handle(), scheme: if tls.is_some() { "https" } else { "http" }, workers });
         let mut watchers = Vec::new();
         if let Some((certs, _)) = &tls {
             // cert-manager rewrites both files; watch each and re-read the
@@ -152,6 +166,12 @@ impl App {
         }
 
         let (stop_data, mut stop_data_rx) = watch::channel(false);
+        let acceptor = tls.map(|(_, acceptor)| acceptor);
+        let mut worker_threads = Vec::with_capacity(workers - 1);
+        for index in 1..workers {
+            let stop = stop_data.subscribe();
+            worker_threads.push(start_worker(index, data_addr, plane.clone(), stop, grace, acceptor.clone()).await?);
+        }
         let data_task = tokio::spawn(server::serve(
             data_listener,
             plane,
@@ -159,7 +179,7 @@ impl App {
                 let _ = stop_data_rx.wait_for(|s| *s).await;
             },
             grace,
-            tls.map(|(_, acceptor)| acceptor),
+            acceptor,
         ));
 
         let (stop_admin, mut stop_admin_rx) = watch::channel(false);
@@ -218,11 +238,12 @@ impl App {
         };
 
         state.ready.store(true, Ordering::Release);
-        tracing::info!(data = %data_addr, admin = %admin_addr, "fusebox is ready");
+        tracing::info!(data = %data_addr, admin = %admin_addr, workers, "fusebox is ready");
         watchers.extend(config_watcher);
         Ok(App {
             state,
             admin: admin_state,
+            worker_threads,
             data_addr,
             admin_addr,
             stop_data,
@@ -252,6 +273,9 @@ impl App {
         tokio::time::sleep(cfg.shutdown.drain_delay).await;
         let _ = self.stop_data.send(true);
         let _ = self.data_task.await;
+        for ended in self.worker_threads {
+            let _ = ended.await;
+        }
         self.ticker.abort();
         for task in &self.persist_tasks {
             task.abort();
@@ -263,6 +287,49 @@ impl App {
         let _ = self.admin_task.await;
         tracing::info!("fusebox stopped");
     }
+}
+
+/// Starts data-path worker `index` on a thread of its own: a
+/// current-thread runtime serving its own `SO_REUSEPORT` listener on
+/// `addr` until `stop`. Returns once the listener is bound (or with the
+/// reason it could not be); the receiver resolves when the thread ends.
+async fn start_worker(
+    index: usize,
+    addr: SocketAddr,
+    plane: Arc<DataPlane>,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+    tls: Option<TlsAcceptor>,
+) -> Result<oneshot::Receiver<()>, AppError> {
+    let (bound_tx, bound_rx) = oneshot::channel::<std::io::Result<()>>();
+    let (ended_tx, ended_rx) = oneshot::channel();
+    std::thread::Builder::new().name(format!("fusebox-data-{index}")).spawn(move || {
+        crate::runtime::pool::set_worker(index);
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = bound_tx.send(Err(e));
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let listener = match server::bind_shared(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = bound_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = bound_tx.send(Ok(()));
+            let stop = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            server::serve(listener, plane, stop, grace, tls).await;
+        });
+        let _ = ended_tx.send(());
+    })?;
+    bound_rx.await.unwrap_or_else(|_| Err(std::io::Error::other(format!("data worker {index} ended before it listened"))))?;
+    Ok(ended_rx)
 }
 
 // === the store ===

@@ -76,7 +76,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { config } => return check(&config),
         Command::Run { config: path } => match Config::load(&path) {
-            Ok(config) => runtime(config.workers).and_then(|rt| rt.block_on(run(config, Some(path)))),
+            Ok(config) => runtime(1).and_then(|rt| rt.block_on(run(config, Some(path)))),
             Err(errors) => {
                 eprintln!("{errors}");
                 return ExitCode::from(2);
@@ -128,9 +128,9 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-/// `workers: 1` runs everything on one thread (no work-stealing overhead,
-/// like one nginx worker); otherwise a multi-thread runtime with `workers`
-/// threads, or one per core for 0.
+/// A current-thread runtime for `workers: 1` (`run`, `watch`: `run` adds
+/// its own worker threads); otherwise a multi-thread runtime with
+/// `workers` threads, or one per core for 0 (`demo`).
 fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut b = if workers == 1 { tokio::runtime::Builder::new_current_thread() } else { tokio::runtime::Builder::new_multi_thread() };
     b.enable_all();
@@ -140,8 +140,15 @@ fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     b.build().context("cannot start the tokio runtime")
 }
 
+/// `fusebox run`: one data-path worker per `workers` (0: one per core),
+/// each a thread with a current-thread runtime and its own listener; the
+/// first shares the main thread with the admin listener.
 async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
-    let app = App::start(config, path).await?;
+    let workers = match config.workers {
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        n => n,
+    };
+    let app = App::start_workers(config, path, workers).await?;
     fusebox::app::until_signal(&app).await;
     app.shutdown().await;
     Ok(())

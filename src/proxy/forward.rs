@@ -53,6 +53,8 @@ pub struct DataPlane {
     pub store: Arc<ArcSwap<Generation>>,
     /// `http` or `https`, for `x-forwarded-proto`.
     pub scheme: &'static str,
+    /// How many data-path workers share the listener address.
+    pub workers: usize,
 }
 
 /// The client's IP as a header value, made once per connection.

@@ -72,13 +72,14 @@ impl ConnPolicy {
         ConnPolicy { header_timeout: HEADER_READ_TIMEOUT, idle_timeout: None, stall_timeout: None, max_connections: None }
     }
 
-    /// The data listener, from `client:`.
-    pub fn data(c: &ClientConfig) -> ConnPolicy {
+    /// One of `workers` data listeners, from `client:` (each worker takes
+    /// its share of `maxConnections`, rounded up).
+    pub fn data(c: &ClientConfig, workers: usize) -> ConnPolicy {
         ConnPolicy {
             header_timeout: c.header_timeout,
             idle_timeout: Some(c.idle_timeout),
             stall_timeout: Some(c.idle_timeout),
-            max_connections: Some(c.max_connections),
+            max_connections: Some(c.max_connections.div_ceil(workers.max(1))),
         }
     }
 
@@ -112,7 +113,8 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
 ) {
     let generations = plane.store.clone();
-    let policy = move || ConnPolicy::data(&generations.load().config.client);
+    let workers = plane.workers;
+    let policy = move || ConnPolicy::data(&generations.load().config.client, workers);
     accept_loop(listener, stop, grace, tls, policy, move |peer, ctl| {
         let plane = plane.clone();
         let peer_ip = forward::PeerIp::new(peer);
@@ -474,9 +476,23 @@ pub const LISTEN_BACKLOG: u32 = 4096;
 
 /// Binds a listener, naming the address in the error.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    listen(addr, false)
+}
+
+/// Binds one of several listeners on the same address (`SO_REUSEPORT`):
+/// one per data-path worker, the kernel spreading new connections over
+/// them, so no accept queue or lock is shared between workers.
+pub async fn bind_shared(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    listen(addr, true)
+}
+
+fn listen(addr: SocketAddr, shared: bool) -> std::io::Result<TcpListener> {
     let named = |e: std::io::Error| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"));
     let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(named)?;
     socket.set_reuseaddr(true).map_err(named)?;
+    if shared {
+        socket.set_reuseport(true).map_err(named)?;
+    }
     socket.bind(addr).map_err(named)?;
     socket.listen(LISTEN_BACKLOG).map_err(named)
 }

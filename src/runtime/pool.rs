@@ -74,7 +74,11 @@ pub struct EndpointPool {
     host: Option<HeaderValue>,
     transport: Arc<Transport>,
     /// Oldest at the front, most recently used at the back.
-    idle: Mutex<VecDeque<Idle>>,
+    /// One idle list per worker thread ([`worker`]): a worker takes and
+    /// returns its own connections, so no list is shared between threads
+    /// on the request path (and a hyper connection is never woken from
+    /// another worker's thread).
+    idle: Box<[Mutex<VecDeque<Idle>>]>,
 }
 
 struct Idle {
@@ -160,7 +164,8 @@ impl EndpointPool {
                 .http2_only(true);
             client.build(connector.clone())
         });
-        Arc::new(EndpointPool { endpoint, target, connector, h2, host, transport, idle: Mutex::new(VecDeque::new()) })
+        let idle = (0..shards()).map(|_| Mutex::new(VecDeque::new())).collect();
+        Arc::new(EndpointPool { endpoint, target, connector, h2, host, transport, idle })
     }
 
     pub fn endpoint(&self) -> &Endpoint {
@@ -253,7 +258,7 @@ impl EndpointPool {
         let mut found = None;
         loop {
             // (The lock guard must not live across the await below.)
-            let Some(mut idle) = self.idle.lock().pop_back() else { break };
+            let Some(mut idle) = self.own().lock().pop_back() else { break };
             if idle.sender.is_closed() || now.saturating_duration_since(idle.since) >= IDLE_TIMEOUT {
                 continue;
             }
@@ -267,7 +272,7 @@ impl EndpointPool {
             }
         }
         if !busy.is_empty() {
-            let mut pool = self.idle.lock();
+            let mut pool = self.own().lock();
             for idle in busy.into_iter().rev() {
                 if pool.len() < MAX_IDLE_PER_ENDPOINT {
                     pool.push_front(idle);
@@ -301,7 +306,7 @@ impl EndpointPool {
             return;
         }
         let now = clock::now();
-        let mut idle = self.idle.lock();
+        let mut idle = self.own().lock();
         // The oldest are at the front: drop what expired while we are here.
         while idle.front().is_some_and(|i| now.saturating_duration_since(i.since) >= IDLE_TIMEOUT) {
             idle.pop_front();
@@ -315,16 +320,45 @@ impl EndpointPool {
     /// app's ticker calls it every [`REAP_EVERY`] for every endpoint of the
     /// current generation; idle connections are also expired on use.
     pub fn reap(&self, now: Instant) {
-        let expired: VecDeque<Idle> = {
-            let mut idle = self.idle.lock();
-            let (keep, expired) =
-                idle.drain(..).partition(|i| !i.sender.is_closed() && now.saturating_duration_since(i.since) < IDLE_TIMEOUT);
-            *idle = keep;
-            expired
-        };
-        // Dropped outside the lock.
-        drop(expired);
+        for shard in &self.idle {
+            let expired: VecDeque<Idle> = {
+                let mut idle = shard.lock();
+                let (keep, expired) =
+                    idle.drain(..).partition(|i| !i.sender.is_closed() && now.saturating_duration_since(i.since) < IDLE_TIMEOUT);
+                *idle = keep;
+                expired
+            };
+            // Dropped outside the lock.
+            drop(expired);
+        }
     }
+
+    /// This worker's idle list.
+    fn own(&self) -> &Mutex<VecDeque<Idle>> {
+        &self.idle[worker() % self.idle.len()]
+    }
+}
+
+/// Idle lists per pool: one per core (at most 64), whatever the number of
+/// workers, so a pool needs no word of how many there are.
+fn shards() -> usize {
+    static SHARDS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *SHARDS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(64)))
+}
+
+thread_local! {
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the calling thread as data-path worker `index` (`app` does, for
+/// each worker thread it starts); other threads count as worker 0.
+pub fn set_worker(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
+/// The data-path worker the calling thread is.
+pub fn worker() -> usize {
+    WORKER.with(std::cell::Cell::get)
 }
 
 // === impl Lease ===

@@ -1,6 +1,8 @@
 //! Who is calling the admin side: JWT verification (HS256 secret, or an
 //! RS256/ES256 public key), role extraction (`role` string or `roles` array,
-//! or the configured claim), and per-caller rate limiting of mutations.
+//! or the configured claim), and per-caller rate limiting of mutations
+//! (with the tokio-clock adapter `governor` reads, shared with the
+//! WebSocket's message limit).
 //! It must not decide what an endpoint does; it answers "who, and may they".
 
 use std::collections::HashSet;

@@ -23,7 +23,7 @@
 //! - `fusebox N`: connect N clients in parallel batches of 200 and wait
 //!   for each one's first `services:state` (RSS before and after; once two
 //!   whole batches are refused, the remaining attempts are skipped: fusebox
-//!   caps clients at 1024). Make 20 transitions of upstream `api`
+//!   caps clients at 16,384). Make 20 transitions of upstream `api`
 //!   in-process with `Circuit::force` (forced-open, auto, ...; the time is
 //!   taken just before the call and at each client right after its socket
 //!   yields the message; the next transition waits until every client has
@@ -167,7 +167,7 @@ fn parent(nofile: u64) {
         println!("=== {n} clients ===");
         let f = run_child("fusebox", n);
         // The client-side cost is subtracted per client, so measure it at
-        // the count fusebox really took (it caps at 1024).
+        // the count fusebox really took (it caps at 16,384).
         let taken = f.get("connected").and_then(|v| v.parse().ok()).filter(|c| *c > 0).unwrap_or(n);
         let h = run_child("hold", taken);
         let e = run_child("echo", n);
@@ -378,7 +378,7 @@ async fn fusebox_scenario(n: usize) -> Data {
     let c = connect_all(&url, n, batch, &clients, Some(&tag)).await;
     let rss1 = rss_kb();
     eprintln!(
-        "  {tag} RSS {rss0} KB -> {rss1} KB; fusebox counts {} WebSocket clients (/health/websocket; cap 1024), {} drops so far",
+        "  {tag} RSS {rss0} KB -> {rss1} KB; fusebox counts {} WebSocket clients (/health/websocket; cap 16,384), {} drops so far",
         metrics.websocket_clients.get(),
         metrics.websocket_drops.get()
     );

@@ -227,7 +227,7 @@ fn read(req: &Request<Incoming>, state: &AdminState) -> Result<Option<Principal>
 /// Admin role plus the per-caller rate limit.
 fn admin(req: &Request<Incoming>, state: &AdminState) -> Result<Principal, Resp> {
     let p = state.authorizer().admin(bearer(req.headers())).map_err(|e| auth_error(&e))?;
-    if let Err(wait) = state.mutations.check(&p.subject, clock::now()) {
+    if let Err(wait) = state.mutations.check(&p.subject) {
         let mut resp = error_response(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
@@ -262,7 +262,7 @@ async fn mutate<B: DeserializeOwned>(req: Request<Incoming>, state: &Arc<AdminSt
 /// The circuit named by a `{service}` path segment: an upstream, or an
 /// operation's circuit `upstream/operation` (its `/` URL-encoded).
 fn find(state: &AdminState, service: &str) -> Result<Arc<Upstream>, Resp> {
-    let service = crate::admin::ws::percent_decode(service);
+    let service = percent_encoding::percent_decode_str(service).decode_utf8_lossy().into_owned();
     state
         .live
         .store
@@ -276,8 +276,8 @@ fn find(state: &AdminState, service: &str) -> Result<Arc<Upstream>, Resp> {
 /// `GET .../{service}/operations/{operation}`: the usage guide's
 /// `CircuitBreakerStats` of one operation's circuit.
 fn operation_stats(state: &AdminState, service: &str, operation: &str) -> Resp {
-    let operation = crate::admin::ws::percent_decode(operation);
-    let up = match find(state, &format!("{}/{operation}", crate::admin::ws::percent_decode(service))) {
+    let operation = percent_encoding::percent_decode_str(operation).decode_utf8_lossy().into_owned();
+    let up = match find(state, &format!("{}/{operation}", percent_encoding::percent_decode_str(service).decode_utf8_lossy().into_owned())) {
         Ok(up) => up,
         Err(_) => {
             return error_response(

@@ -1,12 +1,16 @@
 //! Who is calling the admin side: JWT verification (HS256 secret, or an
 //! RS256/ES256 public key), role extraction (`role` string or `roles` array,
-//! or the configured claim), and per-caller rate limiting of mutations.
+//! or the configured claim), and per-caller rate limiting of mutations
+//! (with the tokio-clock adapter `governor` reads, shared with the
+//! WebSocket's message limit).
 //! It must not decide what an endpoint does; it answers "who, and may they".
 
-use parking_lot::Mutex;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
+use governor::state::keyed::HashMapStateStore;
+use governor::Quota;
 use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 
@@ -183,39 +187,47 @@ pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
 }
 
-/// Fixed-window limit of mutations per caller. Bounded: at most
-/// `MAX_CALLERS` callers are tracked; expired windows are swept first.
+/// Mutations per caller: a GCRA through `governor` (a burst of
+/// `per_window`, then one every `window / per_window`). Bounded: past
+/// `MAX_CALLERS` tracked callers, those whose allowance is whole again are
+/// forgotten; while it is still full, every caller is refused for a window.
 pub struct RateLimiter {
-    per_window: u32,
+    callers: governor::RateLimiter<String, HashMapStateStore<String>, LimiterClock>,
     window: Duration,
-    callers: Mutex<HashMap<String, (Instant, u32)>>,
 }
 
 const MAX_CALLERS: usize = 10_000;
 
 impl RateLimiter {
     pub fn new(per_window: u32, window: Duration) -> RateLimiter {
-        RateLimiter { per_window, window, callers: Mutex::new(HashMap::new()) }
+        let burst = NonZeroU32::new(per_window).unwrap_or(NonZeroU32::MIN);
+        let period = (window / burst.get()).max(Duration::from_nanos(1));
+        let quota = Quota::with_period(period).expect("a period of at least 1 ns").allow_burst(burst);
+        RateLimiter { callers: governor::RateLimiter::hashmap_with_clock(quota, LimiterClock), window }
     }
 
     /// Ok, or the time until the caller may try again.
-    pub fn check(&self, caller: &str, now: Instant) -> Result<(), Duration> {
-        let mut map = self.callers.lock();
-        if map.len() >= MAX_CALLERS && !map.contains_key(caller) {
-            let window = self.window;
-            map.retain(|_, (start, _)| now.saturating_duration_since(*start) < window);
-            if map.len() >= MAX_CALLERS {
+    pub fn check(&self, caller: &str) -> Result<(), Duration> {
+        if self.callers.len() >= MAX_CALLERS {
+            self.callers.retain_recent();
+            self.callers.shrink_to_fit();
+            if self.callers.len() >= MAX_CALLERS {
                 return Err(self.window);
             }
         }
-        let entry = map.entry(caller.to_string()).or_insert((now, 0));
-        if now.saturating_duration_since(entry.0) >= self.window {
-            *entry = (now, 0);
-        }
-        if entry.1 >= self.per_window {
-            return Err(self.window.saturating_sub(now.saturating_duration_since(entry.0)));
-        }
-        entry.1 += 1;
-        Ok(())
+        self.callers.check_key(&caller.to_string()).map_err(|refused| refused.wait_time_from(crate::clock::now()))
+    }
+}
+
+/// `governor`'s clock on the crate's one clock (tokio's): paused test time
+/// reaches the mutation limit and the WebSocket's message limit.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct LimiterClock;
+
+impl governor::clock::Clock for LimiterClock {
+    type Instant = Instant;
+
+    fn now(&self) -> Instant {
+        crate::clock::now()
     }
 }

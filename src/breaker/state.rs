@@ -98,6 +98,16 @@ pub struct Permit {
     lease: Option<u64>,
 }
 
+impl Permit {
+    /// A permit for `epoch` taken without the breaker, from the
+    /// [`Breaker::free_pass`] the circuit published: what `try_acquire`
+    /// gives in that state (no trial lease). Its result counts only while
+    /// the epoch holds, like any permit's.
+    pub fn free(epoch: u64) -> Permit {
+        Permit { epoch, lease: None }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RejectReason {
     CircuitOpen,
@@ -290,6 +300,29 @@ impl Breaker {
     }
 
     /// Asks to send one user request to the upstream.
+    /// The epoch for which every request is admitted as things stand, until
+    /// the breaker changes again: closed in automatic mode with no recovery
+    /// ramp running, or forced closed / metrics-only with no TTL. The
+    /// circuit publishes it so admission needs no lock in the common case
+    /// ([`Permit::free`]); `None` means: ask [`Breaker::try_acquire`].
+    pub fn free_pass(&self, now: Instant) -> Option<u64> {
+        if self.mode_until.is_some() {
+            return None;
+        }
+        match self.effective_mode() {
+            Mode::ForcedOpen => None,
+            Mode::ForcedClosed | Mode::MetricsOnly => Some(self.epoch),
+            Mode::Auto => match self.phase {
+                Phase::Closed { recovered_at: None, .. } => Some(self.epoch),
+                Phase::Closed { recovered_at: Some(at), .. } => {
+                    let ramp = self.policy.recovery_ramp;
+                    (ramp.is_zero() || now.saturating_duration_since(at) >= ramp).then_some(self.epoch)
+                }
+                _ => None,
+            },
+        }
+    }
+
     pub fn try_acquire(&mut self, now: Instant) -> Result<Permit, Rejection> {
         self.acquire(now, false)
     }

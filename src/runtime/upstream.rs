@@ -42,7 +42,13 @@ pub struct Circuit {
     /// Bumped on every transition and status change, so watchers can tell
     /// a change cheaply.
     pub version: AtomicU64,
+    /// The breaker's [`Breaker::free_pass`] after its last change, or
+    /// [`NO_FREE_PASS`]: admission reads it instead of taking the lock.
+    free_pass: AtomicU64,
 }
+
+/// No free pass: admission asks the breaker under the lock.
+const NO_FREE_PASS: u64 = u64::MAX;
 
 /// Why a request could not be admitted.
 #[derive(Debug)]
@@ -134,6 +140,7 @@ impl Circuit {
             status_changes,
             status: std::sync::atomic::AtomicU8::new(crate::breaker::Status::Unknown as u8),
             version: AtomicU64::new(0),
+            free_pass: AtomicU64::new(NO_FREE_PASS),
         }
     }
 
@@ -152,6 +159,7 @@ impl Circuit {
             let core = &mut *guard;
             let r = f(&mut core.breaker, &mut core.history);
             let transitions = core.breaker.take_transitions();
+            self.free_pass.store(core.breaker.free_pass(clock::now()).unwrap_or(NO_FREE_PASS), Ordering::Release);
             for t in transitions.iter().filter(|t| !t.shadow) {
                 let status = core.breaker.status(t.at);
                 let incident = t.to == crate::breaker::CircuitState::Open && t.from == crate::breaker::CircuitState::Closed;
@@ -196,7 +204,11 @@ impl Circuit {
             self.metrics.rejected(None, 503);
             return Err(Refusal::Overloaded { limit });
         }
-        match self.with(|b| b.try_acquire(now)) {
+        // Closed (the common case): no lock. The pass is republished under
+        // the lock after every change of the breaker.
+        let free = self.free_pass.load(Ordering::Acquire);
+        let admitted = if free == NO_FREE_PASS { self.with(|b| b.try_acquire(now)) } else { Ok(Permit::free(free)) };
+        match admitted {
             Ok(permit) => {
                 let gauged = self.metrics.in_flight_inc();
                 Ok(CallGuard { circuit: self.clone(), permit: Some(permit), started: now, gauged, operation: None })

@@ -5,6 +5,9 @@
 # logic (examples/hyper_floor.rs), which shows what hyper itself costs.
 # Besides req/s and latency, each proxy's CPU time per request (user + sys,
 # from /proc) is printed: on a shared, noisy machine it is steadier than req/s.
+# Each proxy's idle and loaded RSS are always printed; CALLGRIND=1 adds
+# user-space instructions per request (each proxy rerun alone under
+# callgrind), STRACE=1 syscalls per request (strace -c on the running proxy).
 #
 #   bash benches/load/compare.sh
 #
@@ -18,7 +21,16 @@
 #   STARTUP_TIMEOUT=10      seconds each server gets to become ready
 #   FUSEBOX_BIN=target/release/fusebox   binary under test (relative to the repo root)
 #   FUSEBOX_LOG=warn        RUST_LOG for fusebox (no per-request logging, like the others)
+#   FLOOR_BIN=target/release/examples/hyper_floor   the floor target's binary
 #   KEEP_TMP=1              keep the temp dir (configs, logs, raw wrk output)
+#   IDLE_REQUESTS=10        requests sent to each proxy before its idle RSS is read
+#   STRACE=1                also count syscalls per request (strace -c -f, one run per proxy)
+#   STRACE_CONNECTIONS=32   wrk -c of the strace run
+#   STRACE_DURATION=5s      wrk -d of the strace run
+#   CALLGRIND=1             also count instructions per request (valgrind --tool=callgrind)
+#   CALLGRIND_CONNECTIONS=32  wrk -c of the callgrind run
+#   CALLGRIND_DURATION=10s  wrk -d of the counted callgrind run (after a CALLGRIND_WARMUP=2s one)
+#   CALLGRIND_STARTUP_TIMEOUT=120  seconds a proxy under valgrind gets to become ready
 #
 # Output: progress on stderr; the results table, ratios and one
 # "RESULT ..." / "RATIO ..." line per measurement on stdout.
@@ -38,7 +50,17 @@ WRK_TIMEOUT="${WRK_TIMEOUT:-2s}"
 STARTUP_TIMEOUT="${STARTUP_TIMEOUT:-10}"
 FUSEBOX_BIN="${FUSEBOX_BIN:-target/release/fusebox}"
 FUSEBOX_LOG="${FUSEBOX_LOG:-warn}"
+FLOOR_BIN="${FLOOR_BIN:-target/release/examples/hyper_floor}"
 KEEP_TMP="${KEEP_TMP:-0}"
+IDLE_REQUESTS="${IDLE_REQUESTS:-10}"
+STRACE="${STRACE:-0}"
+STRACE_CONNECTIONS="${STRACE_CONNECTIONS:-32}"
+STRACE_DURATION="${STRACE_DURATION:-5s}"
+CALLGRIND="${CALLGRIND:-0}"
+CALLGRIND_CONNECTIONS="${CALLGRIND_CONNECTIONS:-32}"
+CALLGRIND_DURATION="${CALLGRIND_DURATION:-10s}"
+CALLGRIND_WARMUP="${CALLGRIND_WARMUP:-2s}"
+CALLGRIND_STARTUP_TIMEOUT="${CALLGRIND_STARTUP_TIMEOUT:-120}"
 
 log() { printf '==> %s\n' "$*" >&2; }
 warn() { printf 'WARNING: %s\n' "$*" >&2; }
@@ -102,11 +124,15 @@ have() { command -v "$1" >/dev/null 2>&1; }
 APT_UPDATED=0
 ensure_tools() {
   # command -> Debian package
-  local -A pkg=([wrk]=wrk [nginx]=nginx [haproxy]=haproxy [curl]=curl)
+  local -A pkg=([wrk]=wrk [nginx]=nginx [haproxy]=haproxy [curl]=curl [strace]=strace [valgrind]=valgrind [callgrind_control]=valgrind)
   local need=() cmd
   for cmd in wrk curl; do
     have "$cmd" || need+=("${pkg[$cmd]}")
   done
+  if [[ "$STRACE" == 1 ]]; then have strace || need+=(strace); fi
+  if [[ "$CALLGRIND" == 1 ]]; then
+    if ! have valgrind || ! have callgrind_control; then need+=(valgrind); fi
+  fi
   for cmd in nginx haproxy; do
     # nginx also serves the tiny upstream, so it is always needed.
     if [[ "$cmd" == nginx || " $TARGETS " == *" $cmd "* ]]; then
@@ -122,7 +148,7 @@ ensure_tools() {
     fi
     log "installing: ${need[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
-    for cmd in wrk curl nginx haproxy; do
+    for cmd in wrk curl nginx haproxy strace valgrind callgrind_control; do
       if [[ " ${need[*]} " == *" ${pkg[$cmd]} "* ]] && ! have "$cmd"; then
         die "$cmd is still not on PATH after apt-get install ${pkg[$cmd]}"
       fi
@@ -313,91 +339,108 @@ if ! wait_http "http://127.0.0.1:$UPSTREAM_PORT/" "$UP_PID" "$STARTUP_TIMEOUT"; 
 fi
 URL[direct]="http://127.0.0.1:$UPSTREAM_PORT/"
 
+# Binaries (relative paths are from the repo root), built when missing.
+abs_bin() { if [[ "$1" == /* ]]; then echo "$1"; else echo "$REPO_ROOT/$1"; fi; }
+FUSEBOX_BIN_ABS="$(abs_bin "$FUSEBOX_BIN")"
+FLOOR_BIN_ABS="$(abs_bin "$FLOOR_BIN")"
+
+# target_cmd TARGET PORT ADMIN_PORT DIR SINGLE: write TARGET's config into DIR
+# and set T_ENV (environment), T_ARGV (command), T_URL (what wrk loads) and
+# T_READY (2xx once it is up). SINGLE=1: one process doing all the work
+# (nginx with master_process off), for valgrind.
+T_ENV=()
+T_ARGV=()
+T_URL=""
+T_READY=""
+target_cmd() {
+  local t=$1 port=$2 admin=$3 dir=$4 single=$5 g
+  mkdir -p "$dir"
+  T_ENV=()
+  T_URL="http://127.0.0.1:$port/"
+  T_READY="$T_URL"
+  case "$t" in
+    nginx)
+      render "$SCRIPT_DIR/proxy.nginx.conf.in" "$dir/nginx.conf" \
+        PREFIX="$dir" PROXY_PORT="$port" UPSTREAM_PORT="$UPSTREAM_PORT"
+      # -e: error log before the config is read; -g: stay in the foreground so
+      # the pid we hold is the master's (or, single, the only process).
+      g='daemon off;'
+      if [[ "$single" == 1 ]]; then g='daemon off; master_process off;'; fi
+      T_ARGV=(nginx -p "$dir/" -e "$dir/error.log" -c "$dir/nginx.conf" -g "$g")
+      ;;
+    haproxy)
+      render "$SCRIPT_DIR/haproxy.cfg.in" "$dir/haproxy.cfg" \
+        PROXY_PORT="$port" UPSTREAM_PORT="$UPSTREAM_PORT"
+      # -db: foreground, so the pid we hold is HAProxy itself.
+      T_ARGV=(haproxy -db -f "$dir/haproxy.cfg")
+      ;;
+    fusebox)
+      render "$SCRIPT_DIR/fusebox.yaml.in" "$dir/fusebox.yaml" \
+        PROXY_PORT="$port" ADMIN_PORT="$admin" UPSTREAM_PORT="$UPSTREAM_PORT"
+      T_ENV=(RUST_LOG="$FUSEBOX_LOG")
+      T_ARGV=("$FUSEBOX_BIN_ABS" run -c "$dir/fusebox.yaml")
+      T_READY="http://127.0.0.1:$admin/readyz"
+      ;;
+    floor)
+      T_ARGV=("$FLOOR_BIN_ABS" "127.0.0.1:$port" "http://127.0.0.1:$UPSTREAM_PORT")
+      ;;
+  esac
+}
+
 for t in $TARGETS; do
   case "$t" in
     direct) ;;
-    nginx)
-      start_nginx nginx "$SCRIPT_DIR/proxy.nginx.conf.in" "$NGINX_PORT"
-      PID[nginx]=$LAST_PID
-      if wait_http "http://127.0.0.1:$NGINX_PORT/" "$LAST_PID" "$STARTUP_TIMEOUT"; then
-        URL[nginx]="http://127.0.0.1:$NGINX_PORT/"
-      else
-        dump_log "$TMP/nginx/error.log"
-        SKIP[nginx]="nginx did not start within ${STARTUP_TIMEOUT}s"
-      fi
-      ;;
-    haproxy)
-      mkdir -p "$TMP/haproxy"
-      render "$SCRIPT_DIR/haproxy.cfg.in" "$TMP/haproxy/haproxy.cfg" \
-        PROXY_PORT="$HAPROXY_PORT" UPSTREAM_PORT="$UPSTREAM_PORT"
-      # -db: foreground, so the pid we hold is HAProxy itself.
-      start_bg haproxy "$TMP/haproxy/haproxy.log" haproxy -db -f "$TMP/haproxy/haproxy.cfg"
-      PID[haproxy]=$LAST_PID
-      if wait_http "http://127.0.0.1:$HAPROXY_PORT/" "$LAST_PID" "$STARTUP_TIMEOUT"; then
-        URL[haproxy]="http://127.0.0.1:$HAPROXY_PORT/"
-      else
-        dump_log "$TMP/haproxy/haproxy.log"
-        SKIP[haproxy]="HAProxy did not start within ${STARTUP_TIMEOUT}s"
-      fi
-      ;;
     fusebox)
-      bin="$FUSEBOX_BIN"
-      [[ "$bin" == /* ]] || bin="$REPO_ROOT/$bin"
-      if [[ ! -x "$bin" && "$bin" == "$REPO_ROOT/target/release/fusebox" ]]; then
+      if [[ ! -x "$FUSEBOX_BIN_ABS" && "$FUSEBOX_BIN_ABS" == "$REPO_ROOT/target/release/fusebox" ]]; then
         if have cargo; then
-          log "$bin missing: cargo build --release"
+          log "$FUSEBOX_BIN_ABS missing: cargo build --release"
           if ! (cd "$REPO_ROOT" && cargo build --release) >&2; then
             warn "cargo build --release failed"
           fi
         else
-          warn "cargo not found, cannot build $bin"
+          warn "cargo not found, cannot build $FUSEBOX_BIN_ABS"
         fi
       fi
-      if [[ ! -x "$bin" ]]; then
-        SKIP[fusebox]="binary $bin not found"
-      else
-        mkdir -p "$TMP/fusebox"
-        render "$SCRIPT_DIR/fusebox.yaml.in" "$TMP/fusebox/fusebox.yaml" \
-          PROXY_PORT="$FUSEBOX_PORT" ADMIN_PORT="$FUSEBOX_ADMIN_PORT" UPSTREAM_PORT="$UPSTREAM_PORT"
-        start_bg fusebox "$TMP/fusebox/fusebox.log" \
-          env RUST_LOG="$FUSEBOX_LOG" "$bin" run -c "$TMP/fusebox/fusebox.yaml"
-        PID[fusebox]=$LAST_PID
-        if wait_http "http://127.0.0.1:$FUSEBOX_ADMIN_PORT/readyz" "$LAST_PID" "$STARTUP_TIMEOUT"; then
-          URL[fusebox]="http://127.0.0.1:$FUSEBOX_PORT/"
-        else
-          if kill -0 "$LAST_PID" 2>/dev/null; then
-            SKIP[fusebox]="fusebox did not answer 200 on http://127.0.0.1:$FUSEBOX_ADMIN_PORT/readyz within ${STARTUP_TIMEOUT}s"
-            # Do not let it take CPU from the measured targets.
-            stop_pid "$LAST_PID"
-          else
-            rc=0
-            wait "$LAST_PID" || rc=$?
-            SKIP[fusebox]="fusebox exited (status $rc) before http://127.0.0.1:$FUSEBOX_ADMIN_PORT/readyz answered 200"
-          fi
-          dump_log "$TMP/fusebox/fusebox.log"
-        fi
+      if [[ ! -x "$FUSEBOX_BIN_ABS" ]]; then
+        SKIP[fusebox]="binary $FUSEBOX_BIN_ABS not found"
       fi
       ;;
     floor)
-      bin="$REPO_ROOT/target/release/examples/hyper_floor"
-      if [[ ! -x "$bin" ]] && have cargo; then
-        log "$bin missing: cargo build --release --example hyper_floor"
+      if [[ ! -x "$FLOOR_BIN_ABS" && "$FLOOR_BIN_ABS" == "$REPO_ROOT/target/release/examples/hyper_floor" ]] && have cargo; then
+        log "$FLOOR_BIN_ABS missing: cargo build --release --example hyper_floor"
         (cd "$REPO_ROOT" && cargo build --release --example hyper_floor) >&2 || warn "building hyper_floor failed"
       fi
-      if [[ ! -x "$bin" ]]; then
-        SKIP[floor]="binary $bin not found"
-      else
-        start_bg floor "$TMP/floor.log" "$bin" "127.0.0.1:$FLOOR_PORT" "http://127.0.0.1:$UPSTREAM_PORT"
-        PID[floor]=$LAST_PID
-        if wait_http "http://127.0.0.1:$FLOOR_PORT/" "$LAST_PID" "$STARTUP_TIMEOUT"; then
-          URL[floor]="http://127.0.0.1:$FLOOR_PORT/"
-        else
-          dump_log "$TMP/floor.log"
-          SKIP[floor]="hyper_floor did not answer within ${STARTUP_TIMEOUT}s"
-        fi
+      if [[ ! -x "$FLOOR_BIN_ABS" ]]; then
+        SKIP[floor]="binary $FLOOR_BIN_ABS not found"
       fi
       ;;
   esac
+  if [[ "$t" != direct && -z "${SKIP[$t]:-}" ]]; then
+    case "$t" in
+      nginx) port=$NGINX_PORT ;;
+      haproxy) port=$HAPROXY_PORT ;;
+      fusebox) port=$FUSEBOX_PORT ;;
+      floor) port=$FLOOR_PORT ;;
+    esac
+    target_cmd "$t" "$port" "$FUSEBOX_ADMIN_PORT" "$TMP/$t" 0
+    start_bg "$t" "$TMP/$t/$t.log" env "${T_ENV[@]}" "${T_ARGV[@]}"
+    PID[$t]=$LAST_PID
+    if wait_http "$T_READY" "$LAST_PID" "$STARTUP_TIMEOUT"; then
+      URL[$t]="$T_URL"
+    else
+      if kill -0 "$LAST_PID" 2>/dev/null; then
+        SKIP[$t]="$t did not answer 2xx on $T_READY within ${STARTUP_TIMEOUT}s"
+        # Do not let it take CPU from the measured targets.
+        stop_pid "$LAST_PID"
+      else
+        rc=0
+        wait "$LAST_PID" || rc=$?
+        SKIP[$t]="$t exited (status $rc) before $T_READY answered 2xx"
+      fi
+      dump_log "$TMP/$t/error.log"
+      dump_log "$TMP/$t/$t.log"
+    fi
+  fi
   if [[ -z "${SKIP[$t]:-}" ]] && ! check_ok "${URL[$t]}"; then
     SKIP[$t]="${URL[$t]} does not answer 200 \"ok\" (got: $(curl -s --max-time 2 -w ' [%{http_code}]' "${URL[$t]}" 2>&1 | tr '\n' ' ' | cut -c1-120))"
   fi
@@ -415,13 +458,48 @@ for c in $CONNECTIONS; do
   if ((c > max_conns)); then max_conns=$c; fi
 done
 
+# ---------------------------------------------------------------- memory
+
+# work_pid TARGET: the process that serves TARGET's requests (nginx: the
+# worker, not the master).
+work_pid() {
+  local t=$1 p=${PID[$1]:-}
+  if [[ "$t" == nginx && -n "$p" ]]; then
+    p="$(pgrep -P "$p" 2>/dev/null | head -n 1 || true)"
+  fi
+  echo "$p"
+}
+
+# status_kb PID FIELD: FIELD (VmRSS, VmHWM) from /proc/PID/status in kB, empty if gone
+status_kb() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null || true; }
+
+declare -A IDLE_RSS=() LOADED_RSS=() END_RSS=() NTHREADS=()
+# Idle RSS: after start and a few requests (pool connections open, lazy
+# initialisation done), before any load.
+for t in "${ACTIVE[@]}"; do
+  [[ "$t" == direct ]] && continue
+  for ((i = 0; i < IDLE_REQUESTS; i++)); do
+    curl -s -o /dev/null --max-time 2 "${URL[$t]}" || true
+  done
+done
+sleep 1
+for t in "${ACTIVE[@]}"; do
+  [[ "$t" == direct ]] && continue
+  p="$(work_pid "$t")"
+  [[ -n "$p" ]] || continue
+  IDLE_RSS[$t]="$(status_kb "$p" VmRSS)"
+  NTHREADS[$t]="$(ls "/proc/$p/task" 2>/dev/null | wc -l)"
+  log "idle $t (pid $p): VmRSS ${IDLE_RSS[$t]:-?} kB, ${NTHREADS[$t]} threads"
+done
+
 # Every load run is bounded: wrk's own duration plus a margin, then killed.
+# run_wrk CONNS DURATION URL OUT [WRK_TIMEOUT]
 run_wrk() {
-  local conns=$1 dur=$2 url=$3 out=$4 limit
+  local conns=$1 dur=$2 url=$3 out=$4 wto=${5:-$WRK_TIMEOUT} limit
   limit=$(($(dur_secs "$dur") + 30))
   # In the background + wait, so a signal to this script is handled at once
   # (cleanup ends the load run too) instead of after the run.
-  timeout -k 5 "$limit" wrk -t"$THREADS" -c"$conns" -d"$dur" --timeout "$WRK_TIMEOUT" --latency "$url" >"$out" 2>&1 &
+  timeout -k 5 "$limit" wrk -t"$THREADS" -c"$conns" -d"$dur" --timeout "$wto" --latency "$url" >"$out" 2>&1 &
   WRK_PID=$!
   local rc=0
   wait "$WRK_PID" || rc=$?
@@ -476,7 +554,112 @@ for c in $CONNECTIONS; do
     if ((${ERRS[$t:$c]} > 0 || ${NON2XX[$t:$c]} > 0)); then
       warn "$t at $c connections: ${ERRS[$t:$c]} socket errors, ${NON2XX[$t:$c]} non-2xx responses"
     fi
+    # Loaded RSS: the peak (VmHWM) once the largest connection count has run
+    # (its warm-up ran at that count too).
+    if ((c == max_conns)) && [[ "$t" != direct ]]; then
+      p="$(work_pid "$t")"
+      if [[ -n "$p" ]]; then LOADED_RSS[$t]="$(status_kb "$p" VmHWM)"; fi
+    fi
   done
+done
+
+# wrk_requests FILE: requests wrk completed ("N requests in ..."), empty if none
+wrk_requests() { awk '/requests in/ { print $1; exit }' "$1" 2>/dev/null || true; }
+
+# ----------------------------------------------------------- syscalls
+
+# strace -c -f on the process serving the requests (all its threads) while
+# wrk sends a fixed-duration load; the syscalls counted divided by the
+# requests wrk completed. strace slows every syscall down, so the proxy is
+# slower than in the measured runs; the count per request is the figure.
+declare -A SYSC=() SYSC_TOP=() SYSC_REQS=()
+if [[ "$STRACE" == 1 ]]; then
+  for t in "${ACTIVE[@]}"; do
+    [[ "$t" == direct ]] && continue
+    p="$(work_pid "$t")"
+    [[ -n "$p" ]] || continue
+    out="$TMP/strace-$t.txt"
+    log "strace $t (pid $p): ${STRACE_CONNECTIONS} connections, ${STRACE_DURATION}"
+    strace -c -f -qq -o "$out" -p "$p" 2>"$TMP/strace-$t.err" &
+    spid=$!
+    PIDS+=("$spid")
+    # Let strace attach to every thread first.
+    sleep 1
+    run_wrk "$STRACE_CONNECTIONS" "$STRACE_DURATION" "${URL[$t]}" "$TMP/wrk-strace-$t.txt" || warn "wrk under strace failed for $t"
+    kill -INT "$spid" 2>/dev/null || true
+    wait "$spid" 2>/dev/null || true
+    requests="$(wrk_requests "$TMP/wrk-strace-$t.txt")"
+    # "% time  seconds  usecs/call  calls  [errors]  syscall": calls is the 4th field.
+    calls="$(awk '$NF == "total" { print $4 }' "$out" 2>/dev/null || true)"
+    if [[ -z "$calls" || -z "$requests" || "$requests" == 0 ]]; then
+      warn "no syscall count for $t (requests=${requests:-?} syscalls=${calls:-?})"
+      dump_log "$TMP/strace-$t.err"
+      continue
+    fi
+    SYSC_REQS[$t]=$requests
+    SYSC[$t]="$(awk -v a="$calls" -v n="$requests" 'BEGIN { printf "%.2f", a / n }')"
+    SYSC_TOP[$t]="$(awk -v n="$requests" '$1 ~ /^[0-9.]+$/ && $NF != "total" && NF >= 5 { print $NF, $4 }' "$out" |
+      sort -k2,2nr | head -n 6 | awk -v n="$requests" '{ printf "%s%s=%.2f", (NR > 1 ? " " : ""), $1, $2 / n }')"
+  done
+fi
+
+# ----------------------------------------------------------- callgrind
+
+# Each proxy started again, alone, under valgrind --tool=callgrind with
+# instrumentation off (nginx as one process: master_process off). After an
+# unmeasured warm-up, counters are zeroed and instrumentation switched on for a
+# fixed wrk load, then off and dumped: the instructions (Ir, user space only)
+# divided by the requests wrk completed. The same binary gives the same count
+# whatever else the machine does. Requests in flight when wrk stops are
+# counted by the proxy but not by wrk: at most CALLGRIND_CONNECTIONS out of
+# the thousands completed.
+declare -A INSTR=() INSTR_REQS=()
+if [[ "$CALLGRIND" == 1 ]]; then
+  for t in "${ACTIVE[@]}"; do
+    [[ "$t" == direct ]] && continue
+    dir="$TMP/callgrind-$t"
+    read -r cport cadmin <<<"$(pick_ports 2)"
+    target_cmd "$t" "$cport" "$cadmin" "$dir" 1
+    start_bg "$t under callgrind" "$dir/$t.log" env "${T_ENV[@]}" \
+      valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$dir/callgrind.out" "${T_ARGV[@]}"
+    cpid=$LAST_PID
+    if ! wait_http "$T_READY" "$cpid" "$CALLGRIND_STARTUP_TIMEOUT" || ! check_ok "$T_URL"; then
+      warn "$t did not become ready under callgrind within ${CALLGRIND_STARTUP_TIMEOUT}s"
+      dump_log "$dir/error.log"
+      dump_log "$dir/$t.log"
+      stop_pid "$cpid"
+      continue
+    fi
+    if ! is_zero_dur "$CALLGRIND_WARMUP"; then
+      log "callgrind $t: warm-up ${CALLGRIND_WARMUP} at ${CALLGRIND_CONNECTIONS} connections"
+      run_wrk "$CALLGRIND_CONNECTIONS" "$CALLGRIND_WARMUP" "$T_URL" "$dir/warmup.txt" 10s || true
+    fi
+    log "callgrind $t: counting ${CALLGRIND_DURATION} at ${CALLGRIND_CONNECTIONS} connections"
+    cgc="$dir/callgrind_control.log"
+    callgrind_control -z "$cpid" >>"$cgc" 2>&1 || true
+    callgrind_control -i on "$cpid" >>"$cgc" 2>&1 || warn "callgrind_control -i on $cpid failed (see $cgc)"
+    run_wrk "$CALLGRIND_CONNECTIONS" "$CALLGRIND_DURATION" "$T_URL" "$dir/wrk.txt" 10s || warn "wrk under callgrind failed for $t"
+    callgrind_control -i off "$cpid" >>"$cgc" 2>&1 || warn "callgrind_control -i off $cpid failed (see $cgc)"
+    callgrind_control -d "$cpid" >>"$cgc" 2>&1 || warn "callgrind_control -d $cpid failed (see $cgc)"
+    stop_pid "$cpid"
+    requests="$(wrk_requests "$dir/wrk.txt")"
+    # The explicit dump and the one at exit (if any) hold disjoint counts.
+    total="$(cat "$dir"/callgrind.out* 2>/dev/null | awk '/^totals:/ { s += $2; n++ } END { if (n) print s }')"
+    if [[ -z "$total" || -z "$requests" || "$requests" == 0 ]]; then
+      warn "no instruction count for $t (requests=${requests:-?} instructions=${total:-?})"
+      dump_log "$dir/$t.log"
+      continue
+    fi
+    INSTR_REQS[$t]=$requests
+    INSTR[$t]="$(awk -v a="$total" -v n="$requests" 'BEGIN { printf "%.0f", a / n }')"
+    log "callgrind $t: $total instructions / $requests requests = ${INSTR[$t]}"
+  done
+fi
+
+for t in "${ACTIVE[@]}"; do
+  [[ "$t" == direct ]] && continue
+  p="$(work_pid "$t")"
+  if [[ -n "$p" ]]; then END_RSS[$t]="$(status_kb "$p" VmRSS)"; fi
 done
 
 # ----------------------------------------------------------------- report
@@ -524,6 +707,35 @@ if [[ " $TARGETS " == *" fusebox "* ]]; then
   done
 fi
 
+mb() { awk -v k="$1" 'BEGIN { if (k == "") print "-"; else printf "%.1f", k / 1024 }'; }
+echo
+cg_note="off, CALLGRIND=1 counts them"
+if [[ "$CALLGRIND" == 1 ]]; then cg_note="callgrind, user space, ${CALLGRIND_CONNECTIONS} connections"; fi
+st_note="off, STRACE=1 counts them"
+if [[ "$STRACE" == 1 ]]; then st_note="strace -c -f, ${STRACE_CONNECTIONS} connections"; fi
+echo "per proxy: req/s and cpu at ${max_conns} connections; instr/req (${cg_note});"
+echo "sysc/req (${st_note}); RSS of the serving process (nginx: its worker):"
+echo "idle = VmRSS after start and ${IDLE_REQUESTS} requests, loaded = VmHWM after the ${max_conns}-connection run, end = VmRSS at the end"
+printf '%-8s %10s %10s %10s %10s %7s %9s %9s %9s\n' target 'req/s' 'cpu us/req' 'instr/req' 'sysc/req' threads 'idle MB' 'loaded MB' 'end MB'
+printf '%-8s %10s %10s %10s %10s %7s %9s %9s %9s\n' -------- ---------- ---------- ---------- ---------- ------- --------- --------- ---------
+for t in $TARGETS; do
+  [[ "$t" == direct ]] && continue
+  k="$t:$max_conns"
+  instr="${INSTR[$t]:--}"
+  if [[ "$CALLGRIND" != 1 ]]; then instr="(off)"; fi
+  sysc="${SYSC[$t]:--}"
+  if [[ "$STRACE" != 1 ]]; then sysc="(off)"; fi
+  printf '%-8s %10s %10s %10s %10s %7s %9s %9s %9s\n' "$t" "${RPS[$k]:--}" "${CPU[$k]:--}" "$instr" "$sysc" "${NTHREADS[$t]:--}" \
+    "$(mb "${IDLE_RSS[$t]:-}")" "$(mb "${LOADED_RSS[$t]:-}")" "$(mb "${END_RSS[$t]:-}")"
+done
+if [[ "$STRACE" == 1 ]]; then
+  echo
+  echo "most frequent syscalls per request (strace, ${STRACE_CONNECTIONS} connections)"
+  for t in $TARGETS; do
+    if [[ -n "${SYSC_TOP[$t]:-}" ]]; then printf '%-8s %s\n' "$t" "${SYSC_TOP[$t]}"; fi
+  done
+fi
+
 echo
 for c in $CONNECTIONS; do
   for t in $TARGETS; do
@@ -542,6 +754,15 @@ for c in $CONNECTIONS; do
     [[ -n "${RPS[fusebox:$c]:-}" && -n "${RPS[$o:$c]:-}" ]] || continue
     echo "RATIO pair=fusebox/$o conns=$c rps=$(ratio "${RPS[fusebox:$c]}" "${RPS[$o:$c]}") p50=$(ratio "${P50[fusebox:$c]}" "${P50[$o:$c]}") p99=$(ratio "${P99[fusebox:$c]}" "${P99[$o:$c]}") cpu=$(ratio "${CPU[fusebox:$c]:-}" "${CPU[$o:$c]:-}")"
   done
+done
+
+for t in $TARGETS; do
+  [[ "$t" == direct ]] && continue
+  [[ " ${ACTIVE[*]} " == *" $t "* ]] || continue
+  echo "RESOURCES target=$t idle_rss_kb=${IDLE_RSS[$t]:-na} loaded_rss_kb=${LOADED_RSS[$t]:-na} loaded_conns=$max_conns end_rss_kb=${END_RSS[$t]:-na} threads=${NTHREADS[$t]:-na} instructions_per_req=${INSTR[$t]:-na} callgrind_requests=${INSTR_REQS[$t]:-na} syscalls_per_req=${SYSC[$t]:-na} strace_requests=${SYSC_REQS[$t]:-na}"
+  if [[ -n "${SYSC_TOP[$t]:-}" ]]; then
+    echo "SYSCALLS target=$t conns=$STRACE_CONNECTIONS per_req=\"${SYSC_TOP[$t]}\""
+  fi
 done
 
 if [[ " $TARGETS " == *" fusebox "* && -n "${SKIP[fusebox]:-}" ]]; then

@@ -119,10 +119,16 @@ impl Transport {
         http.set_nodelay(true);
         http.set_keepalive(Some(Duration::from_secs(60)));
         http.enforce_http(false);
-        let tls = tls::client_config(&config.tls).unwrap_or_else(|e| {
-            tracing::error!(upstream = %config.name, error = %e, "upstream TLS config unusable: its https calls will fail");
+        // Plain-HTTP upstreams never load the system's trusted roots.
+        let https = config.endpoints.iter().any(|e| e.scheme == http::uri::Scheme::HTTPS);
+        let tls = if https {
+            tls::client_config(&config.tls).unwrap_or_else(|e| {
+                tracing::error!(upstream = %config.name, error = %e, "upstream TLS config unusable: its https calls will fail");
+                tls::trust_nothing()
+            })
+        } else {
             tls::trust_nothing()
-        });
+        };
         Transport { http, tls, server_name: config.tls.server_name.clone(), protocol: config.protocol }
     }
 

@@ -326,6 +326,20 @@ pub const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(150);
 /// Kubernetes ConfigMap, an editor's rename-over-save and a plain write are
 /// all seen) and calls `on_change` after each burst of events that changed
 /// the file's content. The returned watcher stops when dropped.
+/// Whether a watched directory's event may have changed a file in it.
+/// Opening and reading a file (the watcher's own check of the file is
+/// one) does not: reacting to those made the watcher read its file again
+/// and again, several times a second, forever.
+fn may_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    use notify::EventKind;
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 pub fn spawn_watcher(path: PathBuf, on_change: impl Fn() + Send + 'static) -> notify::Result<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
     let dir = match path.parent() {
@@ -336,7 +350,7 @@ pub fn spawn_watcher(path: PathBuf, on_change: impl Fn() + Send + 'static) -> no
     // channel already holds that news.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
+        if res.is_ok_and(|e| may_change(&e.kind)) {
             let _ = tx.try_send(());
         }
     })?;
@@ -359,4 +373,24 @@ pub fn spawn_watcher(path: PathBuf, on_change: impl Fn() + Send + 'static) -> no
         }
     });
     Ok(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, ModifyKind, RemoveKind, RenameMode};
+    use notify::EventKind;
+
+    use super::may_change;
+
+    #[test]
+    fn reading_the_file_is_not_a_change_but_writing_renaming_and_replacing_are() {
+        assert!(!may_change(&EventKind::Access(AccessKind::Open(AccessMode::Read))));
+        assert!(!may_change(&EventKind::Access(AccessKind::Close(AccessMode::Read))));
+        assert!(!may_change(&EventKind::Access(AccessKind::Read)));
+        assert!(may_change(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
+        assert!(may_change(&EventKind::Modify(ModifyKind::Data(DataChange::Content))));
+        assert!(may_change(&EventKind::Modify(ModifyKind::Name(RenameMode::To))));
+        assert!(may_change(&EventKind::Create(CreateKind::File)));
+        assert!(may_change(&EventKind::Remove(RemoveKind::File)));
+    }
 }

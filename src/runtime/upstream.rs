@@ -362,11 +362,16 @@ fn unix_secs(at: Instant) -> u64 {
 impl Upstream {
     /// `previous` is this upstream in the generation before, if any: its
     /// endpoints (connection pools, outlier state) are kept for the
-    /// endpoints that stay, as long as protocol, timeouts and TLS are
-    /// unchanged, and so is its retry budget.
+    /// endpoints that stay, as long as protocol, timeouts and TLS (and
+    /// whether any endpoint is https) are unchanged, and so is its retry
+    /// budget.
     pub fn new(config: UpstreamConfig, circuit: Arc<Circuit>, previous: Option<&Upstream>) -> Upstream {
+        let https = |c: &UpstreamConfig| c.endpoints.iter().any(|e| e.scheme == http::uri::Scheme::HTTPS);
         let same_transport = previous.is_some_and(|p| {
-            p.config.protocol == config.protocol && p.config.timeouts.connect == config.timeouts.connect && p.config.tls == config.tls
+            p.config.protocol == config.protocol
+                && p.config.timeouts.connect == config.timeouts.connect
+                && p.config.tls == config.tls
+                && https(&p.config) == https(&config)
         });
         let endpoints = EndpointSet::new(&config, previous.map(|p| &*p.endpoints), same_transport, circuit.metrics.clone());
         let retry_budget = previous.map_or_else(|| Arc::new(RetryBudget::new()), |p| p.retry_budget.clone());

@@ -94,7 +94,7 @@ where
             let encoded = encoded?;
             let mut body = pin!(body);
             let mut exchange =
-                Exchange { writer: Writer::new(encoded.framing), writing: true, write_error: None, received: 0, fresh: false };
+                Exchange { writer: Writer::new(encoded.framing), writing: true, write_error: None, received: 0, fresh: false, scanned: 0 };
             let asked = Asked { head: encoded.head, connect: encoded.connect };
             let head = std::future::poll_fn(|cx| exchange.poll_head(cx, &mut self, body.as_mut(), asked)).await?;
             Ok(self.respond(head, &encoded, exchange.writing, recycle))
@@ -145,6 +145,8 @@ struct Exchange {
     received: u64,
     /// Bytes arrived since the last parse.
     fresh: bool,
+    /// Bytes at the start of the read buffer known to hold no blank line.
+    scanned: usize,
 }
 
 // === impl Exchange ===
@@ -182,8 +184,20 @@ impl Exchange {
             }
             if self.fresh {
                 self.fresh = false;
-                if let Some(head) = parse_head(&mut conn.read_buf, asked)? {
-                    return Poll::Ready(Ok(head));
+                // A head is complete only at a blank line: look for one in
+                // the new bytes before parsing, so a head trickling in
+                // byte by byte costs linear time, not quadratic.
+                let from = self.scanned.saturating_sub(2);
+                let buffered = &conn.read_buf[from.min(conn.read_buf.len())..];
+                if buffered.windows(2).any(|w| w == b"\n\n") || buffered.windows(3).any(|w| w == b"\n\r\n") {
+                    if let Some(head) = parse_head(&mut conn.read_buf, asked)? {
+                        return Poll::Ready(Ok(head));
+                    }
+                }
+                // What is left holds no complete head, so no blank line.
+                self.scanned = conn.read_buf.len();
+                if self.scanned >= MAX_HEAD_BYTES {
+                    return Poll::Ready(Err(Error::new(ErrorKind::TooLarge, "response head over the size limit")));
                 }
             }
             let room = MAX_HEAD_BYTES.saturating_sub(conn.read_buf.len()).clamp(1, READ_CHUNK);

@@ -410,6 +410,8 @@ fn corpus() -> Vec<Case> {
         case("bare LF line endings", "HTTP/1.1 200 OK\ncontent-length: 2\n\nok", false),
         case("custom reason phrase", "HTTP/1.1 200 Fine Thanks\r\ncontent-length: 2\r\n\r\nok", false),
         case("empty reason phrase", "HTTP/1.1 404 \r\ncontent-length: 0\r\n\r\n", false),
+        case("no reason phrase, no space", "HTTP/1.1 200\r\ncontent-length: 0\r\n\r\n", false),
+        case("empty header value", "HTTP/1.1 200 OK\r\nx-empty:\r\nx-blank:   \r\ncontent-length: 0\r\n\r\n", false),
         case("unknown status 599", "HTTP/1.1 599 Odd\r\ncontent-length: 0\r\n\r\n", false),
         case("invalid status 099", "HTTP/1.1 099 Low\r\ncontent-length: 0\r\n\r\n", true),
         case("HTTP/2 status line", "HTTP/2.0 200 OK\r\ncontent-length: 0\r\n\r\n", true),

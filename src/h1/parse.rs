@@ -88,18 +88,17 @@ fn parse_one(buf: &mut BytesMut, asked: Asked) -> Result<Option<Option<Head>>, E
     let version = if res.version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
 
     // Record offsets so the fields can point into the frozen head.
-    let base = buf.as_ptr() as usize;
     let mut spans: [(usize, usize, usize, usize); MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
     let count = res.headers.len();
     for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
-        let n = h.name.as_ptr() as usize - base;
-        let v = h.value.as_ptr() as usize - base;
-        *span = (n, n + h.name.len(), v, v + h.value.len());
+        let (n0, n1) = span_in(buf, h.name.as_bytes(), len).ok_or(Error::malformed("header name outside the head"))?;
+        let (v0, v1) = span_in(buf, h.value, len).ok_or(Error::malformed("header value outside the head"))?;
+        *span = (n0, n1, v0, v1);
     }
-    let reason = res.reason.filter(|r| Some(*r) != status.canonical_reason()).map(|r| {
-        let at = r.as_ptr() as usize - base;
-        (at, at + r.len())
-    });
+    let reason = match res.reason.filter(|r| Some(*r) != status.canonical_reason()) {
+        Some(r) => Some(span_in(buf, r.as_bytes(), len).ok_or(Error::malformed("reason outside the head"))?),
+        None => None,
+    };
 
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
@@ -134,6 +133,18 @@ fn parse_one(buf: &mut BytesMut, asked: Asked) -> Result<Option<Option<Head>>, E
         keep_alive = false;
     }
     Ok(Some(Some(Head { parts, framing, keep_alive })))
+}
+
+/// Where `part` (a slice httparse returned) lies in the head `buf[..len]`.
+/// An empty part may be a static slice (httparse's empty reason), so it
+/// maps to an empty range; anything else must lie inside the head.
+fn span_in(buf: &[u8], part: &[u8], len: usize) -> Option<(usize, usize)> {
+    if part.is_empty() {
+        return Some((0, 0));
+    }
+    let start = (part.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    (end <= len).then_some((start, end))
 }
 
 /// RFC 9112 §6.3, in hyper's order.
@@ -260,6 +271,10 @@ mod tests {
         assert_eq!(got, ["a=1", "a=3", "bb=two"]);
         let reason = h.parts.extensions.get::<hyper::ext::ReasonPhrase>().unwrap();
         assert_eq!(reason.as_bytes(), b"Fine");
+        // No reason at all (not even the space): an empty one.
+        let h = parse("HTTP/1.1 299\r\nx-empty:\r\n\r\n").unwrap().unwrap();
+        assert_eq!(h.parts.headers["x-empty"], "");
+        assert_eq!(h.parts.extensions.get::<hyper::ext::ReasonPhrase>().unwrap().as_bytes(), b"");
         assert_eq!(h.framing, Framing::Eof);
         assert!(!h.keep_alive);
     }

@@ -50,6 +50,26 @@
 //! after some bytes were sent, a response already readable is still
 //! returned (the upstream's 413-then-close).
 //!
+//! `Expect: 100-continue` does not hold the body back: it is sent at once
+//! (as hyper's client does), and the `100` is skipped like any interim
+//! response.
+//!
+//! # Where it differs from hyper's client on purpose
+//!
+//! - A response with both `transfer-encoding` and `content-length`: the
+//!   stale `content-length` is removed from the head (RFC 9112 §6.3: an
+//!   intermediary must not forward it) and the connection is not reused
+//!   (hyper keeps both fields and reuses it).
+//! - Heads over [`MAX_HEAD_BYTES`] are refused (hyper reads up to ~408 KiB).
+//! - A request body of unknown length is sent chunked whatever the method
+//!   (hyper sends none for GET, HEAD and CONNECT); a caller-set
+//!   `transfer-encoding` that does not end in `chunked`, or both framing
+//!   headers, is refused rather than repaired.
+//! - The request line always says `HTTP/1.1` (hyper copies an HTTP/1.0
+//!   request's version, and downgrades after an HTTP/1.0 response).
+//! - An early final response stops the request body (hyper goes on sending
+//!   it).
+//!
 //! # Limits
 //!
 //! [`MAX_HEAD_BYTES`] per response head (interim heads each count on their

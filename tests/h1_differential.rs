@@ -689,6 +689,31 @@ async fn a_write_failure_still_returns_a_readable_response() {
     assert!(!err.is_retryable());
 }
 
+#[tokio::test]
+async fn an_upstream_that_does_not_speak_http_fails_fast_without_closing() {
+    // The connection stays open: the error must come from the first bytes.
+    let mock = Mock::new(&[b"SSH-2.0-OpenSSH_9.6\r\n"], None, []);
+    let err = tokio::time::timeout(
+        Duration::from_secs(5),
+        Connection::new(mock).send(&head_of(&Method::GET, "/"), Full::new(Bytes::new()), h1::Discard),
+    )
+    .await
+    .expect("no wait for more bytes")
+    .expect_err("not HTTP");
+    assert_eq!(err.kind(), ErrorKind::Malformed);
+    // A head that never ends stops at the limit, open connection or not.
+    let endless_head = format!("HTTP/1.1 200 OK\r\n{}", "x-pad: 0123456789abcdef\r\n".repeat(5000));
+    let mock = Mock::new(&[endless_head.as_bytes()], None, []);
+    let err = tokio::time::timeout(
+        Duration::from_secs(5),
+        Connection::new(mock).send(&head_of(&Method::GET, "/"), Full::new(Bytes::new()), h1::Discard),
+    )
+    .await
+    .expect("bounded")
+    .expect_err("too large");
+    assert_eq!(err.kind(), ErrorKind::TooLarge);
+}
+
 // === errors a pool retries on ===
 
 #[tokio::test]

@@ -187,9 +187,11 @@ impl Exchange {
                 // A head is complete only at a blank line: look for one in
                 // the new bytes before parsing, so a head trickling in
                 // byte by byte costs linear time, not quadratic.
+                // The first bytes are parsed at once, so a status line that
+                // is not HTTP fails fast.
                 let from = self.scanned.saturating_sub(2);
                 let buffered = &conn.read_buf[from.min(conn.read_buf.len())..];
-                if buffered.windows(2).any(|w| w == b"\n\n") || buffered.windows(3).any(|w| w == b"\n\r\n") {
+                if self.scanned == 0 || buffered.windows(2).any(|w| w == b"\n\n") || buffered.windows(3).any(|w| w == b"\n\r\n") {
                     if let Some(head) = parse_head(&mut conn.read_buf, asked)? {
                         return Poll::Ready(Ok(head));
                     }

@@ -32,6 +32,7 @@ pub mod breaker;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod h1;
 pub mod history;
 pub mod http;
 pub mod proxy;

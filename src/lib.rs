@@ -6,7 +6,8 @@
 //! order):
 //!
 //! 1. `clock` (the one time source, injectable in tests), `http` (the
-//!    response body type and fusebox's JSON answers);
+//!    response body type and fusebox's JSON answers), `h1` (the upstream
+//!    HTTP/1.1 client codec);
 //! 2. `breaker` (the pure state machine);
 //! 3. `history` (a circuit's operation buckets and health periods);
 //! 4. `config` (YAML -> checked `Config`: parse and validate, no runtime

@@ -323,6 +323,27 @@ impl Validator<'_> {
         }
     }
 
+    /// A merged percentage key, in (0, 100]: its written value, checked, or
+    /// `default`.
+    fn percentage(&mut self, w: Option<Written<f64>>, default: f64) -> f64 {
+        let Some(w) = w else { return default };
+        let v = *w.value;
+        if !(v > 0.0 && v <= 100.0) {
+            self.error(&w.at, format!("{v} is not a percentage in (0, 100]"));
+        }
+        v
+    }
+
+    /// A merged count key, at least 1: its written value, checked, or
+    /// `default`.
+    fn at_least_one(&mut self, w: Option<Written<u32>>, default: u32) -> u32 {
+        let Some(w) = w else { return default };
+        if *w.value == 0 {
+            self.error(&w.at, "0 is below the minimum of 1");
+        }
+        *w.value
+    }
+
     fn jwt(&mut self, jwt: RawJwt) -> AuthConfig {
         let short = |len: usize| format!("is {len} bytes: an HS256 secret needs at least {MIN_HS256_SECRET} (RFC 7518 3.2)");
         let key = match (jwt.hs256_secret_env, jwt.hs256_secret_file, jwt.public_key_file) {
@@ -550,25 +571,11 @@ impl Validator<'_> {
         if let Some(w) = s.get("enabled", |b| b.enabled.as_ref()) {
             p.enabled = *w.value;
         }
-        if let Some(w) = s.get("failureThreshold", |b| b.failure_threshold.as_ref()) {
-            if *w.value == 0 {
-                self.error(&w.at, "0 is below the minimum of 1");
-            }
-            p.failure_threshold = *w.value;
-        }
-        if let Some(w) = s.get("failureRateThreshold", |b| b.failure_rate_threshold.as_ref()) {
-            let v = *w.value;
-            if !(v > 0.0 && v <= 100.0) {
-                self.error(&w.at, format!("{v} is not a percentage in (0, 100]"));
-            }
-            p.failure_rate_threshold = v;
-        }
-        if let Some(w) = s.get("minimumRequestCount", |b| b.minimum_request_count.as_ref()) {
-            if *w.value == 0 {
-                self.error(&w.at, "0 is below the minimum of 1");
-            }
-            p.minimum_request_count = *w.value;
-        }
+        p.failure_threshold = self.at_least_one(s.get("failureThreshold", |b| b.failure_threshold.as_ref()), p.failure_threshold);
+        p.failure_rate_threshold =
+            self.percentage(s.get("failureRateThreshold", |b| b.failure_rate_threshold.as_ref()), p.failure_rate_threshold);
+        p.minimum_request_count =
+            self.at_least_one(s.get("minimumRequestCount", |b| b.minimum_request_count.as_ref()), p.minimum_request_count);
         if let Some(w) = s.get("monitoringWindow", |b| b.monitoring_window.as_ref()) {
             p.monitoring_window = self.duration(&w.at, Some(w.value), p.monitoring_window);
             if p.monitoring_window < Duration::from_secs(1) {
@@ -577,13 +584,8 @@ impl Validator<'_> {
         }
         p.slow_call_duration =
             self.written_duration(s.get("slowCallDuration", |b| b.slow_call_duration.as_ref()).as_ref(), p.slow_call_duration);
-        if let Some(w) = s.get("slowCallRateThreshold", |b| b.slow_call_rate_threshold.as_ref()) {
-            let v = *w.value;
-            if !(v > 0.0 && v <= 100.0) {
-                self.error(&w.at, format!("{v} is not a percentage in (0, 100]"));
-            }
-            p.slow_call_rate_threshold = v;
-        }
+        p.slow_call_rate_threshold =
+            self.percentage(s.get("slowCallRateThreshold", |b| b.slow_call_rate_threshold.as_ref()), p.slow_call_rate_threshold);
         if let Some(w) = s.get("resetTimeout", |b| b.reset_timeout.as_ref()) {
             p.reset_timeout = self.duration(&w.at, Some(w.value), p.reset_timeout);
             if p.reset_timeout.is_zero() {

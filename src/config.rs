@@ -1,13 +1,20 @@
-//! Configuration: the YAML file (`model`), the checks that turn it into a
-//! [`Config`] (`validate`), its rendering in the file's key names
-//! (`render`), and the errors with line, column and key path that
-//! `fusebox check` and a failed reload report.
+//! Configuration: the checked [`Config`], the errors with line, column and
+//! key path that `fusebox check` and a failed reload report, and [`parse`],
+//! which turns a file's text into a `Config` in steps, one module each:
+//! `env` expands `${NAME}`; `model` is the YAML as written (a structural
+//! error is worded by `keys`); `validate` merges the layers of defaults
+//! (`defaults`) and checks the result; `locate` finds the line and column
+//! of a key path. `render` writes a `Config` back in the file's key names.
 //!
 //! A `Config` that exists has passed every check: the data path never sees an
 //! unchecked value. This module reads files and environment variables but
 //! builds no runtime object and owns no runtime state: what a config
 //! becomes while fusebox runs, and swapping it live, is `runtime`'s job.
 
+mod defaults;
+mod env;
+mod keys;
+mod locate;
 pub mod model;
 pub mod render;
 pub mod validate;
@@ -21,7 +28,9 @@ use http::uri::{Authority, Scheme};
 
 use crate::breaker::Policy;
 
-pub use validate::parse;
+/// The largest config, key or secret file, `${NAME}` expansion and
+/// fallback body accepted.
+pub const MAX_FILE_BYTES: usize = 1024 * 1024;
 
 /// An upstream's TLS settings (`tls:` of an upstream); `tls::client_config`
 /// turns them into a rustls client config.
@@ -62,12 +71,6 @@ pub struct ClientConfig {
     pub idle_timeout: Duration,
     /// Above it new data connections wait in the backlog.
     pub max_connections: usize,
-}
-
-impl Default for ClientConfig {
-    fn default() -> Self {
-        ClientConfig { header_timeout: Duration::from_secs(10), idle_timeout: Duration::from_secs(60), max_connections: 10_000 }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,17 +153,6 @@ pub struct OutlierDetection {
     pub max_ejection_percent: u32,
 }
 
-impl Default for OutlierDetection {
-    fn default() -> Self {
-        OutlierDetection {
-            consecutive_failures: 5,
-            base_ejection_time: Duration::from_secs(30),
-            max_ejection_time: Duration::from_secs(300),
-            max_ejection_percent: 50,
-        }
-    }
-}
-
 /// Which failed attempts may be tried again, and how many.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
@@ -171,12 +163,6 @@ pub struct RetryPolicy {
     pub budget_ratio: f64,
     /// ... plus this many per second.
     pub budget_min_per_second: u32,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy { attempts: 1, on: RetryOn::CONNECT_FAILURE, budget_ratio: 0.2, budget_min_per_second: 10 }
-    }
 }
 
 /// The `retry.on` conditions, as bits.
@@ -299,6 +285,46 @@ pub struct ConfigErrors {
     pub errors: Vec<ConfigError>,
 }
 
+/// Parses and validates a whole config text.
+pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    let mut errors = Vec::new();
+    let expanded = env::expand_env(text, &mut errors);
+    let de = serde_yaml::Deserializer::from_str(&expanded);
+    let raw: model::RawConfig = match serde_path_to_error::deserialize(de) {
+        Ok(raw) => raw,
+        Err(e) => {
+            errors.push(keys::structural_error(e));
+            return Err(ConfigErrors { file: None, errors });
+        }
+    };
+    if !errors.is_empty() {
+        // An unset variable leaves a hole (`upstream: `): the checks
+        // would report what the hole causes as errors of their own.
+        return Err(ConfigErrors { file: None, errors });
+    }
+    validate::config(raw, &expanded).map_err(|errors| ConfigErrors { file: None, errors })
+}
+
+/// Reads a config, key or secret file: a regular file (never a FIFO, a
+/// device or a directory, which could block or never end) of at most 1 MiB.
+pub fn read_small_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".to_string());
+    }
+    if meta.len() > MAX_FILE_BYTES as u64 {
+        return Err(format!("{} bytes, more than the 1 MiB allowed", meta.len()));
+    }
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_FILE_BYTES as u64 + 1).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    if bytes.len() > MAX_FILE_BYTES {
+        return Err("grew past the 1 MiB allowed while being read".to_string());
+    }
+    Ok(bytes)
+}
+
 // === impl Config ===
 
 impl Config {
@@ -308,7 +334,7 @@ impl Config {
             file: Some(path.to_path_buf()),
             errors: vec![ConfigError::at_root(format!("cannot read file: {e}"))],
         };
-        let bytes = validate::read_small_file(path).map_err(unreadable)?;
+        let bytes = read_small_file(path).map_err(unreadable)?;
         let text = String::from_utf8(bytes).map_err(|_| unreadable("not UTF-8 text".to_string()))?;
         parse(&text).map_err(|mut e| {
             e.file = Some(path.to_path_buf());

@@ -84,7 +84,7 @@ fn certified_key(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, TlsE
 
 /// A PEM file: a regular file of at most 1 MiB, like every key file.
 fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
-    crate::config::validate::read_small_file(path).map_err(|message| TlsError::Pem { path: path.to_path_buf(), message })
+    crate::config::read_small_file(path).map_err(|message| TlsError::Pem { path: path.to_path_buf(), message })
 }
 
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {

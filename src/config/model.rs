@@ -1,8 +1,8 @@
 //! The YAML file as written: serde types that mirror docs/configuration.md key for
-//! key. Every field is optional here so defaults can be layered
-//! (built-in < `defaults:` < per-upstream); nothing in this file checks
-//! ranges or cross references (that is `validate`), and nothing here is ever
-//! handed to the data path.
+//! key. Every field is optional here so defaults can be layered (the
+//! layers and the built-in values live in `defaults`); nothing in this file
+//! checks ranges or cross references (that is `validate`), and nothing here
+//! is ever handed to the data path.
 
 use std::collections::BTreeMap;
 use std::fmt;

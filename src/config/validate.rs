@@ -1,7 +1,12 @@
-//! Text -> [`Config`]: `${NAME}` expansion, YAML parsing with key paths and
-//! positions, layering of defaults, and every semantic check. It collects
-//! all errors it can find instead of stopping at the first one; a structural
-//! error (a typo'd key, a wrong type) stops parsing, so it is reported alone.
+//! The checks that turn the parsed file ([`RawConfig`]) into a [`Config`]:
+//! every range, every cross reference, every file a key names, and the
+//! conversion into typed values. It merges the layers of an upstream's keys
+//! first (`defaults`), then checks the merged value once; it collects all
+//! the errors it finds instead of stopping at the first one.
+//!
+//! Must not: expand `${NAME}` or word structural errors (`env`, `keys`:
+//! a file that fails there never reaches these checks); write a default
+//! value of its own (they are all in `defaults`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,294 +15,43 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme};
 use http::Uri;
 
+use super::defaults::{self, Section, Written};
+use super::keys::suggest;
+use super::locate::locate;
 use super::model::{
-    RawAuth, RawBreaker, RawConfig, RawDefaults, RawHealthCheck, RawJwt, RawOutlierDetection, RawRetry, RawTimeouts, RawUpstream,
-    StatusSpec,
+    RawAuth, RawBreaker, RawClient, RawConfig, RawDefaults, RawHealthCheck, RawJwt, RawOutlierDetection, RawRetry, RawTimeouts,
+    RawUpstream, StatusSpec,
 };
-use super::ClientConfig;
 use super::{
-    AdminConfig, AuthConfig, Config, ConfigError, ConfigErrors, Endpoint, Fallback, HealthCheck, JwtConfig, JwtKey, ListenerTls,
-    LoadBalancing, OutlierDetection, Protocol, RetryOn, RetryPolicy, RouteConfig, ShutdownConfig, Timeouts, UpstreamConfig,
+    read_small_file, AdminConfig, AuthConfig, ClientConfig, Config, ConfigError, Endpoint, Fallback, HealthCheck, JwtConfig, JwtKey,
+    ListenerTls, LoadBalancing, OutlierDetection, Protocol, RetryOn, RetryPolicy, RouteConfig, ShutdownConfig, Timeouts, UpstreamConfig,
+    UpstreamTls, MAX_FILE_BYTES,
 };
 use crate::breaker::{Policy, StatusSet};
-
-/// Keys every map of the file may hold, for "did you mean" suggestions.
-const KNOWN_KEYS: &[&str] = &[
-    "listen",
-    "workers",
-    "tls",
-    "shutdown",
-    "store",
-    "admin",
-    "auth",
-    "defaults",
-    "upstreams",
-    "routes",
-    "certFile",
-    "keyFile",
-    "drainDelay",
-    "gracePeriod",
-    "path",
-    "jwt",
-    "hs256SecretEnv",
-    "hs256SecretFile",
-    "publicKeyFile",
-    "adminRole",
-    "roleClaim",
-    "requireForReads",
-    "issuer",
-    "audience",
-    "leeway",
-    "allowedOrigins",
-    "operation",
-    "methods",
-    "breaker",
-    "healthCheck",
-    "timeouts",
-    "maxConcurrentRequests",
-    "failureThreshold",
-    "failureRateThreshold",
-    "minimumRequestCount",
-    "monitoringWindow",
-    "slowCallDuration",
-    "slowCallRateThreshold",
-    "resetTimeout",
-    "maxResetTimeout",
-    "jitter",
-    "halfOpenRequests",
-    "minHealthyPeriod",
-    "recoveryRamp",
-    "failureStatuses",
-    "interval",
-    "timeout",
-    "connect",
-    "request",
-    "endpoints",
-    "loadBalancing",
-    "protocol",
-    "fallback",
-    "status",
-    "headers",
-    "body",
-    "caFile",
-    "serverName",
-    "match",
-    "upstream",
-    "pathPrefix",
-    "host",
-    "idle",
-    "outlierDetection",
-    "consecutiveFailures",
-    "baseEjectionTime",
-    "maxEjectionTime",
-    "maxEjectionPercent",
-    "retry",
-    "attempts",
-    "on",
-    "budget",
-    "ratio",
-    "minPerSecond",
-    "dnsRefresh",
-    "client",
-    "headerTimeout",
-    "idleTimeout",
-    "maxConnections",
-    "accessLog",
-    "enabled",
-    "metrics",
-    "requests",
-];
-
-/// Names the seed documents use for keys that are spelled otherwise here.
-const SEED_SYNONYMS: &[(&str, &str)] = &[
-    ("recoveryTimeout", "resetTimeout"),
-    ("resetTimeoutMs", "resetTimeout"),
-    ("expectedResponseTime", "slowCallDuration"),
-    ("monitoringWindowMs", "monitoringWindow"),
-    ("requestLimit", "maxConcurrentRequests"),
-    ("minHealthyPeriodMs", "minHealthyPeriod"),
-    ("healthCheckIntervalMs", "healthCheck.interval"),
-];
 
 /// The longest duration any key accepts: time arithmetic on it can never
 /// overflow.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
 
-/// The largest config, key or secret file, `${NAME}` expansion and
-/// fallback body accepted.
-pub const MAX_FILE_BYTES: usize = 1024 * 1024;
-/// The largest a config text may grow to through `${NAME}` expansions.
-const MAX_EXPANDED_BYTES: usize = 4 * MAX_FILE_BYTES;
 /// The shortest HS256 secret (RFC 7518 3.2: at least the hash's size).
 pub const MIN_HS256_SECRET: usize = 32;
 
-/// Reads a config, key or secret file: a regular file (never a FIFO, a
-/// device or a directory, which could block or never end) of at most 1 MiB.
-pub fn read_small_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
-    if !meta.is_file() {
-        return Err("not a regular file".to_string());
-    }
-    if meta.len() > MAX_FILE_BYTES as u64 {
-        return Err(format!("{} bytes, more than the 1 MiB allowed", meta.len()));
-    }
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(MAX_FILE_BYTES as u64 + 1).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
-    if bytes.len() > MAX_FILE_BYTES {
-        return Err("grew past the 1 MiB allowed while being read".to_string());
-    }
-    Ok(bytes)
-}
-
-/// Parses and validates a whole config text.
-pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
-    let mut errors = Vec::new();
-    let expanded = expand_env(text, &mut errors);
-    let de = serde_yaml::Deserializer::from_str(&expanded);
-    let raw: RawConfig = match serde_path_to_error::deserialize(de) {
-        Ok(raw) => raw,
-        Err(e) => {
-            errors.push(structural_error(e));
-            return Err(ConfigErrors { file: None, errors });
-        }
-    };
-    if !errors.is_empty() {
-        // An unset variable leaves a hole (`upstream: `): the checks below
-        // would report what the hole causes as errors of their own.
-        return Err(ConfigErrors { file: None, errors });
-    }
-    let mut v = Validator { text: &expanded, errors };
+/// Checks a parsed file whose text (after `${NAME}` expansion) is `text`,
+/// the text errors are located in.
+pub fn config(raw: RawConfig, text: &str) -> Result<Config, Vec<ConfigError>> {
+    let mut v = Validator { text, errors: Vec::new() };
     let config = v.config(raw);
     if v.errors.is_empty() {
-        Ok(config)
-    } else {
-        // A bad `defaults:` key is seen once per upstream; report it once.
-        let mut errors: Vec<ConfigError> = Vec::with_capacity(v.errors.len());
-        for e in v.errors {
-            if !errors.contains(&e) {
-                errors.push(e);
-            }
-        }
-        Err(ConfigErrors { file: None, errors })
+        return Ok(config);
     }
-}
-
-fn structural_error(e: serde_path_to_error::Error<serde_yaml::Error>) -> ConfigError {
-    let path = e.path().to_string();
-    let path = if path == "." { String::new() } else { path };
-    let inner = e.inner();
-    let loc = inner.location();
-    let mut message = inner.to_string();
-    if let Some(cut) = message.find(" at line ") {
-        message.truncate(cut);
-    }
-    // serde_yaml prefixes its own copy of the key path.
-    if let Some(idx) = message.find(": ") {
-        let head = &message[..idx];
-        if !head.contains(' ') && !path.is_empty() {
-            message = message[idx + 2..].to_string();
+    // A bad `defaults:` key is seen once per upstream; report it once.
+    let mut errors: Vec<ConfigError> = Vec::with_capacity(v.errors.len());
+    for e in v.errors {
+        if !errors.contains(&e) {
+            errors.push(e);
         }
     }
-    // Rust's type names mean nothing to an operator.
-    for (rust, human) in [
-        ("expected u16", "expected a whole number"),
-        ("expected u32", "expected a whole number"),
-        ("expected u64", "expected a whole number"),
-        ("expected usize", "expected a whole number"),
-        ("expected i64", "expected a whole number"),
-        ("expected f64", "expected a number"),
-        ("expected a sequence", "expected a list"),
-        ("expected a string", "expected text"),
-    ] {
-        if let Some(at) = message.find(rust) {
-            message.replace_range(at..at + rust.len(), human);
-        }
-    }
-    if let Some(rest) = message.strip_prefix("unknown field `") {
-        if let Some(end) = rest.find('`') {
-            let unknown = &rest[..end];
-            // serde lists the keys this map takes: "expected one of `a`, `b`".
-            let expected: Vec<&str> = rest[end + 1..].split('`').skip(1).step_by(2).collect();
-            let candidates: &[&str] = if expected.is_empty() { KNOWN_KEYS } else { &expected };
-            let synonym = SEED_SYNONYMS.iter().find(|(seed, _)| *seed == unknown).map(|(_, key)| *key);
-            message = match synonym.or_else(|| suggest(unknown, candidates).filter(|best| *best != unknown)) {
-                Some(key) if synonym.is_some() => {
-                    format!("unknown key `{unknown}`: the seeds' `{unknown}` is `{key}` here (a duration like 30s where the seed took milliseconds)")
-                }
-                Some(best) => format!("unknown key `{unknown}` (did you mean `{best}`?)"),
-                None if KNOWN_KEYS.contains(&unknown) && !expected.is_empty() => {
-                    format!("`{unknown}` is not valid here (valid here: {})", expected.join(", "))
-                }
-                None => format!("unknown key `{unknown}`"),
-            };
-        }
-    }
-    ConfigError { path, line: loc.as_ref().map(|l| l.line()), column: loc.as_ref().map(|l| l.column()), message }
-}
-
-/// The closest candidate by edit distance, if close enough to be a typo.
-pub fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
-    candidates
-        .iter()
-        .map(|c| (strsim::damerau_levenshtein(&word.to_lowercase(), &c.to_lowercase()), *c))
-        .filter(|(d, c)| *d <= 3.max(c.len() / 3))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
-}
-
-/// Replaces `${NAME}` with the environment value; comments are left alone.
-fn expand_env(text: &str, errors: &mut Vec<ConfigError>) -> String {
-    let mut out = String::with_capacity(text.len());
-    for (n, line) in text.split_inclusive('\n').enumerate() {
-        let code_end = comment_start(line).unwrap_or(line.len());
-        let (code, comment) = line.split_at(code_end);
-        let mut rest = code;
-        while let Some(start) = rest.find("${") {
-            out.push_str(&rest[..start]);
-            let after = &rest[start + 2..];
-            let Some(end) = after.find('}') else {
-                out.push_str(&rest[start..]);
-                rest = "";
-                break;
-            };
-            let name = &after[..end];
-            match std::env::var(name) {
-                Ok(value) if value.len() > MAX_FILE_BYTES || out.len() + value.len() > MAX_EXPANDED_BYTES => errors.push(ConfigError {
-                    path: String::new(),
-                    line: Some(n + 1),
-                    column: Some(code.len() - rest.len() + start + 1),
-                    message: format!("environment variable `{name}` is too large to expand (at most 1 MiB each, 4 MiB in all)"),
-                }),
-                Ok(value) => out.push_str(&value),
-                Err(_) => errors.push(ConfigError {
-                    path: String::new(),
-                    line: Some(n + 1),
-                    column: Some(code.len() - rest.len() + start + 1),
-                    message: format!("environment variable `{name}` is not set"),
-                }),
-            }
-            rest = &after[end + 1..];
-        }
-        out.push_str(rest);
-        out.push_str(comment);
-    }
-    out
-}
-
-fn comment_start(line: &str) -> Option<usize> {
-    let bytes = line.as_bytes();
-    let (mut single, mut double) = (false, false);
-    for (i, &b) in bytes.iter().enumerate() {
-        match b {
-            b'\'' if !double => single = !single,
-            b'"' if !single => double = !double,
-            b'#' if !single && !double && (i == 0 || bytes[i - 1].is_ascii_whitespace()) => return Some(i),
-            _ => {}
-        }
-    }
-    None
+    Err(errors)
 }
 
 struct Validator<'a> {
@@ -315,7 +69,7 @@ impl Validator<'_> {
     }
 
     fn config(&mut self, raw: RawConfig) -> Config {
-        let listen = self.addr("listen", raw.listen.as_deref(), "0.0.0.0:8080");
+        let listen = self.addr("listen", raw.listen.as_deref(), defaults::LISTEN);
         let admin_raw = raw.admin.unwrap_or_default();
         let mut allowed_origins = Vec::new();
         for (i, o) in admin_raw.allowed_origins.unwrap_or_default().into_iter().enumerate() {
@@ -325,11 +79,11 @@ impl Validator<'_> {
                 _ => self.error(&format!("admin.allowedOrigins[{i}]"), format!("`{o}` is not an origin like https://ops.example.com")),
             }
         }
-        let admin = AdminConfig { listen: self.addr("admin.listen", admin_raw.listen.as_deref(), "127.0.0.1:9901"), allowed_origins };
+        let admin = AdminConfig { listen: self.addr("admin.listen", admin_raw.listen.as_deref(), defaults::ADMIN_LISTEN), allowed_origins };
         if listen == admin.listen && listen.port() != 0 {
             self.error("admin.listen", "the admin listener must not share the data port");
         }
-        let workers = raw.workers.unwrap_or(0);
+        let workers = raw.workers.unwrap_or(defaults::WORKERS);
         if workers > 1024 {
             self.error("workers", format!("{workers} is not between 0 (one per core) and 1024"));
         }
@@ -348,24 +102,20 @@ impl Validator<'_> {
             }
         });
         let sd = raw.shutdown.unwrap_or_default();
+        let builtin = ShutdownConfig::default();
         let shutdown = ShutdownConfig {
-            drain_delay: self.duration("shutdown.drainDelay", sd.drain_delay.as_deref(), Duration::from_secs(5)),
-            grace_period: self.duration("shutdown.gracePeriod", sd.grace_period.as_deref(), Duration::from_secs(30)),
+            drain_delay: self.duration("shutdown.drainDelay", sd.drain_delay.as_deref(), builtin.drain_delay),
+            grace_period: self.duration("shutdown.gracePeriod", sd.grace_period.as_deref(), builtin.grace_period),
         };
         let store = raw.store.and_then(|s| s.path).map(PathBuf::from);
         let auth = match raw.auth {
             None | Some(RawAuth::None) => AuthConfig::None,
             Some(RawAuth::Jwt(jwt)) => self.jwt(jwt),
         };
-        let defaults = raw.defaults.unwrap_or_default();
-        let mut upstreams = Vec::new();
-        let raw_upstreams_empty = raw.upstreams.0.is_empty();
-        for (name, up) in raw.upstreams.0 {
-            if let Some(u) = self.upstream(&name, up, &defaults) {
-                upstreams.push(u);
-            }
-        }
-        if raw_upstreams_empty {
+        let file_defaults = raw.defaults.unwrap_or_default();
+        let upstreams: Vec<UpstreamConfig> =
+            raw.upstreams.0.into_iter().map(|(name, up)| self.upstream(&name, up, &file_defaults)).collect();
+        if upstreams.is_empty() {
             self.error("upstreams", "a config must define at least one upstream (an empty file is never a valid config)");
         }
         if raw.routes.is_empty() {
@@ -416,8 +166,7 @@ impl Validator<'_> {
                 }
                 (Some(_), own) => {
                     let base = upstreams.iter().find(|u| u.name == upstream).map(|u| u.breaker.clone()).unwrap_or_default();
-                    let mut p = self.breaker_over(base.clone(), &path, own.as_ref(), None);
-                    p.trial_lease = base.trial_lease;
+                    let mut p = self.breaker(&defaults::route_breaker(&path, own.as_ref()), base);
                     p.probe_trials = false;
                     Some(p)
                 }
@@ -441,13 +190,13 @@ impl Validator<'_> {
                 breaker,
             });
         }
-        let request_metrics = raw.metrics.and_then(|m| m.requests).unwrap_or(true);
+        let request_metrics = raw.metrics.and_then(|m| m.requests).unwrap_or(defaults::REQUEST_METRICS);
         let client = self.client(raw.client.unwrap_or_default());
-        let access_log = raw.access_log.and_then(|a| a.enabled).unwrap_or(false);
+        let access_log = raw.access_log.and_then(|a| a.enabled).unwrap_or(defaults::ACCESS_LOG);
         Config { listen, workers, tls, shutdown, store, admin, auth, upstreams, routes, request_metrics, client, access_log }
     }
 
-    fn client(&mut self, raw: super::model::RawClient) -> ClientConfig {
+    fn client(&mut self, raw: RawClient) -> ClientConfig {
         let d = ClientConfig::default();
         let c = ClientConfig {
             header_timeout: self.duration("client.headerTimeout", raw.header_timeout.as_deref(), d.header_timeout),
@@ -466,81 +215,73 @@ impl Validator<'_> {
         c
     }
 
-    /// `outlierDetection`, the upstream's keys over `defaults:` over built-ins.
-    fn outlier(&mut self, path: &str, own: Option<&RawOutlierDetection>, def: Option<&RawOutlierDetection>) -> OutlierDetection {
+    /// `outlierDetection`, merged (see `defaults`), checked.
+    fn outlier(&mut self, s: &Section<RawOutlierDetection>) -> OutlierDetection {
         let mut o = OutlierDetection::default();
-        for (layer, raw) in [("defaults.outlierDetection".to_string(), def), (format!("{path}.outlierDetection"), own)] {
-            let Some(r) = raw else { continue };
-            let key = |k: &str| format!("{layer}.{k}");
-            if let Some(v) = r.consecutive_failures {
-                o.consecutive_failures = v;
+        if let Some(w) = s.get("consecutiveFailures", |r| r.consecutive_failures.as_ref()) {
+            o.consecutive_failures = *w.value;
+        }
+        if let Some(w) = s.get("baseEjectionTime", |r| r.base_ejection_time.as_ref()) {
+            o.base_ejection_time = self.duration(&w.at, Some(w.value), o.base_ejection_time);
+            if o.base_ejection_time.is_zero() {
+                self.error(&w.at, "must be greater than zero");
             }
-            if let Some(v) = &r.base_ejection_time {
-                o.base_ejection_time = self.duration(&key("baseEjectionTime"), Some(v), o.base_ejection_time);
-                if o.base_ejection_time.is_zero() {
-                    self.error(&key("baseEjectionTime"), "must be greater than zero");
-                }
+        }
+        o.max_ejection_time =
+            self.written_duration(s.get("maxEjectionTime", |r| r.max_ejection_time.as_ref()).as_ref(), o.max_ejection_time);
+        if let Some(w) = s.get("maxEjectionPercent", |r| r.max_ejection_percent.as_ref()) {
+            let v = *w.value;
+            if v > 100 {
+                self.error(&w.at, format!("{v} is a percentage in [0, 100]"));
             }
-            if let Some(v) = &r.max_ejection_time {
-                o.max_ejection_time = self.duration(&key("maxEjectionTime"), Some(v), o.max_ejection_time);
-            }
-            if let Some(v) = r.max_ejection_percent {
-                if v > 100 {
-                    self.error(&key("maxEjectionPercent"), format!("{v} is a percentage in [0, 100]"));
-                }
-                o.max_ejection_percent = v.min(100);
-            }
+            o.max_ejection_percent = v.min(100);
         }
         if o.max_ejection_time < o.base_ejection_time {
             self.error(
-                &format!("{path}.outlierDetection"),
+                &s.home,
                 format!("maxEjectionTime ({:?}) is below baseEjectionTime ({:?})", o.max_ejection_time, o.base_ejection_time),
             );
         }
         o
     }
 
-    /// `retry`, the upstream's keys over `defaults:` over built-ins.
-    fn retry(&mut self, path: &str, own: Option<&RawRetry>, def: Option<&RawRetry>) -> RetryPolicy {
+    /// `retry`, merged (see `defaults`), checked.
+    fn retry(&mut self, s: &Section<RawRetry>) -> RetryPolicy {
         let mut r = RetryPolicy::default();
-        for (layer, raw) in [("defaults.retry".to_string(), def), (format!("{path}.retry"), own)] {
-            let Some(raw) = raw else { continue };
-            let key = |k: &str| format!("{layer}.{k}");
-            if let Some(v) = raw.attempts {
-                if v > 10 {
-                    self.error(&key("attempts"), format!("{v} is not between 0 and 10"));
-                }
-                r.attempts = v.min(10);
+        if let Some(w) = s.get("attempts", |r| r.attempts.as_ref()) {
+            let v = *w.value;
+            if v > 10 {
+                self.error(&w.at, format!("{v} is not between 0 and 10"));
             }
-            if let Some(list) = &raw.on {
-                let mut on = RetryOn::default();
-                for (i, item) in list.iter().enumerate() {
-                    let text = match item {
-                        StatusSpec::Code(c) => c.to_string(),
-                        StatusSpec::Text(t) => t.trim().to_string(),
-                    };
-                    match RetryOn::NAMES.iter().find(|(n, _)| *n == text) {
-                        Some((_, bit)) => on.0 |= bit.0,
-                        None => {
-                            let names: Vec<&str> = RetryOn::NAMES.iter().map(|(n, _)| *n).collect();
-                            let hint = suggest(&text, &names).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
-                            self.error(&format!("{}[{i}]", key("on")), format!("`{text}` is not one of {}{hint}", names.join(", ")));
-                        }
+            r.attempts = v.min(10);
+        }
+        if let Some(w) = s.get("on", |r| r.on.as_ref()) {
+            let mut on = RetryOn::default();
+            for (i, item) in w.value.iter().enumerate() {
+                let text = match item {
+                    StatusSpec::Code(c) => c.to_string(),
+                    StatusSpec::Text(t) => t.trim().to_string(),
+                };
+                match RetryOn::NAMES.iter().find(|(n, _)| *n == text) {
+                    Some((_, bit)) => on.0 |= bit.0,
+                    None => {
+                        let names: Vec<&str> = RetryOn::NAMES.iter().map(|(n, _)| *n).collect();
+                        let hint = suggest(&text, &names).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+                        self.error(&format!("{}[{i}]", w.at), format!("`{text}` is not one of {}{hint}", names.join(", ")));
                     }
                 }
-                r.on = on;
             }
-            if let Some(b) = &raw.budget {
-                if let Some(v) = b.ratio {
-                    if !(0.0..=1000.0).contains(&v) {
-                        self.error(&key("budget.ratio"), format!("{v} is not a ratio between 0 and 1000"));
-                    }
-                    r.budget_ratio = v.clamp(0.0, 1000.0);
-                }
-                if let Some(v) = b.min_per_second {
-                    r.budget_min_per_second = v;
-                }
+            r.on = on;
+        }
+        if let Some(w) = s.get("budget.ratio", |r| r.budget.as_ref().and_then(|b| b.ratio.as_ref())) {
+            let v = *w.value;
+            if !(0.0..=1000.0).contains(&v) {
+                self.error(&w.at, format!("{v} is not a ratio between 0 and 1000"));
             }
+            r.budget_ratio = v.clamp(0.0, 1000.0);
+        }
+        if let Some(w) = s.get("budget.minPerSecond", |r| r.budget.as_ref().and_then(|b| b.min_per_second.as_ref())) {
+            r.budget_min_per_second = *w.value;
         }
         r
     }
@@ -572,6 +313,35 @@ impl Validator<'_> {
                 }
             },
         }
+    }
+
+    /// A merged duration key: its written value, checked, or `default`.
+    fn written_duration(&mut self, w: Option<&Written<String>>, default: Duration) -> Duration {
+        match w {
+            Some(w) => self.duration(&w.at, Some(w.value), default),
+            None => default,
+        }
+    }
+
+    /// A merged percentage key, in (0, 100]: its written value, checked, or
+    /// `default`.
+    fn percentage(&mut self, w: Option<Written<f64>>, default: f64) -> f64 {
+        let Some(w) = w else { return default };
+        let v = *w.value;
+        if !(v > 0.0 && v <= 100.0) {
+            self.error(&w.at, format!("{v} is not a percentage in (0, 100]"));
+        }
+        v
+    }
+
+    /// A merged count key, at least 1: its written value, checked, or
+    /// `default`.
+    fn at_least_one(&mut self, w: Option<Written<u32>>, default: u32) -> u32 {
+        let Some(w) = w else { return default };
+        if *w.value == 0 {
+            self.error(&w.at, "0 is below the minimum of 1");
+        }
+        *w.value
     }
 
     fn jwt(&mut self, jwt: RawJwt) -> AuthConfig {
@@ -624,22 +394,22 @@ impl Validator<'_> {
                 return AuthConfig::None;
             }
         };
-        let leeway = self.duration("auth.jwt.leeway", jwt.leeway.as_deref(), Duration::from_secs(30));
+        let leeway = self.duration("auth.jwt.leeway", jwt.leeway.as_deref(), defaults::JWT_LEEWAY);
         if leeway > Duration::from_secs(3600) {
             self.error("auth.jwt.leeway", "is at most 1h");
         }
         AuthConfig::Jwt(JwtConfig {
             key,
-            admin_role: jwt.admin_role.unwrap_or_else(|| "admin".to_string()),
+            admin_role: jwt.admin_role.unwrap_or_else(|| defaults::JWT_ADMIN_ROLE.to_string()),
             role_claim: jwt.role_claim,
-            require_for_reads: jwt.require_for_reads.unwrap_or(false),
+            require_for_reads: jwt.require_for_reads.unwrap_or(defaults::JWT_REQUIRE_FOR_READS),
             issuer: jwt.issuer,
             audience: jwt.audience,
             leeway,
         })
     }
 
-    fn upstream(&mut self, name: &str, raw: RawUpstream, defaults: &RawDefaults) -> Option<UpstreamConfig> {
+    fn upstream(&mut self, name: &str, raw: RawUpstream, file_defaults: &RawDefaults) -> UpstreamConfig {
         let path = format!("upstreams.{name}");
         if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
             self.error(&path, format!("`{name}` must be 1-64 characters of letters, digits, `-`, `_` or `.`"));
@@ -655,46 +425,47 @@ impl Validator<'_> {
             }
         }
         let load_balancing = match raw.load_balancing.as_deref() {
-            None | Some("round-robin") => LoadBalancing::RoundRobin,
+            None => defaults::LOAD_BALANCING,
+            Some("round-robin") => LoadBalancing::RoundRobin,
             Some("least-request") => LoadBalancing::LeastRequest,
             Some(other) => {
                 self.error(&format!("{path}.loadBalancing"), format!("`{other}` is not round-robin or least-request"));
-                LoadBalancing::RoundRobin
+                defaults::LOAD_BALANCING
             }
         };
         let protocol = match raw.protocol.as_deref() {
-            None | Some("http1") => Protocol::Http1,
+            None => defaults::PROTOCOL,
+            Some("http1") => Protocol::Http1,
             Some("http2") | Some("h2c") => Protocol::Http2,
             Some(other) => {
                 self.error(&format!("{path}.protocol"), format!("`{other}` is not http1 or http2"));
-                Protocol::Http1
+                defaults::PROTOCOL
             }
         };
-        let timeouts = self.timeouts(&path, raw.timeouts.as_ref(), defaults.timeouts.as_ref());
-        let outlier_detection = self.outlier(&path, raw.outlier_detection.as_ref(), defaults.outlier_detection.as_ref());
-        let retry = self.retry(&path, raw.retry.as_ref(), defaults.retry.as_ref());
-        let dns_refresh = match (&raw.dns_refresh, &defaults.dns_refresh) {
-            (Some(v), _) => self.duration(&format!("{path}.dnsRefresh"), Some(v), Duration::from_secs(30)),
-            (None, Some(v)) => self.duration("defaults.dnsRefresh", Some(v), Duration::from_secs(30)),
-            (None, None) => Duration::from_secs(30),
-        };
-        if dns_refresh < Duration::from_secs(1) {
-            self.error(&format!("{path}.dnsRefresh"), format!("{dns_refresh:?} is below the 1s minimum"));
+        let layers = defaults::upstream(&path, &raw, file_defaults);
+        let timeouts = self.timeouts(&layers.timeouts);
+        let outlier_detection = self.outlier(&layers.outlier_detection);
+        let retry = self.retry(&layers.retry);
+        let dns_refresh = self.written_duration(layers.dns_refresh.as_ref(), defaults::DNS_REFRESH);
+        if let Some(w) = layers.dns_refresh.filter(|_| dns_refresh < Duration::from_secs(1)) {
+            self.error(&w.at, format!("{dns_refresh:?} is below the 1s minimum"));
         }
-        let health_check = self.health_check(&path, raw.health_check.as_ref(), defaults.health_check.as_ref());
-        let mut breaker = self.breaker(&path, raw.breaker.as_ref(), defaults.breaker.as_ref());
+        let health_check = self.health_check(&layers.health_check);
+        let mut breaker = self.breaker(&layers.breaker, Policy::default());
         breaker.trial_lease = timeouts.connect + timeouts.request;
         breaker.probe_trials = health_check.is_some();
-        let max_concurrent_requests = raw.max_concurrent_requests.or(defaults.max_concurrent_requests).unwrap_or(1000);
-        if max_concurrent_requests == 0 {
-            self.error(&format!("{path}.maxConcurrentRequests"), "0 is below the minimum of 1");
-        }
+        let max_concurrent_requests = layers.max_concurrent_requests.map_or(defaults::MAX_CONCURRENT_REQUESTS, |w| {
+            if *w.value == 0 {
+                self.error(&w.at, "0 is below the minimum of 1");
+            }
+            *w.value
+        });
         let fallback = raw.fallback.map(|f| {
-            let status = match http::StatusCode::from_u16(f.status.unwrap_or(503)) {
+            let status = match f.status.map_or(Ok(defaults::FALLBACK_STATUS), http::StatusCode::from_u16) {
                 Ok(s) => s,
                 Err(_) => {
                     self.error(&format!("{path}.fallback.status"), "is not an HTTP status");
-                    http::StatusCode::SERVICE_UNAVAILABLE
+                    defaults::FALLBACK_STATUS
                 }
             };
             let mut headers = Vec::new();
@@ -711,7 +482,7 @@ impl Validator<'_> {
             Fallback { status, headers, body: bytes::Bytes::from(body) }
         });
         let tls = match raw.tls {
-            None => super::UpstreamTls::default(),
+            None => UpstreamTls::default(),
             Some(t) => {
                 for (key, file) in [("caFile", &t.ca_file), ("certFile", &t.cert_file), ("keyFile", &t.key_file)] {
                     if let Some(f) = file {
@@ -731,7 +502,7 @@ impl Validator<'_> {
                 if !endpoints.iter().any(|e| e.scheme == Scheme::HTTPS) {
                     self.error(&format!("{path}.tls"), "is only used by https:// endpoints, and this upstream has none");
                 }
-                super::UpstreamTls {
+                UpstreamTls {
                     ca_file: t.ca_file.map(PathBuf::from),
                     server_name: t.server_name,
                     cert_file: t.cert_file.map(PathBuf::from),
@@ -741,7 +512,7 @@ impl Validator<'_> {
         };
         // Kept even when invalid (the file is rejected anyway), so routes
         // naming it do not report a second, misleading error.
-        Some(UpstreamConfig {
+        UpstreamConfig {
             name: name.to_string(),
             endpoints,
             load_balancing,
@@ -755,144 +526,110 @@ impl Validator<'_> {
             outlier_detection,
             retry,
             dns_refresh,
-        })
+        }
     }
 
-    fn timeouts(&mut self, path: &str, own: Option<&RawTimeouts>, def: Option<&RawTimeouts>) -> Timeouts {
-        let pick = |f: fn(&RawTimeouts) -> Option<&String>| -> (Option<String>, String) {
-            match own.and_then(f) {
-                Some(v) => (Some(v.clone()), format!("{path}.timeouts")),
-                None => (def.and_then(f).cloned(), "defaults.timeouts".to_string()),
-            }
-        };
-        let (connect, cp) = pick(|t| t.connect.as_ref());
-        let (request, rp) = pick(|t| t.request.as_ref());
-        let (idle, ip) = pick(|t| t.idle.as_ref());
+    /// `timeouts`, merged (see `defaults`), checked.
+    fn timeouts(&mut self, s: &Section<RawTimeouts>) -> Timeouts {
+        let builtin = Timeouts::default();
         let t = Timeouts {
-            connect: self.duration(&format!("{cp}.connect"), connect.as_deref(), Duration::from_secs(2)),
-            request: self.duration(&format!("{rp}.request"), request.as_deref(), Duration::from_secs(30)),
-            idle: self.duration(&format!("{ip}.idle"), idle.as_deref(), Duration::from_secs(60)),
+            connect: self.written_duration(s.get("connect", |t| t.connect.as_ref()).as_ref(), builtin.connect),
+            request: self.written_duration(s.get("request", |t| t.request.as_ref()).as_ref(), builtin.request),
+            idle: self.written_duration(s.get("idle", |t| t.idle.as_ref()).as_ref(), builtin.idle),
         };
         if t.connect.is_zero() || t.request.is_zero() || t.idle.is_zero() {
-            self.error(&format!("{path}.timeouts"), "timeouts must be greater than zero");
+            self.error(&s.home, "timeouts must be greater than zero");
         }
         t
     }
 
-    fn health_check(&mut self, path: &str, own: Option<&RawHealthCheck>, def: Option<&RawHealthCheck>) -> Option<HealthCheck> {
-        if own.is_none() && def.is_none() {
+    /// `healthCheck`, merged (see `defaults`), checked: none unless a layer
+    /// writes it.
+    fn health_check(&mut self, s: &Section<RawHealthCheck>) -> Option<HealthCheck> {
+        if !s.is_written() {
             return None;
         }
-        let get = |f: fn(&RawHealthCheck) -> Option<&String>| own.and_then(f).or_else(|| def.and_then(f)).cloned();
-        let hc_path = get(|h| h.path.as_ref()).unwrap_or_else(|| "/health".to_string());
-        if !hc_path.starts_with('/') {
-            self.error(&format!("{path}.healthCheck.path"), "must start with `/`");
+        let path = s.get("path", |h| h.path.as_ref());
+        if let Some(w) = path.as_ref().filter(|w| !w.value.starts_with('/')) {
+            self.error(&w.at, "must start with `/`");
         }
-        let interval =
-            self.duration(&format!("{path}.healthCheck.interval"), get(|h| h.interval.as_ref()).as_deref(), Duration::from_secs(30));
-        let timeout = self.duration(&format!("{path}.healthCheck.timeout"), get(|h| h.timeout.as_ref()).as_deref(), Duration::from_secs(2));
-        if interval < Duration::from_millis(100) {
-            self.error(&format!("{path}.healthCheck.interval"), format!("{interval:?} is below the 100ms minimum"));
+        let path = path.map_or(defaults::HEALTH_CHECK_PATH, |w| w.value.as_str()).to_string();
+        let written_interval = s.get("interval", |h| h.interval.as_ref());
+        let interval = self.written_duration(written_interval.as_ref(), defaults::HEALTH_CHECK_INTERVAL);
+        let timeout = self.written_duration(s.get("timeout", |h| h.timeout.as_ref()).as_ref(), defaults::HEALTH_CHECK_TIMEOUT);
+        if let Some(w) = written_interval.filter(|_| interval < Duration::from_millis(100)) {
+            self.error(&w.at, format!("{interval:?} is below the 100ms minimum"));
         }
-        Some(HealthCheck { path: hc_path, interval, timeout })
+        Some(HealthCheck { path, interval, timeout })
     }
 
-    fn breaker(&mut self, path: &str, own: Option<&RawBreaker>, def: Option<&RawBreaker>) -> Policy {
-        self.breaker_over(Policy::default(), path, own, Some(("defaults.breaker".to_string(), def)))
-    }
-
-    /// `own` (at `path.breaker`) over `under` (a lower layer, if any) over
-    /// `base`: the upstream's keys over `defaults:`, or a route's keys over
-    /// its upstream's effective policy.
-    fn breaker_over(&mut self, base: Policy, path: &str, own: Option<&RawBreaker>, under: Option<(String, Option<&RawBreaker>)>) -> Policy {
+    /// The `breaker` keys of `s`, merged (see `defaults`) and checked, over
+    /// `base`: the built-in policy for an upstream, the upstream's for an
+    /// operation.
+    fn breaker(&mut self, s: &Section<RawBreaker>, base: Policy) -> Policy {
         let mut p = base;
-        let (under_layer, def) = under.unwrap_or_else(|| (String::new(), None));
-        // Lower layer first, then the own keys; errors name the layer.
-        for (layer, raw) in [(under_layer, def), (format!("{path}.breaker"), own)] {
-            let Some(b) = raw else { continue };
-            let key = |k: &str| format!("{layer}.{k}");
-            if let Some(v) = b.enabled {
-                p.enabled = v;
+        if let Some(w) = s.get("enabled", |b| b.enabled.as_ref()) {
+            p.enabled = *w.value;
+        }
+        p.failure_threshold = self.at_least_one(s.get("failureThreshold", |b| b.failure_threshold.as_ref()), p.failure_threshold);
+        p.failure_rate_threshold =
+            self.percentage(s.get("failureRateThreshold", |b| b.failure_rate_threshold.as_ref()), p.failure_rate_threshold);
+        p.minimum_request_count =
+            self.at_least_one(s.get("minimumRequestCount", |b| b.minimum_request_count.as_ref()), p.minimum_request_count);
+        if let Some(w) = s.get("monitoringWindow", |b| b.monitoring_window.as_ref()) {
+            p.monitoring_window = self.duration(&w.at, Some(w.value), p.monitoring_window);
+            if p.monitoring_window < Duration::from_secs(1) {
+                self.error(&w.at, format!("{:?} is below the 1s minimum", p.monitoring_window));
             }
-            if let Some(v) = b.failure_threshold {
-                if v == 0 {
-                    self.error(&key("failureThreshold"), "0 is below the minimum of 1");
+        }
+        p.slow_call_duration =
+            self.written_duration(s.get("slowCallDuration", |b| b.slow_call_duration.as_ref()).as_ref(), p.slow_call_duration);
+        p.slow_call_rate_threshold =
+            self.percentage(s.get("slowCallRateThreshold", |b| b.slow_call_rate_threshold.as_ref()), p.slow_call_rate_threshold);
+        if let Some(w) = s.get("resetTimeout", |b| b.reset_timeout.as_ref()) {
+            p.reset_timeout = self.duration(&w.at, Some(w.value), p.reset_timeout);
+            if p.reset_timeout.is_zero() {
+                self.error(&w.at, "must be greater than zero");
+            }
+        }
+        let max_reset_timeout = s.get("maxResetTimeout", |b| b.max_reset_timeout.as_ref());
+        p.max_reset_timeout = self.written_duration(max_reset_timeout.as_ref(), p.max_reset_timeout);
+        if let Some(w) = s.get("jitter", |b| b.jitter.as_ref()) {
+            let v = *w.value;
+            if !(0.0..1.0).contains(&v) {
+                self.error(&w.at, format!("{v} is not a fraction in [0, 1)"));
+            }
+            p.jitter = v;
+        }
+        if let Some(w) = s.get("halfOpenRequests", |b| b.half_open_requests.as_ref()) {
+            let v = *w.value;
+            if v == 0 || v > 1000 {
+                self.error(&w.at, format!("{v} is not between 1 and 1000"));
+            }
+            p.half_open_requests = v;
+        }
+        p.min_healthy_period =
+            self.written_duration(s.get("minHealthyPeriod", |b| b.min_healthy_period.as_ref()).as_ref(), p.min_healthy_period);
+        p.recovery_ramp = self.written_duration(s.get("recoveryRamp", |b| b.recovery_ramp.as_ref()).as_ref(), p.recovery_ramp);
+        if let Some(w) = s.get("failureStatuses", |b| b.failure_statuses.as_ref()) {
+            let mut ranges = Vec::new();
+            for (i, spec) in w.value.iter().enumerate() {
+                let text = match spec {
+                    StatusSpec::Code(c) => c.to_string(),
+                    StatusSpec::Text(t) => t.clone(),
+                };
+                match StatusSet::parse_one(&text) {
+                    Ok(r) => ranges.push(r),
+                    Err(msg) => self.error(&format!("{}[{i}]", w.at), msg),
                 }
-                p.failure_threshold = v;
             }
-            if let Some(v) = b.failure_rate_threshold {
-                if !(v > 0.0 && v <= 100.0) {
-                    self.error(&key("failureRateThreshold"), format!("{v} is not a percentage in (0, 100]"));
-                }
-                p.failure_rate_threshold = v;
-            }
-            if let Some(v) = b.minimum_request_count {
-                if v == 0 {
-                    self.error(&key("minimumRequestCount"), "0 is below the minimum of 1");
-                }
-                p.minimum_request_count = v;
-            }
-            if let Some(v) = &b.monitoring_window {
-                p.monitoring_window = self.duration(&key("monitoringWindow"), Some(v), p.monitoring_window);
-                if p.monitoring_window < Duration::from_secs(1) {
-                    self.error(&key("monitoringWindow"), format!("{:?} is below the 1s minimum", p.monitoring_window));
-                }
-            }
-            if let Some(v) = &b.slow_call_duration {
-                p.slow_call_duration = self.duration(&key("slowCallDuration"), Some(v), p.slow_call_duration);
-            }
-            if let Some(v) = b.slow_call_rate_threshold {
-                if !(v > 0.0 && v <= 100.0) {
-                    self.error(&key("slowCallRateThreshold"), format!("{v} is not a percentage in (0, 100]"));
-                }
-                p.slow_call_rate_threshold = v;
-            }
-            if let Some(v) = &b.reset_timeout {
-                p.reset_timeout = self.duration(&key("resetTimeout"), Some(v), p.reset_timeout);
-                if p.reset_timeout.is_zero() {
-                    self.error(&key("resetTimeout"), "must be greater than zero");
-                }
-            }
-            if let Some(v) = &b.max_reset_timeout {
-                p.max_reset_timeout = self.duration(&key("maxResetTimeout"), Some(v), p.max_reset_timeout);
-            }
-            if let Some(v) = b.jitter {
-                if !(0.0..1.0).contains(&v) {
-                    self.error(&key("jitter"), format!("{v} is not a fraction in [0, 1)"));
-                }
-                p.jitter = v;
-            }
-            if let Some(v) = b.half_open_requests {
-                if v == 0 || v > 1000 {
-                    self.error(&key("halfOpenRequests"), format!("{v} is not between 1 and 1000"));
-                }
-                p.half_open_requests = v;
-            }
-            if let Some(v) = &b.min_healthy_period {
-                p.min_healthy_period = self.duration(&key("minHealthyPeriod"), Some(v), p.min_healthy_period);
-            }
-            if let Some(v) = &b.recovery_ramp {
-                p.recovery_ramp = self.duration(&key("recoveryRamp"), Some(v), p.recovery_ramp);
-            }
-            if let Some(list) = &b.failure_statuses {
-                let mut ranges = Vec::new();
-                for (i, s) in list.iter().enumerate() {
-                    let text = match s {
-                        StatusSpec::Code(c) => c.to_string(),
-                        StatusSpec::Text(t) => t.clone(),
-                    };
-                    match StatusSet::parse_one(&text) {
-                        Ok(r) => ranges.push(r),
-                        Err(msg) => self.error(&format!("{}[{i}]", key("failureStatuses")), msg),
-                    }
-                }
-                p.failure_statuses = StatusSet(ranges);
-            }
+            p.failure_statuses = StatusSet(ranges);
         }
         if p.max_reset_timeout < p.reset_timeout {
-            let max_src = own.and_then(|b| b.max_reset_timeout.as_ref()).map_or("lower", |_| path);
-            let max_key = if max_src == path { format!("{path}.breaker.maxResetTimeout") } else { format!("{path}.breaker") };
-            self.error(&max_key, format!("maxResetTimeout ({:?}) is below resetTimeout ({:?})", p.max_reset_timeout, p.reset_timeout));
+            // At the section's own `maxResetTimeout` when it writes one.
+            let own = format!("{}.maxResetTimeout", s.home);
+            let at = if max_reset_timeout.is_some_and(|w| w.at == own) { own } else { s.home.clone() };
+            self.error(&at, format!("maxResetTimeout ({:?}) is below resetTimeout ({:?})", p.max_reset_timeout, p.reset_timeout));
         }
         p
     }
@@ -912,189 +649,4 @@ fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
         return Err(format!("`{text}`: endpoints are scheme://host:port, without a path"));
     }
     Ok(Endpoint { scheme, authority })
-}
-
-/// Best-effort 1-based (line, column) of a dotted key path such as
-/// `upstreams.api.breaker.jitter` or `routes[2].upstream`, found by walking
-/// the text key by key. Errors always carry the key path anyway.
-pub fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
-    let lines: Vec<&str> = text.lines().collect();
-    let mut line = 0usize;
-    let mut col = 0usize;
-    let mut found = false;
-    for seg in split_path(path) {
-        match seg {
-            Seg::Key(key) => {
-                let (l, c) = find_key(&lines, line, col, key)?;
-                line = l;
-                col = c;
-                found = true;
-            }
-            Seg::Index(i) => {
-                // A flow sequence on the key's own line: `key: [a, b]`.
-                if found {
-                    if let Some(c) = flow_item(lines[line], col, i) {
-                        col = c;
-                        continue;
-                    }
-                }
-                // The i-th `-` item at the indentation of the first one,
-                // within the block of the key (not in a later section).
-                let parent = found.then(|| lines[line].len() - lines[line].trim_start().len());
-                let mut seen = 0;
-                let mut indent = None;
-                let mut hit = None;
-                for (n, l) in lines.iter().enumerate().skip(line + 1) {
-                    let trimmed = l.trim_start();
-                    if trimmed.is_empty() || trimmed.starts_with('#') {
-                        continue;
-                    }
-                    let ind = l.len() - trimmed.len();
-                    if !trimmed.starts_with('-') {
-                        if indent.or(parent).is_some_and(|i| ind <= i) {
-                            break;
-                        }
-                        continue;
-                    }
-                    match indent {
-                        None => indent = Some(ind),
-                        Some(i) if i != ind => continue,
-                        _ => {}
-                    }
-                    if seen == i {
-                        hit = Some((n, ind));
-                        break;
-                    }
-                    seen += 1;
-                }
-                let (l, c) = hit?;
-                line = l;
-                col = c + 1;
-                found = true;
-            }
-        }
-    }
-    found.then_some((line + 1, col + 1))
-}
-
-/// For a flow sequence (`key: [a, b]`) after the key at `key_col` on
-/// `line`: the 0-based column of item `i`, or the key's when the item is not
-/// on that line. None when the value is not a flow sequence.
-fn flow_item(line: &str, key_col: usize, i: usize) -> Option<usize> {
-    let rest = line.get(key_col..)?;
-    let colon = rest.find(':')?;
-    let after = &rest[colon + 1..];
-    let open = key_col + colon + 1 + (after.len() - after.trim_start().len());
-    if !line[open..].starts_with('[') {
-        return None;
-    }
-    let (mut depth, mut seen, mut quote) = (0usize, 0usize, None::<u8>);
-    for (at, &b) in line.as_bytes().iter().enumerate().skip(open) {
-        if let Some(q) = quote {
-            if b == q {
-                quote = None;
-            }
-            continue;
-        }
-        match b {
-            b'[' | b'{' => depth += 1,
-            b']' | b'}' => {
-                depth = depth.saturating_sub(1);
-                if depth == 0 {
-                    break;
-                }
-            }
-            b',' if depth == 1 => {
-                seen += 1;
-                continue;
-            }
-            _ => {}
-        }
-        if b == b'"' || b == b'\'' {
-            quote = Some(b);
-        }
-        if depth == 1 && seen == i && !matches!(b, b' ' | b'[') {
-            return Some(at);
-        }
-    }
-    Some(key_col)
-}
-
-enum Seg<'a> {
-    Key(&'a str),
-    Index(usize),
-}
-
-fn split_path(path: &str) -> Vec<Seg<'_>> {
-    let mut out = Vec::new();
-    for part in path.split('.').filter(|p| !p.is_empty()) {
-        let mut rest = part;
-        if let Some(b) = rest.find('[') {
-            if b > 0 {
-                out.push(Seg::Key(&rest[..b]));
-            }
-            rest = &rest[b..];
-            while let Some(stripped) = rest.strip_prefix('[') {
-                let Some(end) = stripped.find(']') else { break };
-                if let Ok(i) = stripped[..end].parse() {
-                    out.push(Seg::Index(i));
-                }
-                rest = &stripped[end + 1..];
-            }
-        } else {
-            out.push(Seg::Key(rest));
-        }
-    }
-    out
-}
-
-fn find_key(lines: &[&str], from_line: usize, from_col: usize, key: &str) -> Option<(usize, usize)> {
-    for (n, l) in lines.iter().enumerate().skip(from_line) {
-        let start = if n == from_line { from_col } else { 0 };
-        let code = &l[..comment_start(l).unwrap_or(l.len())];
-        let mut search = start.min(code.len());
-        while let Some(pos) = code[search..].find(key) {
-            let at = search + pos;
-            let before_ok = at == 0 || matches!(code.as_bytes()[at - 1], b' ' | b'{' | b',' | b'"' | b'\'' | b'-');
-            let after = code[at + key.len()..].trim_start_matches(['"', '\'']).trim_start();
-            if before_ok && after.starts_with(':') {
-                return Some((n, at));
-            }
-            search = at + key.len();
-        }
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn locate_walks_nested_keys() {
-        let text = "upstreams:\n  a:\n    endpoints: [http://x:1]\n    breaker:\n      jitter: 2\nroutes:\n  - { match: { pathPrefix: / }, upstream: a }\n  - { upstream: b }\n";
-        assert_eq!(locate(text, "upstreams.a.breaker.jitter"), Some((5, 7)));
-        assert_eq!(locate(text, "routes[1].upstream"), Some((8, 7)));
-        assert_eq!(locate(text, "upstreams.a.endpoints[0]"), Some((3, 17)));
-        let flow = "upstreams:\n  a:\n    endpoints: [http://x:1, \"b, c\", bad]\nroutes:\n  - { upstream: a }\n  - { upstream: a }\n";
-        assert_eq!(locate(flow, "upstreams.a.endpoints[2]"), Some((3, 37)));
-        assert_eq!(locate(flow, "upstreams.a.endpoints[5]"), Some((3, 5)), "off the end: the key");
-    }
-
-    #[test]
-    fn a_key_in_the_wrong_map_is_not_suggested_as_itself() {
-        let err = parse("timeouts: { connect: 2s }\nupstreams: {}\nroutes: []\n").expect_err("timeouts belongs under defaults");
-        let msg = &err.errors[0].message;
-        assert!(msg.contains("`timeouts` is not valid here"), "{msg}");
-        assert!(msg.contains("defaults"), "lists the keys valid here: {msg}");
-        assert!(!msg.contains("did you mean `timeouts`"), "{msg}");
-        let err = parse("upstreams:\n  a:\n    endpoints: [http://x:1]\n    breakr: {}\nroutes: []\n").expect_err("typo");
-        assert!(err.errors[0].message.contains("did you mean `breaker`?"), "{}", err.errors[0].message);
-    }
-
-    #[test]
-    fn suggest_finds_typos() {
-        assert_eq!(suggest("failureTreshold", KNOWN_KEYS), Some("failureThreshold"));
-        assert_eq!(suggest("zzzzzzzzzzzz", KNOWN_KEYS), None);
-    }
 }

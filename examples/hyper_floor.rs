@@ -1,6 +1,7 @@
 //! The floor of the data path, for `benches/load/compare.sh` (target
 //! `floor`): hyper's HTTP/1.1 server in front of fusebox's own upstream
-//! connection pool, on one current-thread runtime, with nothing else: no
+//! connection pool (its HTTP/1.1 codec, `fusebox::h1`), on one
+//! current-thread runtime, with nothing else: no
 //! routing, breaker, bulkhead, header rewriting, request ids, timeouts or
 //! metrics. fusebox/floor is what fusebox's own work costs; floor/nginx is
 //! what hyper costs against nginx.
@@ -40,13 +41,9 @@ fn main() -> anyhow::Result<()> {
                 let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let pool = pool.clone();
                     async move {
-                        let req = req.map(|b| b.map_err(Into::into).boxed_unsync());
-                        let resp = match pool.send(req).await {
-                            Ok((resp, lease)) => {
-                                let (parts, body) = resp.into_parts();
-                                let body = Released { inner: body, lease };
-                                http::Response::from_parts(parts, body.boxed_unsync())
-                            }
+                        let (mut head, body) = req.into_parts();
+                        let resp = match pool.send(&mut head, body.map_err(Into::into).boxed_unsync()).await {
+                            Ok(resp) => resp.map(|b| b.boxed_unsync()),
                             Err(e) => http::Response::builder()
                                 .status(502)
                                 .body(http_body_util::Full::new(bytes::Bytes::from(e.to_string())).map_err(|e| match e {}).boxed_unsync())
@@ -61,36 +58,4 @@ fn main() -> anyhow::Result<()> {
             });
         }
     })
-}
-
-/// Gives the upstream connection back when the body is done.
-struct Released {
-    inner: hyper::body::Incoming,
-    lease: Option<fusebox::runtime::pool::Lease>,
-}
-
-impl http_body::Body for Released {
-    type Data = bytes::Bytes;
-    type Error = fusebox::http::BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx).map_err(Into::into)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-}
-
-impl Drop for Released {
-    fn drop(&mut self) {
-        if http_body::Body::is_end_stream(&self.inner) {
-            if let Some(lease) = self.lease.take() {
-                lease.release();
-            }
-        }
-    }
 }

@@ -16,6 +16,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A response body: an upstream's streamed through, or one of ours.
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
+/// A body with no bytes (no allocation).
+pub fn empty() -> ProxyBody {
+    http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
 /// A body of known bytes.
 pub fn full(body: impl Into<Bytes>) -> ProxyBody {
     Full::new(body.into()).map_err(|never| match never {}).boxed_unsync()

@@ -33,7 +33,7 @@ use crate::clock;
 use crate::http::BoxError;
 use crate::runtime::endpoint::{EndpointLease, EndpointSet};
 use crate::runtime::fault::{ClientFault, Fault, UpstreamFault};
-use crate::runtime::pool::Lease;
+use crate::runtime::pool::UpstreamBody;
 use crate::runtime::upstream::CallGuard;
 
 /// How far the client's upload got, shared with the data path.
@@ -170,9 +170,8 @@ fn deadline(idle: Duration) -> tokio::time::Instant {
 
 /// The upstream's response body on its way to the client.
 pub struct TrackedBody {
-    inner: Incoming,
+    inner: UpstreamBody,
     guard: Option<CallGuard>,
-    lease: Option<Lease>,
     endpoint: Option<(EndpointLease, Arc<EndpointSet>)>,
     idle: IdleDeadline,
     /// The request's count on its client connection (for its idle timer).
@@ -181,35 +180,25 @@ pub struct TrackedBody {
 
 impl TrackedBody {
     pub fn new(
-        inner: Incoming,
+        inner: UpstreamBody,
         guard: CallGuard,
-        lease: Option<Lease>,
         endpoint: (EndpointLease, Arc<EndpointSet>),
         idle: Duration,
         in_flight: InFlight,
     ) -> Self {
-        TrackedBody {
-            inner,
-            guard: Some(guard),
-            lease,
-            endpoint: Some(endpoint),
-            idle: IdleDeadline::new(idle),
-            in_flight: Some(in_flight),
-        }
+        TrackedBody { inner, guard: Some(guard), endpoint: Some(endpoint), idle: IdleDeadline::new(idle), in_flight: Some(in_flight) }
     }
 
+    /// (The codec has given the upstream connection back to its pool
+    /// already, if the exchange allowed it.)
     fn ended(&mut self) {
         self.guard.take();
         self.endpoint.take();
         self.in_flight.take();
-        if let Some(lease) = self.lease.take() {
-            lease.release();
-        }
     }
 
     /// The upstream broke the body: its fault, for circuit and endpoint.
     fn broke(&mut self, fault: UpstreamFault) {
-        self.lease.take();
         self.in_flight.take();
         let now = clock::now();
         if let Some(g) = self.guard.take() {
@@ -234,7 +223,7 @@ impl Body for TrackedBody {
             }
             Poll::Ready(Some(Err(e))) => {
                 this.broke(UpstreamFault::BodyBroken);
-                Poll::Ready(Some(Err(Box::new(e))))
+                Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
                 this.ended();
@@ -256,14 +245,5 @@ impl Body for TrackedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-impl Drop for TrackedBody {
-    fn drop(&mut self) {
-        // An empty body (204, HEAD, `content-length: 0`) is never polled.
-        if self.lease.is_some() && self.inner.is_end_stream() {
-            self.ended();
-        }
     }
 }

@@ -9,11 +9,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
@@ -26,7 +25,7 @@ use super::respond;
 use crate::http::{BoxError, ProxyBody};
 use crate::runtime::endpoint::EndpointLease;
 use crate::runtime::fault::{describe, is_resource_exhaustion, ClientFault, Fault, LocalFault, UpstreamFault};
-use crate::runtime::pool::{Lease, SendError};
+use crate::runtime::pool::{SendError, Stream, UpstreamBody};
 use crate::runtime::route::request_host;
 use crate::runtime::upstream::{CallGuard, Upstream};
 use crate::runtime::Generation;
@@ -148,30 +147,13 @@ fn route(generation: &Generation, req: &Request<Incoming>) -> Option<(Arc<Upstre
     generation.router.route(request_host(req), req.uri().path(), req.method()).map(|t| (t.upstream.clone(), t.operation.clone()))
 }
 
-/// The head of a bodyless idempotent request, kept to send it again.
-struct Replay {
-    method: Method,
-    uri: Uri,
-    version: Version,
-    headers: HeaderMap,
-}
-
-impl Replay {
-    fn request(&self) -> Request<ProxyBody> {
-        let mut req = Request::new(Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync());
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.version_mut() = self.version;
-        *req.headers_mut() = self.headers.clone();
-        req
-    }
-}
-
-/// One attempt's failure: its fault, the request if it never left, and
-/// what the error said.
+/// One attempt's failure: its fault, whether the request never reached
+/// the upstream (and its body, when that was not consumed), and what the
+/// error said.
 struct Failed {
     fault: Fault,
-    request: Option<Box<Request<ProxyBody>>>,
+    unsent: bool,
+    body: Option<ProxyBody>,
     detail: String,
 }
 
@@ -218,37 +200,33 @@ async fn proxy(
     let bodyless = req.body().is_end_stream();
     let idempotent = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE);
     let (out, upload) = rewrite(req, &up, peer, request_id, scheme, upgrade, bodyless);
-    let replay = (bodyless && idempotent && !upgrade).then(|| Replay {
-        method: out.method().clone(),
-        uri: out.uri().clone(),
-        version: out.version(),
-        headers: out.headers().clone(),
-    });
+    // The head stays here across attempts; a bodyless idempotent request
+    // may be sent again even after it left.
+    let (mut head, body) = out.into_parts();
+    let replayable = bodyless && idempotent && !upgrade;
     if !up.endpoints.is_resolved() {
         up.endpoints.ensure_resolved().await;
     }
-    let mut next = Some(out);
+    let mut next = Some(body);
     let mut exclude: Option<Arc<crate::runtime::endpoint::Member>> = None;
     let mut retrying: Option<&'static str> = None;
-    let (mut resp, conn, lease, ejected) = loop {
+    let (resp, lease, ejected) = loop {
         let now = clock::now();
         let Some(mut lease) = up.endpoints.pick(exclude.as_deref(), now) else {
             exchange.outcome = "local_error";
             return respond::fault(Some(&up.config.name), Fault::Local(LocalFault::NoEndpoint), "");
         };
         exchange.endpoint = Some(lease.member.label.clone());
-        let req = match next.take() {
-            Some(r) => r,
-            None => match &replay {
-                Some(r) => r.request(),
-                // (Unreachable: a retry without the request needs a replay.)
-                None => return finish_with_fault(&up, guard, exchange, Fault::Local(LocalFault::Resources), "request lost"),
-            },
+        let body = match next.take() {
+            Some(b) => b,
+            None if bodyless => crate::http::empty(),
+            // (Unreachable: a retry of a request with a body needs its body back.)
+            None => return finish_with_fault(&up, guard, exchange, Fault::Local(LocalFault::Resources), "request body lost"),
         };
-        let result = attempt(&up, &lease, req, upload.as_deref(), replay.as_ref()).await;
+        let result = attempt(&up, &lease, &mut head, body, upload.as_deref()).await;
         let now = clock::now();
         let failed = match result {
-            Ok((resp, conn)) => {
+            Ok(resp) => {
                 let status = resp.status().as_u16();
                 let failure = up.config.breaker.failure_statuses.contains(status);
                 let ejected = up.endpoints.record(&mut lease, failure.then_some(Fault::Upstream(UpstreamFault::Status(status))), now);
@@ -257,12 +235,12 @@ async fn proxy(
                     up.circuit.metrics.retry(reason, if failure || retry_status.is_some() { "failure" } else { "success" });
                 }
                 match retry_status {
-                    Some(_) if replay.is_some() && may_retry(&up, exchange, "status", &lease, now) => {
+                    Some(_) if replayable && may_retry(&up, exchange, "status", &lease, now) => {
                         retrying = Some(status_reason(status));
                         exclude = Some(lease.member.clone());
                         continue;
                     }
-                    _ => break (resp, conn, lease, ejected),
+                    _ => break (resp, lease, ejected),
                 }
             }
             Err(failed) => failed,
@@ -274,15 +252,16 @@ async fn proxy(
         tracing::debug!(upstream = %up.config.name, endpoint = %lease.member.label, fault = failed.fault.label(), error = %failed.detail, "upstream attempt failed");
         // A request that never left may always go again; one that left
         // only when bodyless, idempotent and its fault is in `retry.on`.
-        let retryable = match (&failed.request, failed.fault.retry_on()) {
-            (_, None) => false,
-            (Some(_), Some(_)) => true,
-            (None, Some(on)) => replay.is_some() && up.config.retry.on.contains(on),
+        let resendable = failed.unsent && (failed.body.is_some() || bodyless);
+        let retryable = match failed.fault.retry_on() {
+            None => false,
+            Some(_) if resendable => true,
+            Some(on) => replayable && up.config.retry.on.contains(on),
         };
         if retryable && may_retry(&up, exchange, failed.fault.label(), &lease, now) {
             retrying = Some(failed.fault.label());
             exclude = Some(lease.member.clone());
-            next = failed.request.map(|r| *r);
+            next = failed.body;
             continue;
         }
         if failed.fault.counts() {
@@ -298,17 +277,19 @@ async fn proxy(
     exchange.outcome = if outcome.failure { "failure" } else { "success" };
     // Phase 5: respond.
     let set = up.endpoints.clone();
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = client_upgrade {
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            tokio::spawn(splice(client_upgrade, upstream_upgrade, guard, lease));
-            let (parts, _) = resp.into_parts();
-            return Response::from_parts(parts, crate::http::full(Bytes::new()));
-        }
-    }
     let (mut parts, body) = resp.into_parts();
+    let body = match (parts.status == StatusCode::SWITCHING_PROTOCOLS, client_upgrade, body) {
+        (true, Some(client_upgrade), UpstreamBody::H1(body)) => match body.into_upgraded() {
+            Ok(upstream) => {
+                tokio::spawn(splice(client_upgrade, upstream, guard, lease));
+                return Response::from_parts(parts, crate::http::empty());
+            }
+            Err(body) => UpstreamBody::H1(body),
+        },
+        (_, _, body) => body,
+    };
     strip_hop_by_hop(&mut parts.headers, false);
-    let body = TrackedBody::new(body, guard, conn, (lease, set), up.config.timeouts.idle, in_flight);
+    let body = TrackedBody::new(body, guard, (lease, set), up.config.timeouts.idle, in_flight);
     Response::from_parts(parts, body.boxed_unsync())
 }
 
@@ -368,45 +349,37 @@ fn finish_with_fault(up: &Upstream, mut guard: CallGuard, exchange: &mut Exchang
 }
 
 /// One attempt on one endpoint, within `timeouts.request` counted from the
-/// end of the upload. A bodyless idempotent request that a reused
-/// keep-alive connection lost after it was written (the upstream closed
-/// that connection as we sent: the keep-alive race) goes once more on a
-/// new connection to the same endpoint, as Go's and nginx's clients do;
-/// that is not the endpoint's fault.
+/// end of the upload. (A bodyless request that a reused keep-alive
+/// connection lost goes once more on a new connection inside the pool:
+/// that is not the endpoint's fault.)
 async fn attempt(
     up: &Upstream,
     lease: &EndpointLease,
-    req: Request<ProxyBody>,
+    head: &mut http::request::Parts,
+    body: ProxyBody,
     upload: Option<&Upload>,
-    replay: Option<&Replay>,
-) -> Result<(Response<Incoming>, Option<Lease>), Failed> {
+) -> Result<Response<UpstreamBody>, Failed> {
     let pool = lease.member.pool();
     let timeout = up.config.timeouts.request;
-    let sent = within(timeout, upload, pool.send(req)).await;
-    let sent = match (sent, replay) {
-        (Some(Err(SendError::Failed { error, reused: true })), Some(replay)) if upload.is_none() => {
-            tracing::debug!(upstream = %up.config.name, endpoint = %lease.member.label, error = %describe(&*error), "keep-alive connection closed under the request: sending it again on a new connection");
-            // Boxed: the rare path keeps its state out of every request's.
-            Box::pin(within(timeout, None, pool.fresh(replay.request()))).await
-        }
-        (other, _) => other,
-    };
-    match sent {
-        None => {
-            Err(Failed { fault: Fault::Upstream(UpstreamFault::Timeout), request: None, detail: format!("no response within {timeout:?}") })
-        }
-        Some(Ok(x)) => Ok(x),
-        Some(Err(SendError::NotSent { error, request })) => {
+    match within(timeout, upload, pool.send(head, body)).await {
+        None => Err(Failed {
+            fault: Fault::Upstream(UpstreamFault::Timeout),
+            unsent: false,
+            body: None,
+            detail: format!("no response within {timeout:?}"),
+        }),
+        Some(Ok(resp)) => Ok(resp),
+        Some(Err(SendError::NotSent { error, body })) => {
             let fault =
                 if is_resource_exhaustion(&*error) { Fault::Local(LocalFault::Resources) } else { Fault::Upstream(UpstreamFault::Connect) };
-            Err(Failed { fault, request, detail: describe(&*error) })
+            Err(Failed { fault, unsent: true, body, detail: describe(&*error) })
         }
         Some(Err(SendError::Failed { error, .. })) => {
             let fault = match upload.and_then(Upload::client_fault) {
                 Some(c) => Fault::Client(c),
                 None => classify(&*error),
             };
-            Err(Failed { fault, request: None, detail: describe(&*error) })
+            Err(Failed { fault, unsent: false, body: None, detail: describe(&*error) })
         }
     }
 }
@@ -416,6 +389,12 @@ async fn attempt(
 fn classify(error: &(dyn std::error::Error + Send + Sync + 'static)) -> Fault {
     if is_resource_exhaustion(error) {
         return Fault::Local(LocalFault::Resources);
+    }
+    if let Some(e) = error.downcast_ref::<crate::h1::Error>() {
+        return match e.kind() {
+            crate::h1::ErrorKind::Malformed | crate::h1::ErrorKind::TooLarge => Fault::Upstream(UpstreamFault::Protocol),
+            _ => Fault::Upstream(UpstreamFault::Reset),
+        };
     }
     match error.downcast_ref::<hyper::Error>() {
         Some(e) if e.is_parse() || e.is_parse_status() => Fault::Upstream(UpstreamFault::Protocol),
@@ -613,12 +592,20 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
 }
 
 /// Copies bytes both ways between an upgraded client and upstream.
-async fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, guard: CallGuard, lease: EndpointLease) {
+/// (The upstream's bytes read past its `101` head go to the client first.)
+async fn splice(client: hyper::upgrade::OnUpgrade, upstream: crate::h1::Upgraded<Stream>, guard: CallGuard, lease: EndpointLease) {
+    use tokio::io::AsyncWriteExt;
     let _hold = (guard, lease);
-    match tokio::try_join!(client, upstream) {
-        Ok((c, u)) => {
+    match client.await {
+        Ok(c) => {
             let mut c = TokioIo::new(c);
-            let mut u = TokioIo::new(u);
+            let mut u = upstream.io;
+            if !upstream.read_buf.is_empty() {
+                if let Err(e) = c.write_all(&upstream.read_buf).await {
+                    tracing::debug!(error = %e, "upgraded connection ended");
+                    return;
+                }
+            }
             if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
                 tracing::debug!(error = %e, "upgraded connection ended");
             }

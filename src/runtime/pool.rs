@@ -1,42 +1,53 @@
 //! Connections to one upstream's endpoints.
 //!
 //! HTTP/1.1 upstreams get a pool of keep-alive connections per endpoint
-//! ([`EndpointPool`]), each connection driven by hyper's
-//! `client::conn::http1`. A request takes the most recently used idle
-//! connection (warm, and lets the rest expire), and its [`Lease`] rides along
-//! with the response body: the connection goes back to the pool only when
-//! the body has ended, so a connection with unread bytes is never reused.
-//! A request that a reused connection closed before sending it is retried
-//! once on a fresh connection (the upstream's keep-alive timeout raced us).
+//! ([`EndpointPool`]), each driven inline by fusebox's own codec
+//! ([`crate::h1`]): no connection task, no dispatch channel. A request
+//! takes the most recently used idle connection (warm, and lets the rest
+//! expire) that is still usable (an idle connection with bytes or EOF to
+//! read is dead); the connection rides along with the response body and
+//! comes back through [`Recycler`] only when the body has ended cleanly on
+//! a keep-alive exchange, so a connection with unread bytes is never
+//! reused. A bodyless request that a reused connection lost before any
+//! response byte (the upstream's keep-alive timeout raced us) goes once
+//! more on a fresh connection when it is idempotent or was not sent at all.
 //! HTTP/2 upstreams share one multiplexed connection through hyper-util's
-//! client.
+//! client (the only use of hyper's client).
 //!
-//! Owns: connecting (TCP, connect timeout, TLS, SNI), idle reuse, idle
-//! expiry (on use, and swept by [`EndpointPool::reap`], which the app's
-//! ticker calls: no task per pool) and the one retry. Must not: classify
-//! results or touch circuits (`proxy::forward` does), spawn anything when
-//! built, or hold a lock across an await; each endpoint's idle list has its
-//! own lock, held for a push or a pop.
+//! Owns: connecting (TCP with connect timeout, `TCP_NODELAY` and keepalive;
+//! TLS with SNI and ALPN `http/1.1`), idle reuse, idle expiry (on use, and
+//! swept by [`EndpointPool::reap`], which the app's ticker calls: no task
+//! per pool) and the one retry. Must not: classify results or touch
+//! circuits (`proxy::forward` does), spawn anything, or hold a lock across
+//! an await; each worker's idle list of an endpoint has its own lock, held
+//! for a push or a pop.
 
-use parking_lot::Mutex;
 use std::collections::VecDeque;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Request, Response, Uri};
+use http::request::Parts;
+use http::{Method, Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tower_service::Service;
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 use crate::clock;
 use crate::config::{Endpoint, Protocol, UpstreamConfig};
+use crate::h1;
 use crate::http::{BoxError, ProxyBody};
 use crate::tls;
 
@@ -47,63 +58,85 @@ pub type H2Client = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often idle connections are swept ([`EndpointPool::reap`]).
 pub const REAP_EVERY: Duration = Duration::from_secs(15);
-/// Most idle connections kept per endpoint; more are closed when returned.
+/// Most idle connections kept per endpoint and worker; more are closed
+/// when returned.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 1024;
+/// TCP keepalive probes on upstream connections after this much silence.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// One upstream's way of connecting: its protocol, connect timeout and TLS.
 /// Shared by its endpoints' pools, and carried across reloads while those
 /// settings stay the same.
 pub struct Transport {
+    /// The HTTP/2 path's connector (hyper-util).
     http: HttpConnector,
     tls: rustls::ClientConfig,
+    /// The HTTP/1.1 path's TLS: `tls` with ALPN `http/1.1`.
+    h1_tls: tokio_rustls::TlsConnector,
     /// `tls.serverName`, when set: the name every endpoint is checked against.
     server_name: Option<String>,
     protocol: Protocol,
+    connect_timeout: Duration,
+}
+
+/// An upstream connection's byte stream: TCP, or TLS over TCP.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
 }
 
 /// The keep-alive connections to one endpoint.
 pub struct EndpointPool {
     endpoint: Endpoint,
-    /// `scheme://address`, what the connector dials.
+    /// The address dialled (one of those the endpoint's name resolves to).
+    address: SocketAddr,
+    /// `scheme://address`, what the HTTP/2 connector dials.
     target: Uri,
-    /// TCP, then TLS for `https` endpoints with the endpoint's name as SNI.
-    connector: HttpsConnector<HttpConnector>,
     /// The HTTP/2 client, for `protocol: http2` upstreams.
     h2: Option<H2Client>,
+    /// The name TLS checks the certificate against (and sends as SNI).
+    server_name: Option<rustls::pki_types::ServerName<'static>>,
     /// For requests that came without a `Host` (HTTP/1.0 clients).
     host: Option<HeaderValue>,
     transport: Arc<Transport>,
-    /// Oldest at the front, most recently used at the back.
     /// One idle list per worker thread ([`worker`]): a worker takes and
     /// returns its own connections, so no list is shared between threads
-    /// on the request path (and a hyper connection is never woken from
-    /// another worker's thread).
+    /// on the request path. Oldest at the front, most recently used at the
+    /// back.
     idle: Box<[Mutex<VecDeque<Idle>>]>,
 }
 
 struct Idle {
-    sender: http1::SendRequest<ProxyBody>,
+    conn: h1::Connection<Stream>,
     since: Instant,
+}
+
+/// Gives a connection whose exchange ended cleanly back to its pool (the
+/// codec calls it when the response body ends on a keep-alive exchange).
+pub struct Recycler(Arc<EndpointPool>);
+
+/// An upstream response body: fusebox's HTTP/1.1 codec's, or hyper's for
+/// HTTP/2.
+// The HTTP/1.1 body carries its connection inline: boxing the common case
+// would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
+pub enum UpstreamBody {
+    H1(h1::Body<Stream, Recycler>),
+    H2(Incoming),
 }
 
 /// Why a request got no response head.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    /// It never left fusebox (connect failed, or the connection closed
-    /// before it was written): `request` comes back, where it can.
+    /// It never reached the upstream (connect failed, or the connection
+    /// was found closed before a byte of it was written): it may go again
+    /// elsewhere. `body` comes back when it was not consumed.
     #[error("request not sent: {error}")]
-    NotSent { error: BoxError, request: Option<Box<Request<ProxyBody>>> },
+    NotSent { error: BoxError, body: Option<ProxyBody> },
     /// It was written, at least in part, and the exchange failed before a
     /// complete response head. `reused`: on a pooled keep-alive connection.
     #[error("exchange failed: {error}")]
     Failed { error: BoxError, reused: bool },
-}
-
-/// A pooled connection in use by one exchange. [`Lease::release`] returns it
-/// once the response body has ended; dropping it instead closes it.
-pub struct Lease {
-    sender: http1::SendRequest<ProxyBody>,
-    pool: Arc<EndpointPool>,
 }
 
 // === impl Transport ===
@@ -117,7 +150,7 @@ impl Transport {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(config.timeouts.connect));
         http.set_nodelay(true);
-        http.set_keepalive(Some(Duration::from_secs(60)));
+        http.set_keepalive(Some(TCP_KEEPALIVE));
         http.enforce_http(false);
         // Plain-HTTP upstreams never load the system's trusted roots.
         let https = config.endpoints.iter().any(|e| e.scheme == http::uri::Scheme::HTTPS);
@@ -129,24 +162,34 @@ impl Transport {
         } else {
             tls::trust_nothing()
         };
-        Transport { http, tls, server_name: config.tls.server_name.clone(), protocol: config.protocol }
+        let mut h1_tls = tls.clone();
+        h1_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Transport {
+            http,
+            tls,
+            h1_tls: tokio_rustls::TlsConnector::from(Arc::new(h1_tls)),
+            server_name: config.tls.server_name.clone(),
+            protocol: config.protocol,
+            connect_timeout: config.timeouts.connect,
+        }
     }
 
-    /// The connector for one endpoint: it dials the address it is given
-    /// and checks the server's certificate against `tls.serverName` or the
-    /// endpoint's own host name.
-    fn connector(&self, endpoint: &Endpoint) -> HttpsConnector<HttpConnector> {
-        let name =
-            self.server_name.clone().unwrap_or_else(|| endpoint.authority.host().trim_start_matches('[').trim_end_matches(']').to_string());
+    /// The name an endpoint's certificate is checked against:
+    /// `tls.serverName`, or the endpoint's own host name.
+    fn server_name(&self, endpoint: &Endpoint) -> String {
+        self.server_name.clone().unwrap_or_else(|| endpoint.authority.host().trim_start_matches('[').trim_end_matches(']').to_string())
+    }
+
+    /// The HTTP/2 connector for one endpoint: it dials the address it is
+    /// given and checks the server's certificate against
+    /// [`Transport::server_name`].
+    fn h2_connector(&self, endpoint: &Endpoint) -> HttpsConnector<HttpConnector> {
         let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(self.tls.clone()).https_or_http();
-        let builder = match rustls::pki_types::ServerName::try_from(name) {
+        let builder = match rustls::pki_types::ServerName::try_from(self.server_name(endpoint)) {
             Ok(sni) => builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(sni)),
             Err(_) => builder,
         };
-        match self.protocol {
-            Protocol::Http1 => builder.enable_http1().wrap_connector(self.http.clone()),
-            Protocol::Http2 => builder.enable_http2().wrap_connector(self.http.clone()),
-        }
+        builder.enable_http2().wrap_connector(self.http.clone())
     }
 }
 
@@ -159,7 +202,9 @@ impl EndpointPool {
         let target = Uri::builder().scheme(endpoint.scheme.clone()).authority(address.to_string()).path_and_query("/").build();
         let target = target.unwrap_or_else(|_| Uri::from_static("http://invalid"));
         let host = HeaderValue::from_str(endpoint.authority.as_str()).ok();
-        let connector = transport.connector(&endpoint);
+        let server_name = (endpoint.scheme == http::uri::Scheme::HTTPS)
+            .then(|| rustls::pki_types::ServerName::try_from(transport.server_name(&endpoint)).ok())
+            .flatten();
         let h2 = (transport.protocol == Protocol::Http2).then(|| {
             let mut client = Client::builder(TokioExecutor::new());
             client
@@ -168,10 +213,10 @@ impl EndpointPool {
                 .pool_idle_timeout(IDLE_TIMEOUT)
                 .pool_max_idle_per_host(MAX_IDLE_PER_ENDPOINT)
                 .http2_only(true);
-            client.build(connector.clone())
+            client.build(transport.h2_connector(&endpoint))
         });
         let idle = (0..shards()).map(|_| Mutex::new(VecDeque::new())).collect();
-        Arc::new(EndpointPool { endpoint, target, connector, h2, host, transport, idle })
+        Arc::new(EndpointPool { endpoint, address, target, h2, server_name, host, transport, idle })
     }
 
     pub fn endpoint(&self) -> &Endpoint {
@@ -182,68 +227,68 @@ impl EndpointPool {
         &self.transport
     }
 
-    /// Sends `req` (origin-form URI) to this endpoint. HTTP/1.1 exchanges
-    /// return the connection's [`Lease`]; HTTP/2 ones need none.
+    /// Sends the request `head` (origin-form URI) with `body` to this
+    /// endpoint. `head` stays the caller's: a request that did not reach
+    /// the upstream can go again.
     ///
-    /// A reused connection that turns out closed before the request was
-    /// written is replaced by a new one, once. A request that never left
-    /// comes back in [`SendError::NotSent`], so it can be tried elsewhere.
-    pub async fn send(self: &Arc<Self>, mut req: Request<ProxyBody>) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+    /// A bodyless request that a reused connection lost before any response
+    /// byte goes once more on a new connection (if it was written, only
+    /// when its method is idempotent). A request that never left comes back
+    /// as [`SendError::NotSent`], with its body where it was not consumed.
+    pub async fn send(self: &Arc<Self>, head: &mut Parts, body: ProxyBody) -> Result<Response<UpstreamBody>, SendError> {
         if let Some(h2) = &self.h2 {
-            match self.absolute(req.uri()) {
-                Ok(uri) => *req.uri_mut() = uri,
-                Err(error) => return Err(SendError::NotSent { error, request: Some(Box::new(req)) }),
-            }
-            return match h2.request(req).await {
-                Ok(resp) => Ok((resp, None)),
-                Err(e) if e.is_connect() => Err(SendError::NotSent { error: Box::new(e), request: None }),
-                Err(e) => Err(SendError::Failed { error: Box::new(e), reused: false }),
-            };
+            return self.send_h2(h2, head, body).await;
         }
-        if !req.headers().contains_key(header::HOST) {
+        if !head.headers.contains_key(header::HOST) {
             if let Some(host) = &self.host {
-                req.headers_mut().insert(header::HOST, host.clone());
+                head.headers.insert(header::HOST, host.clone());
             }
         }
-        let (sender, reused) = match self.checkout().await {
-            Ok(found) => found,
-            Err(error) => return Err(SendError::NotSent { error, request: Some(Box::new(req)) }),
-        };
-        match self.exchange(sender, req, reused).await {
-            Err(SendError::NotSent { error, request: Some(req) }) if reused => {
-                tracing::debug!(endpoint = %self.endpoint, error = %error, "pooled connection closed before the request was sent: retrying on a new one");
-                // Boxed: the rare path keeps its state out of every request's.
-                Box::pin(self.fresh(*req)).await
-            }
-            other => other,
-        }
-    }
-
-    /// One request on one connection.
-    async fn exchange(
-        self: &Arc<Self>,
-        mut sender: http1::SendRequest<ProxyBody>,
-        req: Request<ProxyBody>,
-        reused: bool,
-    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
-        match sender.try_send_request(req).await {
-            Ok(resp) => Ok((resp, Some(Lease { sender, pool: self.clone() }))),
-            Err(mut e) => match e.take_message() {
-                Some(req) => Err(SendError::NotSent { error: Box::new(e.into_error()), request: Some(Box::new(req)) }),
-                None => Err(SendError::Failed { error: Box::new(e.into_error()), reused }),
+        let bodyless = body.is_end_stream();
+        let conn = match self.checkout() {
+            Some(conn) => conn,
+            // Boxed: the connect future is large and rarely needed.
+            None => match Box::pin(self.connect()).await {
+                Ok(conn) => conn,
+                Err(error) => return Err(SendError::NotSent { error: Box::new(error), body: Some(body) }),
             },
+        };
+        let reused = conn.is_reused();
+        match conn.send(head, body, Recycler(self.clone())).await {
+            Ok(resp) => Ok(resp.map(UpstreamBody::H1)),
+            Err(e) if reused && bodyless && again_on_fresh(&e, &head.method) => {
+                tracing::debug!(endpoint = %self.endpoint, error = %e, "pooled connection closed under the request: sending it again on a new one");
+                // Boxed: the rare path keeps its state out of every request's.
+                Box::pin(self.fresh(head)).await
+            }
+            Err(e) => Err(send_error(e, reused)),
         }
     }
 
-    /// Opens a new connection to this endpoint (it is not pooled until its
-    /// first exchange ends).
-    pub async fn fresh(self: &Arc<Self>, req: Request<ProxyBody>) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
-        if self.h2.is_some() {
-            return Box::pin(self.send(req)).await;
+    /// A bodyless request on a new connection (never a pooled one).
+    async fn fresh(self: &Arc<Self>, head: &Parts) -> Result<Response<UpstreamBody>, SendError> {
+        let conn = match self.connect().await {
+            Ok(conn) => conn,
+            Err(error) => return Err(SendError::NotSent { error: Box::new(error), body: None }),
+        };
+        match conn.send(head, crate::http::empty(), Recycler(self.clone())).await {
+            Ok(resp) => Ok(resp.map(UpstreamBody::H1)),
+            Err(e) => Err(send_error(e, false)),
         }
-        match Box::pin(self.connect()).await {
-            Ok(sender) => self.exchange(sender, req, false).await,
-            Err(error) => Err(SendError::NotSent { error, request: Some(Box::new(req)) }),
+    }
+
+    async fn send_h2(&self, h2: &H2Client, head: &Parts, body: ProxyBody) -> Result<Response<UpstreamBody>, SendError> {
+        let mut req = Request::new(body);
+        *req.method_mut() = head.method.clone();
+        *req.headers_mut() = head.headers.clone();
+        *req.uri_mut() = match self.absolute(&head.uri) {
+            Ok(uri) => uri,
+            Err(error) => return Err(SendError::NotSent { error, body: Some(req.into_body()) }),
+        };
+        match h2.request(req).await {
+            Ok(resp) => Ok(resp.map(UpstreamBody::H2)),
+            Err(e) if e.is_connect() => Err(SendError::NotSent { error: Box::new(e), body: None }),
+            Err(e) => Err(SendError::Failed { error: Box::new(e), reused: false }),
         }
     }
 
@@ -253,64 +298,53 @@ impl EndpointPool {
         Ok(Uri::builder().scheme(self.endpoint.scheme.clone()).authority(authority).path_and_query(path).build()?)
     }
 
-    /// The warmest usable idle connection, or a new one. The flag says
-    /// whether it was reused.
-    async fn checkout(&self) -> Result<(http1::SendRequest<ProxyBody>, bool), BoxError> {
+    /// The warmest usable idle connection of this worker, if any.
+    fn checkout(&self) -> Option<h1::Connection<Stream>> {
         let now = clock::now();
-        // Alive but not ready: still sending a request body the upstream
-        // answered early. Never waited for (that could take as long as the
-        // client's upload); kept for later, oldest first.
-        let mut busy = Vec::new();
-        let mut found = None;
         loop {
-            // (The lock guard must not live across the await below.)
-            let Some(mut idle) = self.own().lock().pop_back() else { break };
-            if idle.sender.is_closed() || now.saturating_duration_since(idle.since) >= IDLE_TIMEOUT {
-                continue;
+            // (The guard is dropped at the end of this statement.)
+            let mut idle = self.own().lock().pop_back()?;
+            if now.saturating_duration_since(idle.since) < IDLE_TIMEOUT && idle.conn.is_usable() {
+                return Some(idle.conn);
             }
-            let ready = idle.sender.is_ready() || std::future::poll_fn(|cx| Poll::Ready(idle.sender.poll_ready(cx))).await.is_ready();
-            if ready {
-                found = Some(idle.sender);
-                break;
-            }
-            if !idle.sender.is_closed() {
-                busy.push(idle);
-            }
-        }
-        if !busy.is_empty() {
-            let mut pool = self.own().lock();
-            for idle in busy.into_iter().rev() {
-                if pool.len() < MAX_IDLE_PER_ENDPOINT {
-                    pool.push_front(idle);
-                }
-            }
-        }
-        match found {
-            Some(sender) => Ok((sender, true)),
-            // Boxed: the connect future is large and rarely needed, and the
-            // exchange future is moved into a timeout on every request.
-            None => Ok((Box::pin(self.connect()).await?, false)),
         }
     }
 
-    async fn connect(&self) -> Result<http1::SendRequest<ProxyBody>, BoxError> {
-        let mut connector = self.connector.clone();
-        std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
-        let io = connector.call(self.target.clone()).await?;
-        let (sender, conn) = http1::Builder::new().handshake(io).await?;
-        let endpoint = self.endpoint.to_string();
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(%endpoint, error = %e, "upstream connection ended with an error");
+    /// A new connection: TCP within the connect timeout, then TLS for
+    /// `https` endpoints.
+    async fn connect(&self) -> io::Result<h1::Connection<Stream>> {
+        let timeout = self.transport.connect_timeout;
+        let tcp = match tokio::time::timeout(timeout, TcpStream::connect(self.address)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("connect to {} timed out after {timeout:?}", self.address)))
             }
-        });
-        Ok(sender)
+        };
+        tcp.set_nodelay(true)?;
+        // Best effort: a dead peer is noticed on an idle connection.
+        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE));
+        if self.endpoint.scheme != http::uri::Scheme::HTTPS {
+            return Ok(h1::Connection::new(Stream::Plain(tcp)));
+        }
+        let Some(name) = self.server_name.clone() else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a name TLS can check", self.transport.server_name(&self.endpoint)),
+            ));
+        };
+        let tls = match tokio::time::timeout(timeout, self.transport.h1_tls.connect(name, tcp)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("TLS handshake with {} timed out after {timeout:?}", self.address),
+                ))
+            }
+        };
+        Ok(h1::Connection::new(Stream::Tls(Box::new(tls))))
     }
 
-    fn put(&self, sender: http1::SendRequest<ProxyBody>) {
-        if sender.is_closed() {
-            return;
-        }
+    fn put(&self, conn: h1::Connection<Stream>) {
         let now = clock::now();
         let mut idle = self.own().lock();
         // The oldest are at the front: drop what expired while we are here.
@@ -318,7 +352,7 @@ impl EndpointPool {
             idle.pop_front();
         }
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
-            idle.push_back(Idle { sender, since: now });
+            idle.push_back(Idle { conn, since: now });
         }
     }
 
@@ -327,14 +361,19 @@ impl EndpointPool {
     /// current generation; idle connections are also expired on use.
     pub fn reap(&self, now: Instant) {
         for shard in &self.idle {
-            let expired: VecDeque<Idle> = {
+            let expired: Vec<Idle> = {
                 let mut idle = shard.lock();
-                let (keep, expired) =
-                    idle.drain(..).partition(|i| !i.sender.is_closed() && now.saturating_duration_since(i.since) < IDLE_TIMEOUT);
-                *idle = keep;
+                let mut expired = Vec::new();
+                for mut i in std::mem::take(&mut *idle) {
+                    if now.saturating_duration_since(i.since) < IDLE_TIMEOUT && i.conn.is_usable() {
+                        idle.push_back(i);
+                    } else {
+                        expired.push(i);
+                    }
+                }
                 expired
             };
-            // Dropped outside the lock.
+            // Dropped (closed) outside the lock.
             drop(expired);
         }
     }
@@ -342,6 +381,24 @@ impl EndpointPool {
     /// This worker's idle list.
     fn own(&self) -> &Mutex<VecDeque<Idle>> {
         &self.idle[worker() % self.idle.len()]
+    }
+}
+
+/// Whether a reused connection's failure may be answered by sending the
+/// bodyless request once more on a new connection: it never left, or it
+/// left, got no response byte before the close, and is idempotent.
+fn again_on_fresh(e: &h1::Error, method: &Method) -> bool {
+    match e.kind() {
+        h1::ErrorKind::NotSent => true,
+        h1::ErrorKind::ClosedIdle => matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE),
+        _ => false,
+    }
+}
+
+fn send_error(e: h1::Error, reused: bool) -> SendError {
+    match e.kind() {
+        h1::ErrorKind::NotSent => SendError::NotSent { error: Box::new(e), body: None },
+        _ => SendError::Failed { error: Box::new(e), reused },
     }
 }
 
@@ -367,12 +424,86 @@ pub fn worker() -> usize {
     WORKER.with(std::cell::Cell::get)
 }
 
-// === impl Lease ===
+// === impl Recycler ===
 
-impl Lease {
-    /// The exchange is complete (its response body ended): the connection
-    /// may serve the next request.
-    pub fn release(self) {
-        self.pool.put(self.sender);
+impl h1::Recycle<Stream> for Recycler {
+    fn recycle(self, conn: h1::Connection<Stream>) {
+        self.0.put(conn);
+    }
+}
+
+// === impl UpstreamBody ===
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::H1(b) => b.is_end_stream(),
+            UpstreamBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::H1(b) => b.size_hint(),
+            UpstreamBody::H2(b) => b.size_hint(),
+        }
+    }
+}
+
+// === impl Stream ===
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }

@@ -16,7 +16,7 @@ use http::{Request, StatusCode};
 use super::endpoint::Member;
 use super::upstream::Upstream;
 use crate::clock;
-use crate::http::full;
+use crate::http::empty;
 
 /// What one probe saw.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -54,12 +54,13 @@ pub async fn probe(up: &Arc<Upstream>) -> ProbeResult {
 async fn probe_one(up: &Upstream, member: &Arc<Member>) -> bool {
     let path = up.config.health_check.as_ref().map_or("/", |h| h.path.as_str());
     let timeout = up.config.health_check.as_ref().map_or(up.config.timeouts.request, |h| h.timeout);
-    let Ok(req) = Request::get(path).header("user-agent", "fusebox-health-check").body(full(bytes::Bytes::new())) else {
+    let Ok(req) = Request::get(path).header("user-agent", "fusebox-health-check").body(empty()) else {
         return false;
     };
+    let (mut head, body) = req.into_parts();
     // The probe's connection is not pooled again: its body is not read.
-    match tokio::time::timeout(timeout, member.pool().send(req)).await {
-        Ok(Ok((resp, _lease))) => {
+    match tokio::time::timeout(timeout, member.pool().send(&mut head, body)).await {
+        Ok(Ok(resp)) => {
             resp.status() != StatusCode::SERVICE_UNAVAILABLE && !up.config.breaker.failure_statuses.contains(resp.status().as_u16())
         }
         _ => false,

@@ -55,8 +55,18 @@ libfuzzer() {
     fi
 }
 
-for t in config duration jwt; do
-    if have_libfuzzer; then libfuzzer "$t"; else stable "fuzz_${t}_$( [ $t = config ] && echo loader || ([ $t = duration ] && echo parser || echo verify))" "$t"; fi
+# The stable harness's test for each cargo-fuzz target.
+stable_test() {
+    case "$1" in
+        config) echo fuzz_config_loader ;;
+        duration) echo fuzz_duration_parser ;;
+        jwt) echo fuzz_jwt_verify ;;
+        h1_response) echo fuzz_h1_response ;;
+    esac
+}
+
+for t in config duration jwt h1_response; do
+    if have_libfuzzer; then libfuzzer "$t"; else stable "$(stable_test "$t")" "$t"; fi
 done
 stable fuzz_websocket_client_messages ws
 

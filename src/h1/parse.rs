@@ -59,6 +59,9 @@ pub(super) fn parse_head(buf: &mut BytesMut, asked: Asked) -> Result<Option<Head
     }
 }
 
+/// Fields of a head whose offsets are kept on the stack.
+const SMALL_HEAD: usize = 16;
+
 /// One head: `Ok(None)` partial, `Ok(Some(None))` an interim 1xx consumed.
 fn parse_one(buf: &mut BytesMut, asked: Asked) -> Result<Option<Option<Head>>, Error> {
     if buf.is_empty() {
@@ -87,9 +90,18 @@ fn parse_one(buf: &mut BytesMut, asked: Asked) -> Result<Option<Option<Head>>, E
     }
     let version = if res.version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
 
-    // Record offsets so the fields can point into the frozen head.
-    let mut spans: [(usize, usize, usize, usize); MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
+    // Record offsets so the fields can point into the frozen head. Most
+    // heads have few fields: a small array on the stack (zeroing room for
+    // all MAX_HEADERS cost more than the rest of the parse), a Vec beyond.
     let count = res.headers.len();
+    let mut small = [(0usize, 0usize, 0usize, 0usize); SMALL_HEAD];
+    let mut large = Vec::new();
+    let spans: &mut [(usize, usize, usize, usize)] = if count <= SMALL_HEAD {
+        &mut small[..count]
+    } else {
+        large.resize(count, (0, 0, 0, 0));
+        &mut large
+    };
     for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
         let (n0, n1) = span_in(buf, h.name.as_bytes(), len).ok_or(Error::malformed("header name outside the head"))?;
         let (v0, v1) = span_in(buf, h.value, len).ok_or(Error::malformed("header value outside the head"))?;
@@ -104,7 +116,7 @@ fn parse_one(buf: &mut BytesMut, asked: Asked) -> Result<Option<Option<Head>>, E
     let mut headers = HeaderMap::with_capacity(count);
     let mut keep_alive = version == Version::HTTP_11;
     let mut close = false;
-    for &(n0, n1, v0, v1) in &spans[..count] {
+    for &(n0, n1, v0, v1) in spans.iter() {
         let name = HeaderName::from_bytes(&head[n0..n1]).map_err(|_| Error::malformed("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(v0..v1)).map_err(|_| Error::malformed("invalid header value"))?;
         if name == header::CONNECTION {

@@ -475,11 +475,9 @@ fn rewrite(
     };
     if up.config.protocol == Protocol::Http2 {
         parts.headers.remove(header::HOST);
-    } else if !bodyless && !upgrade && !parts.headers.contains_key(header::CONTENT_LENGTH) {
-        // hyper's client sends no body for a GET or HEAD of unknown length
-        // unless told to chunk it; every method's body is forwarded.
-        parts.headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
     }
+    // (An HTTP/1.1 body of unknown length goes chunked whatever the method:
+    // the h1 codec frames it.)
     if bodyless {
         let body = body.map_err(BoxError::from).boxed_unsync();
         return (Request::from_parts(parts, body), None);

@@ -4,8 +4,9 @@
 //! stalled past that timeout, the in-flight count ([`InFlight`]: the data
 //! path holds it in its response body; other services wrap themselves in
 //! [`Tracked`]), and the deadline arithmetic the connection task's one
-//! timer aims at (requests read no clock: the task stamps what changed at
-//! its next check).
+//! timer aims at (the task stamps what changed at its next check; the one
+//! clock read on the request path is the first byte of a keep-alive
+//! connection's next head, which starts its header timeout).
 //!
 //! It owns per-connection state only; it must not accept connections, read
 //! config, route or answer requests, or hold anything shared between
@@ -63,8 +64,6 @@ struct Shared {
     /// The last request in flight ended; the watchdog stamps `idle_since_ms`
     /// at its next check (no clock read on the request path).
     went_idle: AtomicBool,
-    /// Bytes arrived while idle; the watchdog stamps `head_started_ms`.
-    read_while_idle: AtomicBool,
 }
 
 /// Which deadline ran out.
@@ -101,7 +100,6 @@ impl ConnControl {
             head_started_ms: AtomicU64::new(UNSET),
             h2: AtomicBool::new(false),
             went_idle: AtomicBool::new(false),
-            read_while_idle: AtomicBool::new(false),
         }));
         if let Some(d) = stall {
             ctl.set_stall_timeout(d);
@@ -143,7 +141,6 @@ impl ConnControl {
         self.0.in_flight.fetch_add(1, Ordering::AcqRel);
         self.0.requests.fetch_add(1, Ordering::Relaxed);
         self.0.head_started_ms.store(UNSET, Ordering::Relaxed);
-        self.0.read_while_idle.store(false, Ordering::Relaxed);
         if version == Version::HTTP_2 {
             self.0.h2.store(true, Ordering::Relaxed);
         }
@@ -159,9 +156,11 @@ impl ConnControl {
             && s.requests.load(Ordering::Relaxed) > 0
             && !s.h2.load(Ordering::Relaxed)
         {
-            // The watchdog stamps it at its next check (it never waits
-            // longer than half the shortest timeout).
-            s.read_while_idle.store(true, Ordering::Relaxed);
+            // Stamped now (one clock read per request, at its first byte):
+            // the header timeout runs from here exactly, and the watchdog
+            // aims at it at its next check (it never waits longer than half
+            // the shortest timeout).
+            let _ = s.head_started_ms.compare_exchange(UNSET, self.now_ms(), Ordering::Relaxed, Ordering::Relaxed);
         }
     }
 
@@ -182,9 +181,6 @@ impl ConnControl {
                 // Set just before its count went down: look again next time.
                 s.went_idle.store(true, Ordering::Release);
             }
-        }
-        if s.read_while_idle.swap(false, Ordering::AcqRel) && s.in_flight.load(Ordering::Acquire) == 0 {
-            let _ = s.head_started_ms.compare_exchange(UNSET, self.now_ms(), Ordering::Relaxed, Ordering::Relaxed);
         }
         if s.in_flight.load(Ordering::Acquire) > 0 {
             return None;

@@ -90,14 +90,13 @@ impl ConnPolicy {
 
 /// The connection builder for one connection under `policy`.
 ///
-/// hyper's HTTP/1.1 header read timer also runs while a keep-alive
-/// connection waits for its next request, so it would cut idle connections
-/// at the header timeout; it is set to the longer of the two timeouts as a
-/// backstop, and the connection task enforces each exactly.
-pub fn http_builder(policy: &ConnPolicy) -> auto::Builder<TokioExecutor> {
-    let header_read = policy.idle_timeout.map_or(policy.header_timeout, |idle| idle.max(policy.header_timeout));
+/// hyper's own HTTP/1.1 header read timer is off: it would cost a boxed
+/// timer per request, and it also runs while a keep-alive connection waits
+/// for its next request. The connection task's one watchdog enforces the
+/// header and idle timeouts exactly (`conn`).
+pub fn http_builder(_policy: &ConnPolicy) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read).max_buf_size(MAX_HEADER_BYTES).keep_alive(true);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(None).max_buf_size(MAX_HEADER_BYTES).keep_alive(true);
     builder.http2().timer(TokioTimer::new()).max_concurrent_streams(1024);
     builder
 }

@@ -15,6 +15,8 @@
 #   DURATION=10s            wrk -d per measured run (wrk syntax: 10s, 1m, ...)
 #   CONNECTIONS="32 256"    connection counts, space or comma separated
 #   THREADS=1               wrk -t
+#   WORKERS=1               workers of every proxy (fusebox `workers`, nginx
+#                           `worker_processes`, HAProxy `nbthread`); floor has one
 #   TARGETS="direct fusebox floor nginx haproxy"   which targets to measure
 #   WARMUP=2s               unmeasured wrk run per target before measuring (0 = none)
 #   WRK_TIMEOUT=2s          wrk --timeout (slower responses count as timeouts)
@@ -43,6 +45,7 @@ DURATION="${DURATION:-10s}"
 CONNECTIONS="${CONNECTIONS:-32 256}"
 CONNECTIONS="${CONNECTIONS//,/ }"
 THREADS="${THREADS:-1}"
+WORKERS="${WORKERS:-1}"
 TARGETS="${TARGETS:-direct fusebox floor nginx haproxy}"
 TARGETS="${TARGETS//,/ }"
 WARMUP="${WARMUP:-2s}"
@@ -361,7 +364,7 @@ target_cmd() {
   case "$t" in
     nginx)
       render "$SCRIPT_DIR/proxy.nginx.conf.in" "$dir/nginx.conf" \
-        PREFIX="$dir" PROXY_PORT="$port" UPSTREAM_PORT="$UPSTREAM_PORT"
+        PREFIX="$dir" PROXY_PORT="$port" UPSTREAM_PORT="$UPSTREAM_PORT" WORKERS="$WORKERS"
       # -e: error log before the config is read; -g: stay in the foreground so
       # the pid we hold is the master's (or, single, the only process).
       g='daemon off;'
@@ -370,13 +373,13 @@ target_cmd() {
       ;;
     haproxy)
       render "$SCRIPT_DIR/haproxy.cfg.in" "$dir/haproxy.cfg" \
-        PROXY_PORT="$port" UPSTREAM_PORT="$UPSTREAM_PORT"
+        PROXY_PORT="$port" UPSTREAM_PORT="$UPSTREAM_PORT" WORKERS="$WORKERS"
       # -db: foreground, so the pid we hold is HAProxy itself.
       T_ARGV=(haproxy -db -f "$dir/haproxy.cfg")
       ;;
     fusebox)
       render "$SCRIPT_DIR/fusebox.yaml.in" "$dir/fusebox.yaml" \
-        PROXY_PORT="$port" ADMIN_PORT="$admin" UPSTREAM_PORT="$UPSTREAM_PORT"
+        PROXY_PORT="$port" ADMIN_PORT="$admin" UPSTREAM_PORT="$UPSTREAM_PORT" WORKERS="$WORKERS"
       T_ENV=(RUST_LOG="$FUSEBOX_LOG")
       T_ARGV=("$FUSEBOX_BIN_ABS" run -c "$dir/fusebox.yaml")
       T_READY="http://127.0.0.1:$admin/readyz"

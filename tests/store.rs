@@ -159,13 +159,17 @@ async fn a_store_that_cannot_be_opened_stops_startup_with_its_path() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// The stored override's key (`entry.base`) of upstream `ok` in `db`.
-fn stored_base(db: &std::path::Path) -> String {
+/// The stored override of upstream `ok` in `db`, as JSON.
+fn stored_override(db: &std::path::Path) -> Value {
     let conn = rusqlite::Connection::open(db).expect("open the store");
     let entry: String =
         conn.query_row("SELECT entry FROM overrides WHERE upstream = 'ok'", [], |r| r.get(0)).expect("an override of ok is stored");
-    let v: Value = serde_json::from_str(&entry).expect("stored JSON");
-    v["base"].as_str().expect("base is a string").to_string()
+    serde_json::from_str(&entry).expect("stored JSON")
+}
+
+/// The stored override's key (`entry.base`) of upstream `ok` in `db`.
+fn stored_base(db: &std::path::Path) -> String {
+    stored_override(db)["base"].as_str().expect("base is a string").to_string()
 }
 
 #[tokio::test]
@@ -185,13 +189,11 @@ async fn an_override_stored_with_the_old_debug_key_is_restored_and_rewritten_wit
     assert_eq!(stored_base(&db), stable, "written with the stable key, not a Debug rendering");
 
     // A store written by an older fusebox: the key is the Debug rendering.
-    {
-        let conn = rusqlite::Connection::open(&db).expect("open the store");
-        let entry: String = conn.query_row("SELECT entry FROM overrides WHERE upstream = 'ok'", [], |r| r.get(0)).expect("stored");
-        let mut v: Value = serde_json::from_str(&entry).expect("stored JSON");
-        v["base"] = Value::from(format!("{ok_yaml:?}"));
-        conn.execute("UPDATE overrides SET entry = ?1 WHERE upstream = 'ok'", [v.to_string()]).expect("rewrite");
-    }
+    let mut v = stored_override(&db);
+    v["base"] = Value::from(format!("{ok_yaml:?}"));
+    let conn = rusqlite::Connection::open(&db).expect("open the store");
+    conn.execute("UPDATE overrides SET entry = ?1 WHERE upstream = 'ok'", [v.to_string()]).expect("rewrite");
+    drop(conn);
     let second = fusebox(&yaml).await;
     assert_eq!(service(&second, "ok").await["override"]["failureThreshold"], 7, "the old key is still accepted");
     second.shutdown().await;

@@ -176,8 +176,6 @@ mod h1_target {
     use http_body_util::Full;
     use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-
-
     /// The upstream: serves `data` in pieces of the chosen sizes, a `Pending`
     /// before a piece whose size byte is 0; swallows every write.
     struct Feed {

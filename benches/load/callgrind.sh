@@ -44,7 +44,7 @@ wait_ok() {
 
 UPSTREAM_PORT="$(free_port)"
 mkdir -p "$TMP/upstream"
-sed -e "s|@PREFIX@|$TMP/upstream|g" -e "s|@PROXY_PORT@|$UPSTREAM_PORT|g" -e "s|@UPSTREAM_PORT@|$UPSTREAM_PORT|g" \
+sed -e "s|@PREFIX@|$TMP/upstream|g" -e "s|@PROXY_PORT@|$UPSTREAM_PORT|g" -e "s|@UPSTREAM_PORT@|$UPSTREAM_PORT|g" -e "s|@WORKERS@|1|g" \
   "$SCRIPT_DIR/upstream.nginx.conf.in" >"$TMP/upstream/nginx.conf"
 nginx -p "$TMP/upstream/" -e "$TMP/upstream/error.log" -c "$TMP/upstream/nginx.conf" -g 'daemon off;' &
 PIDS+=($!)
@@ -55,7 +55,7 @@ for bin in "$@"; do
   admin="$(free_port)"
   dir="$TMP/$(basename "$(dirname "$bin")")-$port"
   mkdir -p "$dir"
-  sed -e "s|@PROXY_PORT@|$port|g" -e "s|@ADMIN_PORT@|$admin|g" -e "s|@UPSTREAM_PORT@|$UPSTREAM_PORT|g" \
+  sed -e "s|@PROXY_PORT@|$port|g" -e "s|@ADMIN_PORT@|$admin|g" -e "s|@UPSTREAM_PORT@|$UPSTREAM_PORT|g" -e "s|@WORKERS@|1|g" \
     "$SCRIPT_DIR/fusebox.yaml.in" >"$dir/fusebox.yaml"
   RUST_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$dir/callgrind.out" \
     "$bin" run -c "$dir/fusebox.yaml" >"$dir/log" 2>&1 &

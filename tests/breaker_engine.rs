@@ -437,26 +437,26 @@ fn forgiven_failures_of_an_ejected_endpoint_do_not_trip() {
 #[test]
 fn the_free_pass_is_published_only_while_every_request_would_be_admitted() {
     let mut r = Rig::new(Policy { recovery_ramp: Duration::from_secs(4), ..policy() });
-    assert!(r.b.free_pass(r.at(0)).is_some(), "closed: admission needs no lock");
-    let closed_epoch = r.b.free_pass(r.at(0));
+    assert!(r.b.free_pass(|| r.at(0)).is_some(), "closed: admission needs no lock");
+    let closed_epoch = r.b.free_pass(|| r.at(0));
     for ms in 1..=3 {
         assert!(r.call(ms, FAIL));
     }
     assert_eq!(r.state(4), CircuitState::Open);
-    assert_eq!(r.b.free_pass(r.at(4)), None, "open: every request asks the breaker");
+    assert_eq!(r.b.free_pass(|| r.at(4)), None, "open: every request asks the breaker");
     assert_eq!(r.state(10_004), CircuitState::HalfOpen);
-    assert_eq!(r.b.free_pass(r.at(10_004)), None, "half-open: trials are counted under the lock");
+    assert_eq!(r.b.free_pass(|| r.at(10_004)), None, "half-open: trials are counted under the lock");
     assert!(r.call(10_005, OK));
     assert_eq!(r.state(10_006), CircuitState::Closed);
-    assert_eq!(r.b.free_pass(r.at(10_006)), None, "recovery ramp running: some requests are held back");
-    let after_ramp = r.b.free_pass(r.at(14_006));
+    assert_eq!(r.b.free_pass(|| r.at(10_006)), None, "recovery ramp running: some requests are held back");
+    let after_ramp = r.b.free_pass(|| r.at(14_006));
     assert!(after_ramp.is_some(), "ramp over: free again");
     assert_ne!(after_ramp, closed_epoch, "with a new epoch: a pass from before the trip counts for nothing");
 
     r.b.force(Mode::ForcedOpen, None, "test", r.at(14_010));
-    assert_eq!(r.b.free_pass(r.at(14_010)), None);
+    assert_eq!(r.b.free_pass(|| r.at(14_010)), None);
     r.b.force(Mode::ForcedClosed, Some(Duration::from_secs(60)), "test", r.at(14_020));
-    assert_eq!(r.b.free_pass(r.at(14_020)), None, "a mode with a TTL is checked under the lock, so it ends on time");
+    assert_eq!(r.b.free_pass(|| r.at(14_020)), None, "a mode with a TTL is checked under the lock, so it ends on time");
     r.b.force(Mode::ForcedClosed, None, "test", r.at(14_030));
-    assert!(r.b.free_pass(r.at(14_030)).is_some());
+    assert!(r.b.free_pass(|| r.at(14_030)).is_some());
 }

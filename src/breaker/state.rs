@@ -305,7 +305,8 @@ impl Breaker {
     /// ramp running, or forced closed / metrics-only with no TTL. The
     /// circuit publishes it so admission needs no lock in the common case
     /// ([`Permit::free`]); `None` means: ask [`Breaker::try_acquire`].
-    pub fn free_pass(&self, now: Instant) -> Option<u64> {
+    /// `now` is read only while a recovery ramp may be running.
+    pub fn free_pass(&self, now: impl FnOnce() -> Instant) -> Option<u64> {
         if self.mode_until.is_some() {
             return None;
         }
@@ -316,7 +317,7 @@ impl Breaker {
                 Phase::Closed { recovered_at: None, .. } => Some(self.epoch),
                 Phase::Closed { recovered_at: Some(at), .. } => {
                     let ramp = self.policy.recovery_ramp;
-                    (ramp.is_zero() || now.saturating_duration_since(at) >= ramp).then_some(self.epoch)
+                    (ramp.is_zero() || now().saturating_duration_since(at) >= ramp).then_some(self.epoch)
                 }
                 _ => None,
             },

@@ -210,8 +210,11 @@ async fn proxy(
     let mut next = Some(body);
     let mut exclude: Option<Arc<crate::runtime::endpoint::Member>> = None;
     let mut retrying: Option<&'static str> = None;
-    let (resp, lease, ejected) = loop {
-        let now = clock::now();
+    // One clock read per attempt start and per outcome: the first attempt
+    // starts at the admission's instant.
+    let mut started = Some(now);
+    let (resp, lease, ejected, now) = loop {
+        let now = started.take().unwrap_or_else(clock::now);
         let Some(mut lease) = up.endpoints.pick(exclude.as_deref(), now) else {
             exchange.outcome = "local_error";
             return respond::fault(Some(&up.config.name), Fault::Local(LocalFault::NoEndpoint), "");
@@ -223,7 +226,7 @@ async fn proxy(
             // (Unreachable: a retry of a request with a body needs its body back.)
             None => return finish_with_fault(&up, guard, exchange, Fault::Local(LocalFault::Resources), "request body lost"),
         };
-        let result = attempt(&up, &lease, &mut head, body, upload.as_deref()).await;
+        let result = attempt(&up, &lease, &mut head, body, upload.as_deref(), now).await;
         let now = clock::now();
         let failed = match result {
             Ok(resp) => {
@@ -240,7 +243,7 @@ async fn proxy(
                         exclude = Some(lease.member.clone());
                         continue;
                     }
-                    _ => break (resp, lease, ejected),
+                    _ => break (resp, lease, ejected, now),
                 }
             }
             Err(failed) => failed,
@@ -271,7 +274,6 @@ async fn proxy(
     };
     // Phase 4: classify and record the client request's one outcome.
     let status = resp.status().as_u16();
-    let now = clock::now();
     forgive_ejected(&up, &guard, &lease, up.config.breaker.failure_statuses.contains(status), ejected, now);
     let outcome = guard.finish(Some(status), false, now);
     exchange.outcome = if outcome.failure { "failure" } else { "success" };
@@ -358,10 +360,11 @@ async fn attempt(
     head: &mut http::request::Parts,
     body: ProxyBody,
     upload: Option<&Upload>,
+    now: Instant,
 ) -> Result<Response<UpstreamBody>, Failed> {
     let pool = lease.member.pool();
     let timeout = up.config.timeouts.request;
-    match within(timeout, upload, pool.send(head, body)).await {
+    match within(timeout, upload, pool.send(head, body, now)).await {
         None => Err(Failed {
             fault: Fault::Upstream(UpstreamFault::Timeout),
             unsent: false,

@@ -45,7 +45,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::clock;
 use crate::config::{Endpoint, Protocol, UpstreamConfig};
 use crate::h1;
 use crate::http::{BoxError, ProxyBody};
@@ -112,8 +111,9 @@ struct Idle {
 }
 
 /// Gives a connection whose exchange ended cleanly back to its pool (the
-/// codec calls it when the response body ends on a keep-alive exchange).
-pub struct Recycler(Arc<EndpointPool>);
+/// codec calls it when the response body ends on a keep-alive exchange),
+/// with the instant its request started.
+pub struct Recycler(Arc<EndpointPool>, Instant);
 
 /// An upstream response body: fusebox's HTTP/1.1 codec's, or hyper's for
 /// HTTP/2.
@@ -235,7 +235,9 @@ impl EndpointPool {
     /// byte goes once more on a new connection (if it was written, only
     /// when its method is idempotent). A request that never left comes back
     /// as [`SendError::NotSent`], with its body where it was not consumed.
-    pub async fn send(self: &Arc<Self>, head: &mut Parts, body: ProxyBody) -> Result<Response<UpstreamBody>, SendError> {
+    /// `now` is the request's instant: idle connections are aged and
+    /// stamped with it (no clock read of the pool's own).
+    pub async fn send(self: &Arc<Self>, head: &mut Parts, body: ProxyBody, now: Instant) -> Result<Response<UpstreamBody>, SendError> {
         if let Some(h2) = &self.h2 {
             return self.send_h2(h2, head, body).await;
         }
@@ -245,7 +247,7 @@ impl EndpointPool {
             }
         }
         let bodyless = body.is_end_stream();
-        let conn = match self.checkout() {
+        let conn = match self.checkout(now) {
             Some(conn) => conn,
             // Boxed: the connect future is large and rarely needed.
             None => match Box::pin(self.connect()).await {
@@ -254,24 +256,24 @@ impl EndpointPool {
             },
         };
         let reused = conn.is_reused();
-        match conn.send(head, body, Recycler(self.clone())).await {
+        match conn.send(head, body, Recycler(self.clone(), now)).await {
             Ok(resp) => Ok(resp.map(UpstreamBody::H1)),
             Err(e) if reused && bodyless && again_on_fresh(&e, &head.method) => {
                 tracing::debug!(endpoint = %self.endpoint, error = %e, "pooled connection closed under the request: sending it again on a new one");
                 // Boxed: the rare path keeps its state out of every request's.
-                Box::pin(self.fresh(head)).await
+                Box::pin(self.fresh(head, now)).await
             }
             Err(e) => Err(send_error(e, reused)),
         }
     }
 
     /// A bodyless request on a new connection (never a pooled one).
-    async fn fresh(self: &Arc<Self>, head: &Parts) -> Result<Response<UpstreamBody>, SendError> {
+    async fn fresh(self: &Arc<Self>, head: &Parts, now: Instant) -> Result<Response<UpstreamBody>, SendError> {
         let conn = match self.connect().await {
             Ok(conn) => conn,
             Err(error) => return Err(SendError::NotSent { error: Box::new(error), body: None }),
         };
-        match conn.send(head, crate::http::empty(), Recycler(self.clone())).await {
+        match conn.send(head, crate::http::empty(), Recycler(self.clone(), now)).await {
             Ok(resp) => Ok(resp.map(UpstreamBody::H1)),
             Err(e) => Err(send_error(e, false)),
         }
@@ -299,8 +301,7 @@ impl EndpointPool {
     }
 
     /// The warmest usable idle connection of this worker, if any.
-    fn checkout(&self) -> Option<h1::Connection<Stream>> {
-        let now = clock::now();
+    fn checkout(&self, now: Instant) -> Option<h1::Connection<Stream>> {
         loop {
             // (The guard is dropped at the end of this statement.)
             let mut idle = self.own().lock().pop_back()?;
@@ -344,8 +345,9 @@ impl EndpointPool {
         Ok(h1::Connection::new(Stream::Tls(Box::new(tls))))
     }
 
-    fn put(&self, conn: h1::Connection<Stream>) {
-        let now = clock::now();
+    /// Keeps `conn` idle since `now` (the start of its last request: a
+    /// little early, so it expires a little early, never late).
+    fn put(&self, conn: h1::Connection<Stream>, now: Instant) {
         let mut idle = self.own().lock();
         // The oldest are at the front: drop what expired while we are here.
         while idle.front().is_some_and(|i| now.saturating_duration_since(i.since) >= IDLE_TIMEOUT) {
@@ -428,7 +430,7 @@ pub fn worker() -> usize {
 
 impl h1::Recycle<Stream> for Recycler {
     fn recycle(self, conn: h1::Connection<Stream>) {
-        self.0.put(conn);
+        self.0.put(conn, self.1);
     }
 }
 

@@ -159,7 +159,7 @@ impl Circuit {
             let core = &mut *guard;
             let r = f(&mut core.breaker, &mut core.history);
             let transitions = core.breaker.take_transitions();
-            self.free_pass.store(core.breaker.free_pass(clock::now()).unwrap_or(NO_FREE_PASS), Ordering::Release);
+            self.free_pass.store(core.breaker.free_pass(clock::now).unwrap_or(NO_FREE_PASS), Ordering::Release);
             for t in transitions.iter().filter(|t| !t.shadow) {
                 let status = core.breaker.status(t.at);
                 let incident = t.to == crate::breaker::CircuitState::Open && t.from == crate::breaker::CircuitState::Closed;

@@ -122,7 +122,7 @@ pub const MAX_TRAILERS: usize = 100;
 /// Most bytes of chunk extensions over one body (hyper's limit too).
 pub const MAX_CHUNK_EXTENSION_BYTES: usize = 16 * 1024;
 /// Most bytes asked of the connection in one read.
-pub const READ_CHUNK: usize = 16 * 1024;
+pub const READ_CHUNK: usize = 8 * 1024;
 
 /// Where a connection goes when its exchange ended cleanly and it may carry
 /// another request. The pool implements it (typically a handle holding an

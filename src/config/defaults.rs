@@ -37,7 +37,7 @@ use super::{ClientConfig, LoadBalancing, OutlierDetection, Protocol, RetryOn, Re
 
 pub const LISTEN: &str = "0.0.0.0:8080";
 pub const ADMIN_LISTEN: &str = "127.0.0.1:9901";
-/// One tokio worker thread per core.
+/// One data-path worker per core.
 pub const WORKERS: usize = 0;
 pub const REQUEST_METRICS: bool = true;
 pub const ACCESS_LOG: bool = false;

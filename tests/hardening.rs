@@ -143,6 +143,23 @@ fn absurd_durations_are_errors_not_panics() {
 }
 
 #[test]
+fn a_bad_value_under_defaults_is_an_error_even_where_every_upstream_overrides_it() {
+    let text = full(
+        "defaults:\n  breaker: { jitter: 2 }\nupstreams:\n  api:\n    endpoints: [http://127.0.0.1:9]\n    breaker: { jitter: 0.1 }\nroutes:\n  - { match: { pathPrefix: / }, upstream: api }\n",
+    );
+    let e = parse_err(&text);
+    assert!(e.contains("defaults.breaker.jitter"), "{e}");
+    assert!(e.contains("line 5"), "located in the file: {e}");
+    // Reported once, not once per upstream plus once for `defaults:`.
+    assert_eq!(e.matches("defaults.breaker.jitter").count(), 1, "{e}");
+    // A sound `defaults:` that upstreams override is still fine.
+    let ok = full(
+        "defaults:\n  breaker: { jitter: 0.3 }\nupstreams:\n  api:\n    endpoints: [http://127.0.0.1:9]\n    breaker: { jitter: 0.1 }\nroutes:\n  - { match: { pathPrefix: / }, upstream: api }\n",
+    );
+    assert!(fusebox::config::parse(&ok).is_ok());
+}
+
+#[test]
 fn a_public_key_file_that_is_not_a_key_is_an_error() {
     let text = format!(
         "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nauth: {{ jwt: {{ publicKeyFile: /etc/hostname }} }}\n{}",

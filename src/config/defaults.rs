@@ -18,8 +18,9 @@
 //! `defaults:` and `retry.attempts` from the upstream make one `retry`); a
 //! list (`retry.on`, `breaker.failureStatuses`) is one value. The merged
 //! value keeps the key path it was written at, so `validate` checks it once
-//! and names that key (`defaults.breaker.jitter`, not the upstream's); a
-//! value that a higher layer replaces is never used, so it is not checked.
+//! and names that key (`defaults.breaker.jitter`, not the upstream's). A
+//! `defaults:` value that every upstream replaces is never used, but it is
+//! still checked: `validate` also merges and checks `defaults:` on its own.
 //! A winning value that is invalid is reported and the base stands in for
 //! it (layer 1; for an operation, its upstream's policy). A check across
 //! keys (`maxResetTimeout` >= `resetTimeout`, `timeouts` > 0) is reported

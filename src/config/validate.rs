@@ -1,8 +1,10 @@
 //! The checks that turn the parsed file ([`RawConfig`]) into a [`Config`]:
 //! every range, every cross reference, every file a key names, and the
 //! conversion into typed values. It merges the layers of an upstream's keys
-//! first (`defaults`), then checks the merged value once; it collects all
-//! the errors it finds instead of stopping at the first one.
+//! first (`defaults`), then checks the merged value once (and `defaults:`
+//! on its own, so a bad value there is an error even where every upstream
+//! overrides it); it collects all the errors it finds instead of stopping
+//! at the first one.
 //!
 //! Must not: expand `${NAME}` or word structural errors (`env`, `keys`:
 //! a file that fails there never reaches these checks); write a default
@@ -112,7 +114,11 @@ impl Validator<'_> {
             None | Some(RawAuth::None) => AuthConfig::None,
             Some(RawAuth::Jwt(jwt)) => self.jwt(jwt),
         };
+        let has_defaults = raw.defaults.is_some();
         let file_defaults = raw.defaults.unwrap_or_default();
+        if has_defaults {
+            self.defaults_alone(&file_defaults);
+        }
         let upstreams: Vec<UpstreamConfig> =
             raw.upstreams.0.into_iter().map(|(name, up)| self.upstream(&name, up, &file_defaults)).collect();
         if upstreams.is_empty() {
@@ -407,6 +413,22 @@ impl Validator<'_> {
             audience: jwt.audience,
             leeway,
         })
+    }
+
+    /// Every value written under `defaults:`, checked even where each
+    /// upstream overrides it (a bad value in the file is an error wherever
+    /// it stands): an upstream of `defaults:` alone is merged and checked,
+    /// and what it finds at `defaults.` keys is kept (the checks across
+    /// keys are each upstream's own).
+    fn defaults_alone(&mut self, file_defaults: &RawDefaults) {
+        let before = self.errors.len();
+        let probe = RawUpstream { endpoints: vec!["http://127.0.0.1:1".to_string()], ..RawUpstream::default() };
+        let _ = self.upstream("defaults", probe, file_defaults);
+        let mut i = 0;
+        self.errors.retain(|e| {
+            i += 1;
+            i <= before || e.path.starts_with("defaults.")
+        });
     }
 
     fn upstream(&mut self, name: &str, raw: RawUpstream, file_defaults: &RawDefaults) -> UpstreamConfig {

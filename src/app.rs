@@ -30,8 +30,9 @@ use crate::history::History;
 use crate::proxy::forward::DataPlane;
 use crate::proxy::server::{self, bind, ConnPolicy};
 use crate::runtime::pool::REAP_EVERY;
-use crate::runtime::reload::{self, ConfigStore};
+use crate::runtime::reload::ConfigStore;
 use crate::runtime::upstream::CircuitEvent;
+use crate::runtime::watcher;
 use crate::runtime::{Live, RuntimeOverride, Shared};
 use crate::store::{Restored, Store, StoredTransition};
 use crate::telemetry::Metrics;
@@ -155,10 +156,12 @@ impl App {
                 state.store.current().config.tls.as_ref().map_or_else(Default::default, |t| t.key_file.clone()),
             ] {
                 let certs = certs.clone();
-                match reload::spawn_watcher(file.clone(), move || match certs.reload() {
+                match watcher::spawn_watcher(file.clone(), move || match certs.reload() {
                     Ok(()) => tracing::info!("TLS certificate reloaded"),
                     Err(e) => tracing::error!(error = %e, "TLS certificate reload failed; keeping the current one"),
-                }) {
+                })
+                .await
+                {
                     Ok(w) => watchers.push(w),
                     Err(e) => tracing::warn!(file = %file.display(), error = %e, "cannot watch a TLS file; rotations need a restart"),
                 }
@@ -223,10 +226,12 @@ impl App {
         let config_watcher = match state.store.path().cloned() {
             Some(path) => {
                 let watch_state = state.clone();
-                match reload::spawn_watcher(path.clone(), move || {
+                match watcher::spawn_watcher(path.clone(), move || {
                     tracing::info!("config file changed: reloading");
                     watch_state.reload_in_background("file change");
-                }) {
+                })
+                .await
+                {
                     Ok(w) => Some(w),
                     Err(e) => {
                         tracing::warn!(path = %path.display(), error = %e, "cannot watch the config file; reload with SIGHUP or the admin API");

@@ -307,22 +307,61 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
 
 /// Reads a config, key or secret file: a regular file (never a FIFO, a
 /// device or a directory, which could block or never end) of at most 1 MiB.
+///
+/// The file is opened non-blocking (a FIFO put at the path after any check
+/// of ours cannot hang the open), its type and size are taken from the open
+/// descriptor (no race with a rename between a check and the open), and the
+/// read is bounded: nothing of a refused file is kept. Blocking I/O all the
+/// same: callers run it on the blocking pool, never on a runtime worker.
 pub fn read_small_file(path: &Path) -> Result<Vec<u8>, String> {
     use std::io::Read;
-    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
+    }
+    let file = options.open(path).map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
     if !meta.is_file() {
-        return Err("not a regular file".to_string());
+        return Err(format!("not a regular file (a {})", file_kind(&meta)));
     }
     if meta.len() > MAX_FILE_BYTES as u64 {
         return Err(format!("{} bytes, more than the 1 MiB allowed", meta.len()));
     }
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     file.take(MAX_FILE_BYTES as u64 + 1).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
     if bytes.len() > MAX_FILE_BYTES {
         return Err("grew past the 1 MiB allowed while being read".to_string());
     }
     Ok(bytes)
+}
+
+/// What a file that is not a regular file is, for the error.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    let t = meta.file_type();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return "FIFO";
+        }
+        if t.is_char_device() {
+            return "character device";
+        }
+        if t.is_block_device() {
+            return "block device";
+        }
+        if t.is_socket() {
+            return "socket";
+        }
+    }
+    if t.is_dir() {
+        "directory"
+    } else {
+        "special file"
+    }
 }
 
 // === impl Config ===

@@ -3,6 +3,8 @@
 //! plain HTTP client.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};

@@ -194,7 +194,10 @@ impl App {
             },
             Duration::from_secs(1),
             None,
-            ConnPolicy::admin,
+            {
+                let generations = state.store.handle();
+                move || ConnPolicy::admin(&generations.load().config.client)
+            },
             move |_peer, conn| {
                 let st = admin_handle.clone();
                 crate::proxy::conn::Tracked::new(service_fn(move |req| admin::handle(req, st.clone())), conn.clone())

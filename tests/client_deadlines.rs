@@ -218,16 +218,17 @@ async fn an_idle_h2c_connection_gets_goaway_and_closes() {
 // --- client.maxConnections ---
 
 #[tokio::test]
-async fn above_max_connections_a_new_connection_waits_until_one_closes() {
+async fn above_max_connections_a_new_connection_waits_for_a_slot_and_idle_keep_alive_ones_make_room() {
     let up = upstream("api").await;
+    up.set_delay(Duration::from_millis(800));
     let app = fusebox(&format!("client: {{ maxConnections: 2 }}\n{}", one_upstream(&up.url(), "failureThreshold: 3"))).await;
     let mut first = TcpStream::connect(app.data_addr()).await.unwrap();
     let mut second = TcpStream::connect(app.data_addr()).await.unwrap();
     for s in [&mut first, &mut second] {
         s.write_all(get_request("/held").as_bytes()).await.unwrap();
-        assert_eq!(read_response(s).await.0, 200);
     }
-    // The third connects (kernel backlog) but is not served.
+    // The third connects (kernel backlog) but is not served while both
+    // slots have a request in flight.
     let mut third = TcpStream::connect(app.data_addr()).await.unwrap();
     third.write_all(get_request("/third").as_bytes()).await.unwrap();
     let mut byte = [0u8; 1];
@@ -237,11 +238,20 @@ async fn above_max_connections_a_new_connection_waits_until_one_closes() {
     let (status, _, _) = get(&client(), &format!("http://{}/livez", app.admin_addr())).await;
     assert_eq!(status, StatusCode::OK);
 
-    drop(first);
+    // Both finish and go idle: an idle keep-alive connection is closed to
+    // make room, and the third is served.
+    for s in [&mut first, &mut second] {
+        assert_eq!(read_response(s).await.0, 200);
+    }
     let resp = timeout(Duration::from_secs(3), read_response(&mut third)).await.expect("served once a slot freed");
     assert_eq!(resp, (200, "api /third".to_string()));
-    second.write_all(get_request("/still").as_bytes()).await.unwrap();
-    assert_eq!(read_response(&mut second).await.0, 200);
+    let mut closed = 0;
+    for s in [&mut first, &mut second] {
+        if matches!(timeout(Duration::from_secs(1), s.read(&mut byte)).await, Ok(Ok(0)) | Ok(Err(_))) {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 1, "an idle keep-alive connection made room");
 }
 
 // --- write stall ---

@@ -128,6 +128,17 @@ impl ConnControl {
         self.0.in_flight.load(Ordering::Acquire)
     }
 
+    /// A keep-alive connection between requests: it has served one, none
+    /// is in flight and no byte of the next has arrived. Such a connection
+    /// costs a client nothing to lose, so a listener at its connection cap
+    /// closes it to make room.
+    pub fn is_idle(&self) -> bool {
+        let s = &*self.0;
+        s.in_flight.load(Ordering::Acquire) == 0
+            && s.requests.load(Ordering::Relaxed) > 0
+            && s.head_started_ms.load(Ordering::Relaxed) == UNSET
+    }
+
     fn now_ms(&self) -> u64 {
         millis(Instant::now().saturating_duration_since(self.0.start))
     }

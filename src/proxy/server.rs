@@ -1,10 +1,17 @@
-//! The listeners' connection handling: accepts connections (the data
-//! listener at most `client.maxConnections` at once, the rest waiting in the
-//! kernel backlog; accept errors such as running out of file descriptors
-//! back off instead of spinning), serves HTTP/1.1 and h2c / h2 with
-//! upgrades, enforces each connection's deadlines, and drains on shutdown.
+//! The listeners' connection handling: accepts connections (each listener
+//! at most its cap at once, the rest waiting in the kernel backlog; accept
+//! errors such as running out of file descriptors back off instead of
+//! spinning), serves HTTP/1.1 and h2c / h2 with upgrades, enforces each
+//! connection's deadlines, and drains on shutdown.
 //!
-//! Deadlines of a data connection (all from `client:`, read per connection
+//! Caps: the data listener `client.maxConnections`, the admin listener
+//! its own, both within their share of `RLIMIT_NOFILE` ([`FdBudget`]), so a flood of one listener
+//! never makes the other's accepts fail with EMFILE. A listener at its cap
+//! closes its idle keep-alive connections to make room for the waiting
+//! ones (as nginx does when `worker_connections` runs out), so a flood of
+//! idle connections cannot lock clients out until its idle timeout.
+//!
+//! Deadlines of a connection, on both listeners (all from `client:`, read per connection
 //! so a reload applies to new ones): `headerTimeout` from accept to a
 //! complete request head, protocol detection and TLS handshake included
 //! (and for each later HTTP/1.1 head, from its first byte);
@@ -40,15 +47,15 @@ use super::conn::{later, ConnControl, ConnIo, Expiry, Timeouts};
 use super::forward::{self, DataPlane};
 use crate::config::ClientConfig;
 
-/// Longest an admin client may take to send its request headers (the
-/// data listener uses `client.headerTimeout`).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head accepted (431 above it).
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// First pause after a failed accept; doubles on each failure in a row.
 pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// Longest pause after failed accepts.
 pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// A listener at its connection cap tells its idle keep-alive connections
+/// to close at most this often.
+pub const CROWDED_EVERY: Duration = Duration::from_millis(100);
 
 /// How a listener treats its connections; read again for every connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,24 +74,80 @@ pub struct ConnPolicy {
 // === impl ConnPolicy ===
 
 impl ConnPolicy {
-    /// The admin listener: the header timeout only (as it always had).
-    pub fn admin() -> ConnPolicy {
-        ConnPolicy { header_timeout: HEADER_READ_TIMEOUT, idle_timeout: None, stall_timeout: None, max_connections: None }
-    }
-
-    /// One of `workers` data listeners, from `client:` (each worker takes
-    /// its share of `maxConnections`, rounded up).
-    pub fn data(c: &ClientConfig, workers: usize) -> ConnPolicy {
+    /// The admin listener: the data listener's deadlines (`client:`) and
+    /// its own share of the file descriptors ([`FdBudget`]).
+    pub fn admin(c: &ClientConfig) -> ConnPolicy {
         ConnPolicy {
             header_timeout: c.header_timeout,
             idle_timeout: Some(c.idle_timeout),
             stall_timeout: Some(c.idle_timeout),
-            max_connections: Some(c.max_connections.div_ceil(workers.max(1))),
+            max_connections: Some(FdBudget::current().admin),
+        }
+    }
+
+    /// One of `workers` data listeners, from `client:` (each worker takes
+    /// its share of `maxConnections`, rounded up), never more than the
+    /// data listener's share of the file descriptors ([`FdBudget`]).
+    pub fn data(c: &ClientConfig, workers: usize) -> ConnPolicy {
+        let max = c.max_connections.min(FdBudget::current().data);
+        ConnPolicy {
+            header_timeout: c.header_timeout,
+            idle_timeout: Some(c.idle_timeout),
+            stall_timeout: Some(c.idle_timeout),
+            max_connections: Some(max.div_ceil(workers.max(1))),
         }
     }
 
     fn timeouts(&self) -> Timeouts {
         Timeouts { header: self.header_timeout, idle: self.idle_timeout }
+    }
+}
+
+/// How the process's file descriptors (`RLIMIT_NOFILE`, read once after
+/// [`raise_nofile_limit`]) are shared, so that no flood of one listener
+/// can starve the other (EMFILE on accept) or the process's own files:
+///
+/// - [`FD_RESERVE`] are kept for the process itself (listeners, the store,
+///   the config watcher, health checks, DNS, logs);
+/// - the admin listener may hold a third of the rest (at most
+///   [`ADMIN_MAX_CONNECTIONS`]);
+/// - the data listener may hold half of what is left, as every proxied
+///   connection may hold an upstream connection too (at most
+///   `client.maxConnections`).
+///
+/// At 1,024 descriptors: admin 298, data 299; at 20,000: admin 6,624, data
+/// 6,624; at 1,048,576: admin 10,000, data `client.maxConnections`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdBudget {
+    pub admin: usize,
+    pub data: usize,
+}
+
+/// Descriptors kept for the process's own files and sockets.
+pub const FD_RESERVE: usize = 128;
+/// The admin listener's connection cap however high the descriptor limit.
+pub const ADMIN_MAX_CONNECTIONS: usize = 10_000;
+
+// === impl FdBudget ===
+
+impl FdBudget {
+    /// The shares of `nofile` descriptors (each at least 8).
+    pub fn of(nofile: u64) -> FdBudget {
+        let usable = usize::try_from(nofile).unwrap_or(usize::MAX).saturating_sub(FD_RESERVE);
+        let admin = (usable / 3).clamp(8, ADMIN_MAX_CONNECTIONS);
+        let data = (usable.saturating_sub(admin) / 2).max(8);
+        FdBudget { admin, data }
+    }
+
+    /// The budget of this process's soft `RLIMIT_NOFILE`, read once.
+    pub fn current() -> FdBudget {
+        static BUDGET: std::sync::OnceLock<FdBudget> = std::sync::OnceLock::new();
+        *BUDGET.get_or_init(|| {
+            let nofile = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+            let budget = FdBudget::of(nofile);
+            tracing::debug!(nofile, admin = budget.admin, data = budget.data, "connection caps from the open file limit");
+            budget
+        })
     }
 }
 
@@ -126,7 +189,16 @@ pub async fn serve(
     .await;
 }
 
-/// What the connection tasks are told by their listener.
+/// What the connection tasks are told by their listener: its phase, and
+/// how many times it found all its connection slots taken (each time,
+/// idle keep-alive connections close to make room, as nginx does with its
+/// reusable connections when `worker_connections` runs out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Signal {
+    phase: Phase,
+    crowded: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Serve,
@@ -155,21 +227,38 @@ pub async fn accept_loop<F, S, B, P>(
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let (phase_tx, phase_rx) = watch::channel(Phase::Serve);
+    let (phase_tx, phase_rx) = watch::channel(Signal { phase: Phase::Serve, crowded: 0 });
     let mut slots: Option<Slots> = None;
     // The builder of the last policy seen (rebuilt when a reload changes it).
     let mut built: Option<(ConnPolicy, auto::Builder<TokioExecutor>)> = None;
     let mut backoff = Backoff::default();
+    // When idle connections were last told to make room.
+    let mut crowded_at: Option<Instant> = None;
     tokio::pin!(stop);
-    loop {
+    'accept: loop {
         let permit = match policy().max_connections {
             None => None,
             Some(max) => {
                 let slots = slots.get_or_insert_with(|| Slots::new(max));
                 slots.resize(max);
-                tokio::select! {
-                    permit = slots.acquire() => Some(permit),
-                    () = &mut stop => break,
+                match slots.try_acquire() {
+                    Some(permit) => Some(permit),
+                    // Full: idle keep-alive connections make room (at most
+                    // every CROWDED_EVERY: each signal wakes every
+                    // connection), so a flood of them cannot lock new
+                    // clients out until their idle timeout.
+                    None => loop {
+                        let now = Instant::now();
+                        if crowded_at.is_none_or(|at| now.saturating_duration_since(at) >= CROWDED_EVERY) {
+                            crowded_at = Some(now);
+                            phase_tx.send_modify(|s| s.crowded = s.crowded.wrapping_add(1));
+                        }
+                        tokio::select! {
+                            permit = slots.acquire() => break Some(permit),
+                            () = tokio::time::sleep(CROWDED_EVERY) => continue,
+                            () = &mut stop => break 'accept,
+                        }
+                    },
                 }
             }
         };
@@ -238,7 +327,7 @@ async fn connection<S, B>(
     ctl: ConnControl,
     policy: ConnPolicy,
     accepted: Instant,
-    mut phase: watch::Receiver<Phase>,
+    mut phase: watch::Receiver<Signal>,
     peer: SocketAddr,
 ) where
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + Sync + 'static,
@@ -268,7 +357,7 @@ async fn watch_connection<I, S, B>(
     svc: S,
     ctl: &ConnControl,
     timeouts: Timeouts,
-    phase: &mut watch::Receiver<Phase>,
+    phase: &mut watch::Receiver<Signal>,
     peer: SocketAddr,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -284,7 +373,9 @@ async fn watch_connection<I, S, B>(
     // When graceful_shutdown was called (idle or drain): at most once.
     let mut shut_at: Option<Instant> = None;
     let mut watch_phase = true;
-    if *phase.borrow_and_update() != Phase::Serve {
+    let first_signal = *phase.borrow_and_update();
+    let mut crowded = first_signal.crowded;
+    if first_signal.phase != Phase::Serve {
         conn.as_mut().graceful_shutdown();
         shut_at = Some(Instant::now());
     }
@@ -338,7 +429,19 @@ async fn watch_connection<I, S, B>(
             }
             r = phase.changed(), if watch_phase => {
                 let p = match r {
-                    Ok(()) => *phase.borrow_and_update(),
+                    Ok(()) => {
+                        let signal = *phase.borrow_and_update();
+                        if signal.crowded != crowded {
+                            crowded = signal.crowded;
+                            if shut_at.is_none() && ctl.is_idle() {
+                                tracing::debug!(%peer, "listener at its connection cap: closing an idle keep-alive connection");
+                                conn.as_mut().graceful_shutdown();
+                                shut_at = Some(Instant::now());
+                                timer.as_mut().reset(later(Instant::now(), check));
+                            }
+                        }
+                        signal.phase
+                    }
                     Err(_) => {
                         // The listener is gone without a drain: drain anyway.
                         watch_phase = false;
@@ -363,13 +466,13 @@ async fn watch_connection<I, S, B>(
 
 /// Tells every connection to finish, and waits for them at most `grace`;
 /// those still open then are closed.
-async fn drain(phase: watch::Sender<Phase>, grace: Duration, listener: &str) {
-    phase.send_replace(Phase::Drain);
+async fn drain(phase: watch::Sender<Signal>, grace: Duration, listener: &str) {
+    phase.send_modify(|s| s.phase = Phase::Drain);
     tokio::select! {
         () = phase.closed() => tracing::info!(listener, "all connections of {listener} drained"),
         () = tokio::time::sleep(grace) => {
             tracing::warn!(listener, "grace period over: closing the remaining connections of {listener}");
-            phase.send_replace(Phase::Close);
+            phase.send_modify(|s| s.phase = Phase::Close);
         }
     }
 }
@@ -404,6 +507,19 @@ impl Slots {
             self.debt = self.debt.saturating_add(shrink - forgotten);
         }
         self.limit = limit;
+    }
+
+    /// A slot for one connection if one is free now.
+    fn try_acquire(&mut self) -> Option<OwnedSemaphorePermit> {
+        loop {
+            let permit = self.sem.clone().try_acquire_owned().ok()?;
+            if self.debt > 0 {
+                permit.forget();
+                self.debt -= 1;
+                continue;
+            }
+            return Some(permit);
+        }
     }
 
     /// A slot for one connection, waiting while all are taken.
@@ -498,6 +614,24 @@ fn listen(addr: SocketAddr, shared: bool) -> std::io::Result<TcpListener> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_descriptor_budget_keeps_room_for_each_listener_and_the_process() {
+        use super::{FdBudget, ADMIN_MAX_CONNECTIONS, FD_RESERVE};
+        for nofile in [64_u64, 256, 1024, 4096, 20_000, 1 << 20, u64::MAX] {
+            let b = FdBudget::of(nofile);
+            assert!(b.admin >= 8 && b.data >= 8, "{nofile}: {b:?}");
+            assert!(b.admin <= ADMIN_MAX_CONNECTIONS, "{nofile}: {b:?}");
+            if nofile >= 1024 {
+                // Data connections may hold an upstream connection each.
+                let used = b.admin as u64 + 2 * b.data as u64 + FD_RESERVE as u64;
+                assert!(used <= nofile, "{nofile}: {b:?} uses {used}");
+            }
+        }
+        assert_eq!(FdBudget::of(1024), FdBudget { admin: 298, data: 299 });
+        assert_eq!(FdBudget::of(20_000), FdBudget { admin: 6624, data: 6624 });
+        assert_eq!(FdBudget::of(1 << 20).admin, ADMIN_MAX_CONNECTIONS);
+    }
+
     use super::*;
 
     #[tokio::test]

@@ -46,7 +46,7 @@ pub const WRITER_GRACE: Duration = Duration::from_secs(5);
 
 /// What the notify thread saw of the watched file since the task started.
 struct Signals {
-    start: std::time::Instant,
+    start: Instant,
     /// A write to the file was seen and not yet its close (inotify's
     /// `IN_MODIFY` without a later `IN_CLOSE_WRITE`).
     writing: AtomicBool,
@@ -109,7 +109,7 @@ pub async fn spawn_watcher(path: PathBuf, on_change: impl Fn() + Send + Sync + '
         _ => PathBuf::from("."),
     };
     let name = path.file_name().map(|n| n.to_os_string());
-    let signals = Arc::new(Signals { start: std::time::Instant::now(), writing: AtomicBool::new(false), last_write_ms: AtomicU64::new(0) });
+    let signals = Arc::new(Signals { start: Instant::now(), writing: AtomicBool::new(false), last_write_ms: AtomicU64::new(0) });
     // Capacity 1: events only need to say "something happened"; a full
     // channel already holds that news.
     let (tx, rx) = mpsc::channel::<()>(1);

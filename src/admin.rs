@@ -12,6 +12,12 @@
 //! - `/api/admin/...` — the admin API (`api`), JWT-protected mutations;
 //!   `GET /api/admin/config` the effective config (`config_view`).
 //!
+//! Every request first passes the DNS rebinding check (its `Host` must be
+//! one the listener answers for, else 421), then, for a mutation or the
+//! WebSocket handshake, the CSRF check on `Origin` (else 403): both compare
+//! with the listener's own address and the config, never with what the
+//! request says about itself.
+//!
 //! This module owns request routing on that listener and the state only
 //! the control plane uses ([`AdminState`]: token checker, mutation rate
 //! limit, audit log, WebSocket sessions) on top of the runtime's
@@ -29,12 +35,14 @@ pub mod ws;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use crate::config::AdminConfig;
 use crate::http::{error_response, ProxyBody};
 use crate::runtime::Live;
 use auth::{Authorizer, RateLimiter};
@@ -45,6 +53,9 @@ const MUTATIONS_PER_MINUTE: u32 = 10;
 /// The control plane's state, on top of the runtime's [`Live`].
 pub struct AdminState {
     pub live: Arc<Live>,
+    /// The admin listener's bound address (its port is the one allowed
+    /// origins must name).
+    pub listen: SocketAddr,
     /// The token checker of the current generation's `auth:`, by
     /// generation number.
     auth: Mutex<Option<(u64, Arc<Authorizer>)>>,
@@ -59,9 +70,10 @@ pub struct AdminState {
 // === impl AdminState ===
 
 impl AdminState {
-    pub fn new(live: Arc<Live>) -> AdminState {
+    pub fn new(live: Arc<Live>, listen: SocketAddr) -> AdminState {
         AdminState {
             live,
+            listen,
             auth: Mutex::new(None),
             mutations: RateLimiter::new(MUTATIONS_PER_MINUTE, Duration::from_secs(60)),
             audit: Mutex::new(VecDeque::with_capacity(64)),
@@ -93,6 +105,9 @@ impl AdminState {
 
 /// Routes one admin request.
 pub async fn handle(req: Request<Incoming>, state: Arc<AdminState>) -> Result<Response<ProxyBody>, Infallible> {
+    if let Err(resp) = known_host(&req, &state) {
+        return Ok(resp);
+    }
     let mutation = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     let websocket = req.method() == Method::GET && req.uri().path() == ws::PATH;
     if mutation || websocket {
@@ -185,18 +200,78 @@ const PAGES: &[PageRoute] = &[
     PageRoute { path: "/dashboard", page: Page::Dashboard, allow: "GET, HEAD", guarded: false },
 ];
 
+/// DNS rebinding defence, on every path (a rebound page could read
+/// `/metrics` or the status as well as force a circuit): the `Host` (and
+/// the authority of an absolute-form or HTTP/2 request) must name the
+/// listener as an operator would: its address or any IP literal (an IP
+/// cannot be rebound; kubelets and Prometheus call by pod IP), `localhost`,
+/// or one of `admin.allowedHosts` (`*`: any). A request without `Host`
+/// (HTTP/1.0) passes. Anything else is 421 Misdirected Request.
+fn known_host(req: &Request<Incoming>, state: &AdminState) -> Result<(), Response<ProxyBody>> {
+    let header = req.headers().get(http::header::HOST).map(|h| h.to_str().unwrap_or("\u{fffd}"));
+    let uri = req.uri().authority().map(http::uri::Authority::as_str);
+    let config = state.live.store.current();
+    for host in header.into_iter().chain(uri) {
+        if !host_allowed(host, &config.config.admin) {
+            tracing::warn!(host = ?host, path = req.uri().path(), "admin request for a foreign host refused (DNS rebinding?)");
+            return Err(error_response(
+                StatusCode::MISDIRECTED_REQUEST,
+                "host_not_allowed",
+                "this admin listener does not answer for that Host (call it by IP address or localhost, or add the name to admin.allowedHosts)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the admin listener answers for `host` (a `Host` value,
+/// `name[:port]`).
+fn host_allowed(host: &str, admin: &AdminConfig) -> bool {
+    if admin.allowed_hosts.iter().any(|h| h == "*") {
+        return true;
+    }
+    let Ok(authority) = host.trim().parse::<http::uri::Authority>() else { return false };
+    if authority.as_str().contains('@') {
+        return false;
+    }
+    let name = authority.host().to_ascii_lowercase();
+    name == "localhost" || ip_literal(&name).is_some() || named_host(&name, authority.port_u16(), admin)
+}
+
+/// `name` (lowercase) with the port it was given (if any) is one of
+/// `admin.allowedHosts`; an entry with a port matches only that port.
+fn named_host(name: &str, port: Option<u16>, admin: &AdminConfig) -> bool {
+    admin.allowed_hosts.iter().any(|entry| match entry.rsplit_once(':') {
+        Some((n, p)) => n == name && p.parse::<u16>().ok() == port,
+        None => entry == name,
+    })
+}
+
+/// An IPv4 literal or a bracketed IPv6 literal.
+fn ip_literal(host: &str) -> Option<IpAddr> {
+    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6),
+        None => host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4),
+    }
+}
+
 /// CSRF defence (also with `auth: none`): a browser names the page that
 /// sent a request in `Origin`; a mutation or a WebSocket handshake from any
-/// origin but the admin listener's own (the `Host` it was reached at) or
-/// one of `admin.allowedOrigins` is refused. Clients that are not browsers
-/// send no `Origin` and are not affected.
+/// other origin than these is refused:
+///
+/// - one of `admin.allowedOrigins`;
+/// - `http`/`https` on the listener's own port with host `localhost`, a
+///   loopback or the listener's own IP, a named `admin.allowedHosts` entry,
+///   or the very IP literal the request was sent to (the dashboard opened
+///   by pod IP). Never a name taken from `Host` (DNS rebinding), and not
+///   any IP (a page served from another machine's IP on the same port).
+///
+/// Clients that are not browsers send no `Origin` and are not affected.
 fn same_origin(req: &Request<Incoming>, state: &AdminState) -> Result<(), Response<ProxyBody>> {
     let Some(origin) = req.headers().get(http::header::ORIGIN) else { return Ok(()) };
     let origin = origin.to_str().unwrap_or("null").trim().trim_end_matches('/').to_ascii_lowercase();
-    let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_ascii_lowercase);
-    let own = host.is_some_and(|h| origin == format!("http://{h}") || origin == format!("https://{h}"));
-    let allowed = own || state.live.store.current().config.admin.allowed_origins.contains(&origin);
-    if allowed {
+    let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok());
+    if origin_allowed(&origin, host, state.listen, &state.live.store.current().config.admin) {
         return Ok(());
     }
     tracing::warn!(origin = ?origin, path = req.uri().path(), "admin request from a foreign origin refused");
@@ -205,6 +280,34 @@ fn same_origin(req: &Request<Incoming>, state: &AdminState) -> Result<(), Respon
         "origin_not_allowed",
         "this origin may not call the admin API (add it to admin.allowedOrigins to allow it)",
     ))
+}
+
+/// See [`same_origin`]: `origin` lowercase without a trailing `/`, `host`
+/// the request's `Host`, `listen` the listener's bound address.
+fn origin_allowed(origin: &str, host: Option<&str>, listen: SocketAddr, admin: &AdminConfig) -> bool {
+    if admin.allowed_origins.iter().any(|o| o == origin) {
+        return true;
+    }
+    let Ok(uri) = origin.parse::<http::Uri>() else { return false };
+    let default_port = match uri.scheme_str() {
+        Some("http") => 80,
+        Some("https") => 443,
+        _ => return false,
+    };
+    let Some(authority) = uri.authority() else { return false };
+    if authority.as_str().contains('@') || !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return false;
+    }
+    if authority.port_u16().unwrap_or(default_port) != listen.port() {
+        return false;
+    }
+    let name = authority.host();
+    if name == "localhost" || named_host(name, Some(listen.port()), admin) {
+        return true;
+    }
+    let Some(ip) = ip_literal(name) else { return false };
+    let sent_to = host.and_then(|h| h.trim().parse::<http::uri::Authority>().ok()).and_then(|a| ip_literal(&a.host().to_ascii_lowercase()));
+    ip.is_loopback() || ip == listen.ip() || sent_to == Some(ip)
 }
 
 fn has_body(req: &Request<Incoming>) -> bool {
@@ -218,4 +321,49 @@ fn is_json(req: &Request<Incoming>) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admin(hosts: &[&str], origins: &[&str]) -> AdminConfig {
+        AdminConfig {
+            listen: "0.0.0.0:9901".parse().expect("an address"),
+            allowed_origins: origins.iter().map(|o| o.to_string()).collect(),
+            allowed_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn hosts_it_answers_for() {
+        let a = admin(&["fusebox.internal", "ops.example:8443"], &[]);
+        for ok in ["127.0.0.1:9901", "10.1.2.3", "[::1]:9901", "localhost:9901", "LOCALHOST", "fusebox.internal:1234", "ops.example:8443"] {
+            assert!(host_allowed(ok, &a), "{ok}");
+        }
+        for bad in
+            ["evil.example:9901", "ops.example", "ops.example:9901", "localhost.", "127.0.0.1.evil.example", "user@127.0.0.1", "", "::1"]
+        {
+            assert!(!host_allowed(bad, &a), "{bad}");
+        }
+        assert!(host_allowed("anything.example", &admin(&["*"], &[])));
+    }
+
+    #[test]
+    fn origins_it_allows_never_come_from_host() {
+        let listen: SocketAddr = "10.0.0.5:9901".parse().expect("an address");
+        let a = admin(&["fusebox.internal"], &["https://ops.example.com"]);
+        let ok = |o: &str, host: &str| origin_allowed(o, Some(host), listen, &a);
+        assert!(ok("https://ops.example.com", "10.0.0.5:9901"));
+        assert!(ok("http://localhost:9901", "localhost:9901"));
+        assert!(ok("http://127.0.0.1:9901", "127.0.0.1:9901"));
+        assert!(ok("https://fusebox.internal:9901", "10.0.0.5:9901"));
+        assert!(ok("http://10.0.0.5:9901", "10.0.0.5:9901"), "its own IP");
+        assert!(ok("http://10.9.9.9:9901", "10.9.9.9:9901"), "the IP the request was sent to");
+        assert!(!ok("http://evil.example:9901", "evil.example:9901"), "rebinding");
+        assert!(!ok("http://203.0.113.5:9901", "10.9.9.9:9901"), "another machine's IP");
+        assert!(!ok("http://localhost", "localhost:9901"), "another port");
+        assert!(!ok("ftp://localhost:9901", "localhost:9901"));
+        assert!(!ok("null", "localhost:9901"));
+    }
 }

@@ -10,6 +10,10 @@
 //! Reloads from every trigger (file change, SIGHUP, admin) go through one
 //! coalescing [`Reloader`] that runs them on the blocking pool.
 //!
+//! [`preflight`] runs the file checks starting makes, with the same
+//! functions (`tls::listener`, `store::check_path`), for `fusebox check`,
+//! so it refuses what `run` would.
+//!
 //! It owns process-wide state ([`Live`]); it must not contain request
 //! handling (that is `proxy` and `admin`).
 
@@ -25,7 +29,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::AdminState;
 use crate::breaker::Mode;
-use crate::config::{AuthConfig, Config};
+use crate::config::{AuthConfig, Config, ConfigError};
 use crate::history::History;
 use crate::proxy::forward::DataPlane;
 use crate::proxy::server::{self, bind, ConnPolicy};
@@ -36,7 +40,7 @@ use crate::runtime::watcher;
 use crate::runtime::{Live, RuntimeOverride, Shared};
 use crate::store::{Restored, Store, StoredTransition};
 use crate::telemetry::Metrics;
-use crate::tls::{self, CertStore};
+use crate::tls;
 use crate::{admin, clock};
 use tokio_rustls::TlsAcceptor;
 
@@ -84,6 +88,27 @@ pub enum AppError {
     Store(#[from] crate::store::StoreError),
 }
 
+/// The checks of the files `config` names that [`App::start`] makes before
+/// it serves (the same functions): the data listener's certificate and key
+/// parse into a TLS config, and the store path is usable. `fusebox check`
+/// runs them so it refuses what `run` would; `text` (the file's, when
+/// there is one) locates each problem at its key.
+pub fn preflight(config: &Config, text: &str) -> Vec<ConfigError> {
+    let mut problems = Vec::new();
+    if let Some(t) = &config.tls {
+        if let Err(e) = tls::listener(t) {
+            let key = if e.path() == Some(t.key_file.as_path()) { "tls.keyFile" } else { "tls.certFile" };
+            problems.push(ConfigError::located(text, key, e.to_string()));
+        }
+    }
+    if let Some(path) = &config.store {
+        if let Err(e) = crate::store::check_path(path) {
+            problems.push(ConfigError::located(text, "store.path", e.to_string()));
+        }
+    }
+    problems
+}
+
 // === impl App ===
 
 impl App {
@@ -112,8 +137,7 @@ impl App {
         let grace = config.shutdown.grace_period;
         let tls = match &config.tls {
             Some(t) => {
-                let certs = CertStore::load(&t.cert_file, &t.key_file).map_err(AppError::Tls)?;
-                let server = tls::server_config(certs.clone()).map_err(AppError::Tls)?;
+                let (certs, server) = tls::listener(t).map_err(AppError::Tls)?;
                 Some((certs, TlsAcceptor::from(server)))
             }
             None => None,
@@ -135,7 +159,7 @@ impl App {
             (store, restored)
         });
         let state = Arc::new(Live::new(ConfigStore::new(config, path, shared)));
-        let admin_state = Arc::new(AdminState::new(state.clone()));
+        let admin_state = Arc::new(AdminState::new(state.clone(), admin_addr));
         let persist_tasks = match persist {
             Some((store, restored)) => {
                 restore_circuits(&state, &restored);

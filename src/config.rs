@@ -93,6 +93,10 @@ pub struct AdminConfig {
     /// Origins (`scheme://host[:port]`) besides the listener's own allowed
     /// to call mutations and open the WebSocket from a browser.
     pub allowed_origins: Vec<String>,
+    /// Host names, lowercase, each with an optional `:port` (or `*`: any
+    /// host), that requests may name in `Host` besides the listener's own
+    /// address, `localhost` and IP literals (DNS rebinding defence).
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -419,6 +423,13 @@ impl fmt::Display for Endpoint {
 // === impl ConfigError ===
 
 impl ConfigError {
+    /// A problem found after parsing (a file a key names is unusable), at
+    /// key `path`, located in the file's `text` when it can be.
+    pub fn located(text: &str, path: &str, message: impl Into<String>) -> ConfigError {
+        let (line, column) = locate::locate(text, path).map_or((None, None), |(l, c)| (Some(l), Some(c)));
+        ConfigError { path: path.to_string(), line, column, message: message.into() }
+    }
+
     pub fn at_root(message: impl Into<String>) -> ConfigError {
         ConfigError { path: String::new(), line: None, column: None, message: message.into() }
     }
@@ -431,10 +442,12 @@ impl fmt::Display for ConfigError {
             (Some(l), None) => write!(f, "line {l}: ")?,
             _ => {}
         }
+        // Key paths and messages quote the file's own keys and values:
+        // escaped, so a key with a line break stays on its line.
         if !self.path.is_empty() {
-            write!(f, "{}: ", self.path)?;
+            write!(f, "{}: ", crate::text::escape_controls(&self.path))?;
         }
-        f.write_str(&self.message)
+        f.write_str(&crate::text::escape_controls(&self.message))
     }
 }
 
@@ -442,7 +455,7 @@ impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.errors.len();
         match &self.file {
-            Some(p) => write!(f, "{}: {n} error(s)", p.display())?,
+            Some(p) => write!(f, "{}: {n} error(s)", crate::text::escape_controls(&p.display().to_string()))?,
             None => write!(f, "{n} config error(s)")?,
         }
         for e in &self.errors {

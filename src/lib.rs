@@ -7,7 +7,8 @@
 //!
 //! 1. `clock` (the one time source, injectable in tests), `http` (the
 //!    response body type and fusebox's JSON answers), `h1` (the upstream
-//!    HTTP/1.1 client codec);
+//!    HTTP/1.1 client codec), `text` (outside text escaped for one log or
+//!    error line);
 //! 2. `breaker` (the pure state machine);
 //! 3. `history` (a circuit's operation buckets and health periods);
 //! 4. `config` (YAML -> checked `Config`: parse and validate, no runtime
@@ -40,6 +41,7 @@ pub mod proxy;
 pub mod runtime;
 pub mod store;
 pub mod telemetry;
+pub mod text;
 pub mod tls;
 pub mod watch;
 

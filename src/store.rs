@@ -198,6 +198,7 @@ impl Store {
     /// writer thread. The parent directory must exist.
     pub fn open(path: &Path) -> Result<(Store, Restored), StoreError> {
         let fail = |e: &dyn std::fmt::Display| StoreError { path: path.display().to_string(), message: e.to_string() };
+        check_path(path)?;
         let conn = Connection::open(path).map_err(|e| fail(&e))?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(|e| fail(&e))?;
         conn.execute_batch(SCHEMA).map_err(|e| fail(&e))?;
@@ -348,6 +349,49 @@ impl Store {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+}
+
+/// Whether `path` can hold the store, without touching it: an existing
+/// path must be a regular file fusebox may read and write (an SQLite file
+/// or empty), and its directory must exist and take new files (SQLite
+/// writes `-wal` and `-shm` beside it). `Store::open` checks this first;
+/// `fusebox check` runs it alone.
+pub fn check_path(path: &Path) -> Result<(), StoreError> {
+    let fail = |message: String| StoreError { path: path.display().to_string(), message };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(fail(format!("{} is not a directory", dir.display()))),
+        Err(e) => return Err(fail(format!("directory {}: {e}", dir.display()))),
+    }
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => return Err(fail("not a regular file".to_string())),
+        Ok(m) => {
+            use std::io::Read;
+            let mut file = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(|e| fail(e.to_string()))?;
+            let mut head = [0u8; 16];
+            if m.len() > 0 && (file.read_exact(&mut head).is_err() || &head != b"SQLite format 3\0") {
+                return Err(fail("not an SQLite database".to_string()));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail(e.to_string())),
+    }
+    // Only creating a file shows the directory takes one (modes, ACLs,
+    // read-only mounts and root all differ).
+    let probe = dir.join(format!(".fusebox-store-check-{}", std::process::id()));
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        // Left by an earlier process of the same id: files were created.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(fail(format!("cannot create files in {}: {e}", dir.display()))),
     }
 }
 

@@ -19,7 +19,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-use crate::config::UpstreamTls;
+use crate::config::{ListenerTls, UpstreamTls};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -100,6 +100,26 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read_pem(path)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| TlsError::Pem { path: path.to_path_buf(), message: e.to_string() })
+}
+
+/// The data listener's certificates and server config from `tls:`: what
+/// `App::start` loads, and what `fusebox check` tries (`app::preflight`).
+pub fn listener(tls: &ListenerTls) -> Result<(Arc<CertStore>, Arc<ServerConfig>), TlsError> {
+    let certs = CertStore::load(&tls.cert_file, &tls.key_file)?;
+    let server = server_config(certs.clone())?;
+    Ok((certs, server))
+}
+
+// === impl TlsError ===
+
+impl TlsError {
+    /// The file the error is about, if it is about one.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            TlsError::Read { path, .. } | TlsError::Pem { path, .. } => Some(path),
+            TlsError::Rustls(_) => None,
+        }
+    }
 }
 
 /// The data listener's config: TLS 1.2 and 1.3 with rustls' safe default

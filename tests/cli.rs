@@ -170,3 +170,85 @@ fn a_busy_port_is_one_message_and_a_hint() {
     assert_eq!(stderr.matches("Address already in use").count(), 1, "{stderr}");
     assert!(stderr.contains("hint: another process holds that port"), "{stderr}");
 }
+
+const MINIMAL: &str = "upstreams:\n  a:\n    endpoints: [http://127.0.0.1:1]\nroutes:\n  - { match: { pathPrefix: / }, upstream: a }\n";
+
+#[test]
+fn a_secret_of_one_repeated_byte_is_refused_from_a_file_and_the_environment() {
+    let secret = temp_config("zero.secret", "");
+    std::fs::write(&secret, [0u8; 32]).unwrap();
+    let path = temp_config(
+        "zero-secret.yaml",
+        &format!(
+            "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nauth:\n  jwt: {{ hs256SecretFile: {} }}\n{MINIMAL}",
+            secret.display()
+        ),
+    );
+    let out = check(&path);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("line 4, column 10: auth.jwt.hs256SecretFile") && stderr.contains("repeated"), "{stderr}");
+
+    let path = temp_config(
+        "x-secret.yaml",
+        &format!("listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nauth:\n  jwt: {{ hs256SecretEnv: FUSEBOX_TEST_WEAK_SECRET }}\n{MINIMAL}"),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_fusebox"))
+        .args(["check", "-c"])
+        .arg(&path)
+        .env("FUSEBOX_TEST_WEAK_SECRET", "x".repeat(48))
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("line 4, column 10: auth.jwt.hs256SecretEnv") && stderr.contains("repeated"), "{stderr}");
+}
+
+#[test]
+fn check_refuses_the_tls_and_store_files_run_refuses() {
+    let dir = std::env::temp_dir().join(format!("fusebox-cli-files-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = dir.join("cert.pem");
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n").unwrap();
+    let key = dir.join("key.pem");
+    std::fs::write(&key, "not a key\n").unwrap();
+    let tls = format!(
+        "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nauth: none\ntls: {{ certFile: {}, keyFile: {} }}\n{MINIMAL}",
+        cert.display(),
+        key.display()
+    );
+    let path = dir.join("tls.yaml");
+    std::fs::write(&path, &tls).unwrap();
+    let out = check(&path);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "check: {stderr}");
+    assert!(stderr.contains("tls.keyFile") && stderr.contains(&*key.display().to_string()), "{stderr}");
+    let run = Command::new(env!("CARGO_BIN_EXE_fusebox")).args(["run", "-c"]).arg(&path).output().unwrap();
+    let run_err = text(&run.stderr);
+    assert!(!run.status.success(), "run refuses it too: {run_err}");
+    assert!(run_err.contains(&*key.display().to_string()), "the same file: {run_err}");
+    // --skip-file-checks leaves the files out.
+    let out = Command::new(env!("CARGO_BIN_EXE_fusebox")).args(["check", "--skip-file-checks", "-c"]).arg(&path).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // A store in a directory that does not exist; then one that does.
+    let missing = dir.join("no-such-dir/fusebox.db");
+    let store = |p: &Path| {
+        format!("listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nauth: none\nstore: {{ path: {} }}\n{MINIMAL}", p.display())
+    };
+    std::fs::write(&path, store(&missing)).unwrap();
+    let out = check(&path);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("line 4, column 10: store.path") && stderr.contains("no-such-dir"), "{stderr}");
+    let not_sqlite = dir.join("not.db");
+    std::fs::write(&not_sqlite, "plain text, not a database at all").unwrap();
+    std::fs::write(&path, store(&not_sqlite)).unwrap();
+    let stderr = text(&check(&path).stderr);
+    assert!(stderr.contains("not an SQLite database"), "{stderr}");
+    std::fs::write(&path, store(&dir.join("fusebox.db"))).unwrap();
+    let out = check(&path);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!dir.join("fusebox.db").exists(), "check creates no store");
+    let _ = std::fs::remove_dir_all(&dir);
+}

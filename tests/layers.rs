@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 /// Lowest first (layer 1 is the first line). A module may use modules of lower layers only: not its
 /// own layer's peers, nothing above it.
 const LAYERS: &[&[&str]] = &[
-    &["clock", "http", "h1"],
+    &["clock", "http", "h1", "text"],
     &["breaker"],
     &["history"],
     &["config"],

@@ -95,7 +95,11 @@ struct ForceBody {
 pub async fn handle(req: Request<Incoming>, state: &Arc<AdminState>) -> Option<Resp> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let rest = path.strip_prefix("/api/admin/")?;
-    let parts: Vec<&str> = rest.split('/').collect();
+    // Each segment percent-decoded here, once: every verb and the audit
+    // log see the same name (`market%2Ddata` is `market-data`; an
+    // operation's circuit is `upstream%2Fop`).
+    let decoded: Vec<String> = rest.split('/').map(|p| percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned()).collect();
+    let parts: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let Some(route) = Route::parse(&parts) else {
         return Some(error_response(StatusCode::NOT_FOUND, "not_found", "no such admin endpoint"));
     };
@@ -228,12 +232,14 @@ fn read(req: &Request<Incoming>, state: &AdminState) -> Result<Option<Principal>
 fn admin(req: &Request<Incoming>, state: &AdminState) -> Result<Principal, Resp> {
     let p = state.authorizer().admin(bearer(req.headers())).map_err(|e| auth_error(&e))?;
     if let Err(wait) = state.mutations.check(&p.subject) {
+        // Whole seconds, rounded up: a client that waits that long is let in.
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         let mut resp = error_response(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
-            format!("too many admin changes by {}; try again in {}s", p.subject, wait.as_secs().max(1)),
+            format!("too many admin changes by {}; try again in {secs}s", p.subject),
         );
-        resp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
+        resp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         return Err(resp);
     }
     Ok(p)
@@ -259,16 +265,16 @@ async fn mutate<B: DeserializeOwned>(req: Request<Incoming>, state: &Arc<AdminSt
     }
 }
 
-/// The circuit named by a `{service}` path segment: an upstream, or an
-/// operation's circuit `upstream/operation` (its `/` URL-encoded).
+/// The circuit named by a (decoded) `{service}` path segment: an
+/// upstream, or an operation's circuit `upstream/operation` (its `/`
+/// URL-encoded in the path).
 fn find(state: &AdminState, service: &str) -> Result<Arc<Upstream>, Resp> {
-    let service = percent_encoding::percent_decode_str(service).decode_utf8_lossy().into_owned();
     state
         .live
         .store
         .current()
         .upstreams
-        .get(&service)
+        .get(service)
         .cloned()
         .ok_or_else(|| error_response(StatusCode::NOT_FOUND, "unknown_service", format!("no upstream named `{service}`")))
 }
@@ -276,8 +282,7 @@ fn find(state: &AdminState, service: &str) -> Result<Arc<Upstream>, Resp> {
 /// `GET .../{service}/operations/{operation}`: the usage guide's
 /// `CircuitBreakerStats` of one operation's circuit.
 fn operation_stats(state: &AdminState, service: &str, operation: &str) -> Resp {
-    let operation = percent_encoding::percent_decode_str(operation).decode_utf8_lossy().into_owned();
-    let up = match find(state, &format!("{}/{operation}", percent_encoding::percent_decode_str(service).decode_utf8_lossy().into_owned())) {
+    let up = match find(state, &format!("{service}/{operation}")) {
         Ok(up) => up,
         Err(_) => {
             return error_response(

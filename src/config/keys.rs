@@ -36,6 +36,7 @@ const KNOWN_KEYS: &[&str] = &[
     "audience",
     "leeway",
     "allowedOrigins",
+    "allowedHosts",
     "operation",
     "methods",
     "breaker",

@@ -80,6 +80,9 @@ pub struct RawAdmin {
     /// Browser origins besides the admin listener's own that may call
     /// mutations and open the WebSocket.
     pub allowed_origins: Option<Vec<String>>,
+    /// Host names (optional `:port`, or `*`) the admin listener answers
+    /// for besides its own address, `localhost` and IP literals.
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
 /// `auth: none` or `auth: { jwt: {...} }`.

@@ -81,7 +81,19 @@ impl Validator<'_> {
                 _ => self.error(&format!("admin.allowedOrigins[{i}]"), format!("`{o}` is not an origin like https://ops.example.com")),
             }
         }
-        let admin = AdminConfig { listen: self.addr("admin.listen", admin_raw.listen.as_deref(), defaults::ADMIN_LISTEN), allowed_origins };
+        let mut allowed_hosts = Vec::new();
+        for (i, h) in admin_raw.allowed_hosts.unwrap_or_default().into_iter().enumerate() {
+            let h = h.trim().to_ascii_lowercase();
+            match host_pattern(&h) {
+                Ok(()) => allowed_hosts.push(h),
+                Err(why) => self.error(&format!("admin.allowedHosts[{i}]"), format!("`{h}` {why}")),
+            }
+        }
+        let admin = AdminConfig {
+            listen: self.addr("admin.listen", admin_raw.listen.as_deref(), defaults::ADMIN_LISTEN),
+            allowed_origins,
+            allowed_hosts,
+        };
         if listen == admin.listen && listen.port() != 0 {
             self.error("admin.listen", "the admin listener must not share the data port");
         }
@@ -355,6 +367,10 @@ impl Validator<'_> {
         let key = match (jwt.hs256_secret_env, jwt.hs256_secret_file, jwt.public_key_file) {
             (Some(var), None, None) => match std::env::var(&var) {
                 Ok(secret) if secret.trim().len() >= MIN_HS256_SECRET => {
+                    if let Some(why) = weak_secret(secret.trim().as_bytes()) {
+                        self.error("auth.jwt.hs256SecretEnv", format!("environment variable `{var}` {why}"));
+                        return AuthConfig::None;
+                    }
                     JwtKey::Hs256 { source: format!("env {var}"), secret: secret.into_bytes() }
                 }
                 Ok(secret) if !secret.trim().is_empty() => {
@@ -371,6 +387,10 @@ impl Validator<'_> {
                     let secret = secret.trim_ascii().to_vec();
                     if secret.len() < MIN_HS256_SECRET {
                         self.error("auth.jwt.hs256SecretFile", format!("`{file}` {}", short(secret.len())));
+                        return AuthConfig::None;
+                    }
+                    if let Some(why) = weak_secret(&secret) {
+                        self.error("auth.jwt.hs256SecretFile", format!("`{file}` {why}"));
                         return AuthConfig::None;
                     }
                     JwtKey::Hs256 { source: format!("file {file}"), secret }
@@ -655,6 +675,39 @@ impl Validator<'_> {
         }
         p
     }
+}
+
+/// Why an HS256 secret of the right length is still no secret: one byte
+/// repeated (32 zero bytes from `head -c 32 /dev/zero`, a placeholder of
+/// `x`s) carries no entropy at all.
+fn weak_secret(secret: &[u8]) -> Option<String> {
+    let first = *secret.first()?;
+    secret.iter().all(|b| *b == first).then(|| {
+        format!(
+            "is one byte (0x{first:02x}) repeated {} times: an HS256 secret must be random (e.g. `openssl rand -base64 48`)",
+            secret.len()
+        )
+    })
+}
+
+/// Checks one `admin.allowedHosts` entry (already lowercase): `*`, or a
+/// host name with an optional `:port`. IP literals need no entry.
+fn host_pattern(h: &str) -> Result<(), &'static str> {
+    if h == "*" {
+        return Ok(());
+    }
+    let (name, port) = match h.rsplit_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (h, None),
+    };
+    if port.is_some_and(|p| p.parse::<u16>().is_err()) {
+        return Err("has a port that is not a number from 0 to 65535");
+    }
+    let label_ok = |l: &str| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if name.is_empty() || name.len() > 253 || !name.trim_end_matches('.').split('.').all(label_ok) {
+        return Err("is not a host name like fusebox.internal or fusebox.internal:9901 (or `*` for any)");
+    }
+    Ok(())
 }
 
 fn parse_endpoint(text: &str) -> Result<Endpoint, String> {

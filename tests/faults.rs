@@ -897,7 +897,7 @@ async fn file_descriptors_return_to_baseline_after_faults() {
     let dead = format!("http://127.0.0.1:{}", closed_port());
     let t = "timeouts: { connect: 500ms, request: 300ms, idle: 300ms }";
     let app = fusebox(&format!(
-        "upstreams:\n  api: {{ endpoints: [{}], {t} }}\n  hole: {{ endpoints: [{}], {t} }}\n  stall: {{ endpoints: [{}], {t} }}\n  dead: {{ endpoints: [{dead}], {t} }}\nroutes:\n  - {{ match: {{ pathPrefix: /hole }}, upstream: hole }}\n  - {{ match: {{ pathPrefix: /stall }}, upstream: stall }}\n  - {{ match: {{ pathPrefix: /dead }}, upstream: dead }}\n  - {{ match: {{ pathPrefix: / }}, upstream: api }}\n",
+        "upstreams:\n  api: {{ endpoints: [{}], {t} }}\n  hole: {{ endpoints: [{}], {t} }}\n  stall: {{ endpoints: [{}], {t} }}\n  dead: {{ endpoints: [{dead}], {t}, startupGrace: 0s }}\nroutes:\n  - {{ match: {{ pathPrefix: /hole }}, upstream: hole }}\n  - {{ match: {{ pathPrefix: /stall }}, upstream: stall }}\n  - {{ match: {{ pathPrefix: /dead }}, upstream: dead }}\n  - {{ match: {{ pathPrefix: / }}, upstream: api }}\n",
         http(live),
         http(hole),
         http(stall)

@@ -302,6 +302,7 @@ async fn label_values_come_only_from_config_names() {
                 "half_open_full",
                 "overloaded",
                 "recovery_ramp",
+                "upstream_starting",
                 "consecutive",
                 "failure-rate",
                 "slow-rate",

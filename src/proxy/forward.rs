@@ -24,7 +24,7 @@ use super::conn::{ConnControl, InFlight};
 use super::respond;
 use crate::http::{BoxError, ProxyBody};
 use crate::runtime::endpoint::EndpointLease;
-use crate::runtime::fault::{describe, is_resource_exhaustion, ClientFault, Fault, LocalFault, UpstreamFault};
+use crate::runtime::fault::{describe, is_connection_refused, is_resource_exhaustion, ClientFault, Fault, LocalFault, UpstreamFault};
 use crate::runtime::pool::{SendError, Stream, UpstreamBody};
 use crate::runtime::route::request_host;
 use crate::runtime::upstream::{CallGuard, Upstream};
@@ -153,6 +153,8 @@ fn route(generation: &Generation, req: &Request<Incoming>) -> Option<(Arc<Upstre
 struct Failed {
     fault: Fault,
     unsent: bool,
+    /// The connect was refused (nothing listens at the endpoint).
+    refused: bool,
     body: Option<ProxyBody>,
     detail: String,
 }
@@ -230,6 +232,8 @@ async fn proxy(
         let now = clock::now();
         let failed = match result {
             Ok(resp) => {
+                lease.member.answered();
+                up.circuit.answered();
                 let status = resp.status().as_u16();
                 let failure = up.config.breaker.failure_statuses.contains(status);
                 let ejected = up.endpoints.record(&mut lease, failure.then_some(Fault::Upstream(UpstreamFault::Status(status))), now);
@@ -246,7 +250,17 @@ async fn proxy(
                     _ => break (resp, lease, ejected, now),
                 }
             }
-            Err(failed) => failed,
+            Err(mut failed) => {
+                // The app beside the sidecar is not listening yet.
+                if failed.refused
+                    && failed.fault == Fault::Upstream(UpstreamFault::Connect)
+                    && !up.circuit.has_answered()
+                    && lease.member.is_starting(up.config.startup_grace, now)
+                {
+                    failed.fault = Fault::Upstream(UpstreamFault::Starting);
+                }
+                failed
+            }
         };
         let ejected = up.endpoints.record(&mut lease, Some(failed.fault), now);
         if let Some(reason) = retrying.take() {
@@ -333,6 +347,11 @@ fn status_reason(status: u16) -> &'static str {
 /// Records a failed client request once and answers it.
 fn finish_with_fault(up: &Upstream, mut guard: CallGuard, exchange: &mut Exchange, fault: Fault, detail: &str) -> Response<ProxyBody> {
     match fault {
+        // Excused: the permit is given back uncounted.
+        Fault::Upstream(UpstreamFault::Starting) => {
+            up.circuit.metrics.starting();
+            exchange.outcome = "starting";
+        }
         Fault::Upstream(f) => {
             guard.finish(None, f == UpstreamFault::Timeout, clock::now());
             exchange.outcome = if f == UpstreamFault::Timeout { "timeout" } else { "failure" };
@@ -368,6 +387,7 @@ async fn attempt(
         None => Err(Failed {
             fault: Fault::Upstream(UpstreamFault::Timeout),
             unsent: false,
+            refused: false,
             body: None,
             detail: format!("no response within {timeout:?}"),
         }),
@@ -375,14 +395,14 @@ async fn attempt(
         Some(Err(SendError::NotSent { error, body })) => {
             let fault =
                 if is_resource_exhaustion(&*error) { Fault::Local(LocalFault::Resources) } else { Fault::Upstream(UpstreamFault::Connect) };
-            Err(Failed { fault, unsent: true, body, detail: describe(&*error) })
+            Err(Failed { fault, unsent: true, refused: is_connection_refused(&*error), body, detail: describe(&*error) })
         }
         Some(Err(SendError::Failed { error, .. })) => {
             let fault = match upload.and_then(Upload::client_fault) {
                 Some(c) => Fault::Client(c),
                 None => classify(&*error),
             };
-            Err(Failed { fault, unsent: false, body: None, detail: describe(&*error) })
+            Err(Failed { fault, unsent: false, refused: false, body: None, detail: describe(&*error) })
         }
     }
 }

@@ -80,6 +80,11 @@ pub struct Member {
     probing: AtomicBool,
     gauge: IntGauge,
     outlier: Mutex<Outlier>,
+    /// When this endpoint appeared (fusebox started, or a reload or a DNS
+    /// answer added it): its startup grace runs from here.
+    born: Instant,
+    /// It has answered once (any status, request or health probe).
+    answered: AtomicBool,
 }
 
 #[derive(Default)]
@@ -444,6 +449,8 @@ fn take_or_make(old: &[Arc<Member>], e: &Endpoint, addr: SocketAddr, transport: 
         probing: AtomicBool::new(false),
         gauge,
         outlier: Mutex::new(Outlier::default()),
+        born: clock::now(),
+        answered: AtomicBool::new(false),
     })
 }
 
@@ -512,6 +519,19 @@ impl Member {
 
     fn claim_probation(&self) -> bool {
         self.probing.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// Starting: it never answered and appeared less than `grace` ago, so a
+    /// refused connect to it is the app still starting, not a failure.
+    pub fn is_starting(&self, grace: Duration, now: Instant) -> bool {
+        !self.answered.load(Ordering::Relaxed) && now.saturating_duration_since(self.born) < grace
+    }
+
+    /// It answered (a response of any status): no longer starting.
+    pub fn answered(&self) {
+        if !self.answered.load(Ordering::Relaxed) {
+            self.answered.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Whether the endpoint is out of rotation (ejected or on probation).

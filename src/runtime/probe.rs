@@ -38,6 +38,11 @@ pub async fn probe(up: &Arc<Upstream>) -> ProbeResult {
     let latency = now.saturating_duration_since(started);
     if members.len() > 1 {
         for (m, healthy) in members.iter().zip(&results) {
+            // A starting endpoint (never answered, within startupGrace) is
+            // not ejected for not answering yet.
+            if !*healthy && !up.circuit.has_answered() && m.is_starting(up.config.startup_grace, now) {
+                continue;
+            }
             up.endpoints.health(m, *healthy, now);
         }
     }
@@ -61,11 +66,26 @@ async fn probe_one(up: &Upstream, member: &Arc<Member>) -> bool {
     // The probe's connection is not pooled again: its body is not read.
     match tokio::time::timeout(timeout, member.pool().send(&mut head, body, clock::now())).await {
         Ok(Ok(resp)) => {
+            member.answered();
+            up.circuit.answered();
             resp.status() != StatusCode::SERVICE_UNAVAILABLE && !up.config.breaker.failure_statuses.contains(resp.status().as_u16())
         }
         _ => false,
     }
 }
+
+/// One GET on every endpoint of `up` that has not answered yet, for
+/// `readiness.upstreams`: any answer marks the endpoint and the upstream
+/// as answered; nothing is fed to circuits or outlier detection.
+pub async fn knock(up: &Arc<Upstream>) {
+    up.endpoints.ensure_resolved().await;
+    let members = up.endpoints.members();
+    join_all(members.iter().map(|m| probe_one(up, m))).await;
+}
+
+/// How often an upstream named in `readiness.upstreams` that has not
+/// answered yet (and has no health check) is knocked on.
+pub const READINESS_KNOCK: Duration = Duration::from_secs(1);
 
 /// Probes every `interval` while the upstream exists in the current config.
 pub async fn run_checks(store: Arc<arc_swap::ArcSwap<super::Generation>>, name: String) {

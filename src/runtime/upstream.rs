@@ -4,7 +4,7 @@
 //! await or while logging, counting or broadcasting.
 
 use parking_lot::{Mutex, MutexGuard};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,10 @@ pub struct Circuit {
     /// The breaker's [`Breaker::free_pass`] after its last change, or
     /// [`NO_FREE_PASS`]: admission reads it instead of taking the lock.
     free_pass: AtomicU64,
+    /// Some endpoint of this upstream has answered (a response of any
+    /// status, to a request or a health probe) since fusebox started: what
+    /// `readiness.upstreams` waits for.
+    answered: AtomicBool,
 }
 
 /// No free pass: admission asks the breaker under the lock.
@@ -141,6 +145,7 @@ impl Circuit {
             status: std::sync::atomic::AtomicU8::new(crate::breaker::Status::Unknown as u8),
             version: AtomicU64::new(0),
             free_pass: AtomicU64::new(NO_FREE_PASS),
+            answered: AtomicBool::new(false),
         }
     }
 
@@ -218,6 +223,18 @@ impl Circuit {
                 self.metrics.rejected(Some(rej.reason), refused_status);
                 Err(Refusal::Circuit(rej))
             }
+        }
+    }
+
+    /// Some endpoint answered once (see the field).
+    pub fn has_answered(&self) -> bool {
+        self.answered.load(Ordering::Relaxed)
+    }
+
+    /// An endpoint of this upstream answered.
+    pub fn answered(&self) {
+        if !self.answered.load(Ordering::Relaxed) {
+            self.answered.store(true, Ordering::Relaxed);
         }
     }
 

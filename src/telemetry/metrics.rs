@@ -22,7 +22,7 @@ pub enum Outcome {
 
 const OUTCOMES: [&str; 4] = ["success", "failure", "rejected", "timeout"];
 const CODE_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
-const REJECT_REASONS: [&str; 4] = ["circuit_open", "half_open_full", "overloaded", "recovery_ramp"];
+const REJECT_REASONS: [&str; 5] = ["circuit_open", "half_open_full", "overloaded", "recovery_ramp", "upstream_starting"];
 
 /// Every series fusebox exports.
 #[derive(Clone)]
@@ -472,6 +472,16 @@ impl UpstreamMetrics {
         };
         self.rejected[idx].inc();
         self.counter(Outcome::Rejected, code_class(Some(status))).inc();
+    }
+
+    /// A request answered `upstream_starting`: its endpoint refused the
+    /// connection before it ever answered, within `startupGrace`.
+    pub fn starting(&self) {
+        if !self.recording() {
+            return;
+        }
+        self.rejected[4].inc();
+        self.counter(Outcome::Rejected, code_class(Some(503))).inc();
     }
 
     pub fn set_state(&self, current: CircuitState) {

@@ -442,21 +442,6 @@ impl Breaker {
         }
     }
 
-    /// A response already counted as a success broke mid-body.
-    pub fn on_late_failure(&mut self, now: Instant) {
-        self.successful = self.successful.saturating_sub(1);
-        self.failed += 1;
-        self.last_failure = Some(now);
-        let t = now.saturating_duration_since(self.origin);
-        self.window.add_failure(t);
-        if matches!(self.effective_mode(), Mode::Auto | Mode::MetricsOnly) {
-            if let Phase::Closed { consecutive, .. } = &mut self.phase {
-                *consecutive += 1;
-                self.check_trip(now);
-            }
-        }
-    }
-
     fn count(&mut self, outcome: CallOutcome, elapsed: Duration, now: Instant) {
         self.total += 1;
         self.duration_sum += elapsed;

@@ -215,7 +215,7 @@ async fn proxy(
     // One clock read per attempt start and per outcome: the first attempt
     // starts at the admission's instant.
     let mut started = Some(now);
-    let (resp, lease, ejected, now) = loop {
+    let (resp, mut lease, ejected, now) = loop {
         let now = started.take().unwrap_or_else(clock::now);
         let Some(mut lease) = up.endpoints.pick(exclude.as_deref(), now) else {
             exchange.outcome = "local_error";
@@ -236,7 +236,9 @@ async fn proxy(
                 up.circuit.answered();
                 let status = resp.status().as_u16();
                 let failure = up.config.breaker.failure_statuses.contains(status);
-                let ejected = up.endpoints.record(&mut lease, failure.then_some(Fault::Upstream(UpstreamFault::Status(status))), now);
+                // A failure status is the endpoint's failure now; a success
+                // is one only once its body has arrived whole (phase 4).
+                let ejected = failure && up.endpoints.record(&mut lease, Some(Fault::Upstream(UpstreamFault::Status(status))), now);
                 let retry_status = RetryOn::for_status(status).filter(|on| up.config.retry.on.contains(*on));
                 if let Some(reason) = retrying.take() {
                     up.circuit.metrics.retry(reason, if failure || retry_status.is_some() { "failure" } else { "success" });
@@ -286,11 +288,23 @@ async fn proxy(
         }
         return finish_with_fault(&up, guard, exchange, failed.fault, &failed.detail);
     };
-    // Phase 4: classify and record the client request's one outcome.
+    // Phase 4: the client request's one outcome: a failure status now; a
+    // success once its body has arrived whole (TrackedBody), so a response
+    // that breaks mid-body is one failure, never a success and a failure.
     let status = resp.status().as_u16();
-    forgive_ejected(&up, &guard, &lease, up.config.breaker.failure_statuses.contains(status), ejected, now);
-    let outcome = guard.finish(Some(status), false, now);
-    exchange.outcome = if outcome.failure { "failure" } else { "success" };
+    let failed = up.config.breaker.failure_statuses.contains(status);
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let pending = (!failed && !switching && !resp.body().is_end_stream()).then_some(status);
+    if pending.is_none() {
+        if !failed {
+            up.endpoints.record(&mut lease, None, now);
+        }
+        forgive_ejected(&up, &guard, &lease, failed, ejected, now);
+        let outcome = guard.finish(Some(status), false, now);
+        exchange.outcome = if outcome.failure { "failure" } else { "success" };
+    } else {
+        exchange.outcome = "success";
+    }
     // Phase 5: respond.
     let set = up.endpoints.clone();
     let (mut parts, body) = resp.into_parts();
@@ -305,7 +319,7 @@ async fn proxy(
         (_, _, body) => body,
     };
     strip_hop_by_hop(&mut parts.headers, false);
-    let body = TrackedBody::new(body, guard, (lease, set), up.config.timeouts.idle, in_flight);
+    let body = TrackedBody::new(body, guard, (lease, set), up.config.timeouts.idle, in_flight, pending);
     Response::from_parts(parts, body.boxed_unsync())
 }
 

@@ -305,16 +305,29 @@ impl Circuit {
 // === impl CallGuard ===
 
 impl CallGuard {
-    /// Records the call's result (a response status, or `None` for an
+    /// Records the call's one result (a response status, or `None` for an
     /// error) and frees the permit.
     pub fn finish(&mut self, status: Option<u16>, timed_out: bool, now: Instant) -> CallOutcome {
+        self.record(status, status, timed_out, now)
+    }
+
+    /// Records a call whose response (`status`, already sent to the
+    /// client) broke or stalled mid-body: a failure of the whole exchange,
+    /// with its real duration; the metrics keep the status it had.
+    pub fn finish_broken(&mut self, status: u16, stalled: bool, now: Instant) -> CallOutcome {
+        self.record(None, Some(status), stalled, now)
+    }
+
+    /// `verdict` is what the breaker classifies (None: failed), `shown`
+    /// what the metrics label it with.
+    fn record(&mut self, verdict: Option<u16>, shown: Option<u16>, timed_out: bool, now: Instant) -> CallOutcome {
         if let Some(op) = self.operation.as_mut() {
-            op.finish(status, timed_out, now);
+            op.record(verdict, shown, timed_out, now);
         }
         let elapsed = now.saturating_duration_since(self.started);
         let permit = self.permit.take();
         let outcome = self.circuit.with_core(|b, h| {
-            let outcome = b.policy().classify(status, elapsed);
+            let outcome = b.policy().classify(verdict, elapsed);
             if let Some(p) = permit {
                 b.on_result(p, outcome, elapsed, now);
             }
@@ -326,7 +339,7 @@ impl CallGuard {
             (false, true) => Outcome::Failure,
             (false, false) => Outcome::Success,
         };
-        self.circuit.metrics.request(label, status, elapsed.as_secs_f64());
+        self.circuit.metrics.request(label, shown, elapsed.as_secs_f64());
         outcome
     }
 
@@ -338,14 +351,6 @@ impl CallGuard {
     pub fn with_operation(mut self, operation: CallGuard) -> CallGuard {
         self.operation = Some(Box::new(operation));
         self
-    }
-
-    /// A response already counted as a success broke mid-body.
-    pub fn late_failure(&self, now: Instant) {
-        self.circuit.with(|b| b.on_late_failure(now));
-        if let Some(op) = &self.operation {
-            op.late_failure(now);
-        }
     }
 
     /// Takes back `n` failures of an ejected endpoint (see `Breaker::forgive`).

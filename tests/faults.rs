@@ -339,9 +339,11 @@ async fn a_refusing_endpoint_is_retried_elsewhere_and_ejected() {
     assert_eq!(metric(&m, "fusebox_endpoint_ejected", &[("upstream", "api"), ("endpoint", &dead)]), 1.0, "{m}");
     assert_eq!(metric(&m, "fusebox_endpoint_ejected", &[("upstream", "api"), ("endpoint", &live.addr.to_string())]), 0.0);
     assert!(metric(&m, "fusebox_endpoint_ejections_total", &[("upstream", "api"), ("endpoint", &dead)]) >= 1.0, "{m}");
-    // Round robin sends every other request to it until its 5th failure.
+    // One connect failure ejects it while the other endpoint serves (as
+    // nginx's max_fails=1): one request delayed by a retry, not five.
     let retried = metric(&m, "fusebox_retries_total", &[("upstream", "api"), ("reason", "connect-failure"), ("result", "success")]);
-    assert_eq!(retried, 5.0, "consecutiveFailures (5) connect failures, each retried: {m}");
+    assert_eq!(retried, 1.0, "one connect failure, retried, ejects it: {m}");
+    assert_eq!(metric(&m, "fusebox_endpoint_ejections_total", &[("endpoint", &dead), ("reason", "connect-failure")]), 1.0, "{m}");
 }
 
 #[tokio::test]
@@ -393,7 +395,11 @@ async fn without_504_in_retry_on_a_blackhole_costs_504s_until_ejected() {
     // (the point is the endpoint, and the upstream as a whole is healthy).
     let app = fusebox(&api(
         &[live.url(), http(hole)],
-        &["timeouts: { connect: 500ms, request: 300ms, idle: 500ms }", "breaker: { jitter: 0, failureRateThreshold: 60 }"],
+        &[
+            "timeouts: { connect: 500ms, request: 300ms, idle: 500ms }",
+            "breaker: { jitter: 0, failureRateThreshold: 60 }",
+            "retry: { on: [connect-failure] }",
+        ],
     ))
     .await;
     let c = client();

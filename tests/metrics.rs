@@ -307,6 +307,7 @@ async fn label_values_come_only_from_config_names() {
                 "failure-rate",
                 "slow-rate",
                 "reset-timeout",
+                "evidence",
                 "probe",
                 "operator",
                 "ttl",

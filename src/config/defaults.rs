@@ -92,7 +92,16 @@ impl Default for OutlierDetection {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { attempts: 1, on: RetryOn::CONNECT_FAILURE, budget_ratio: 0.2, budget_min_per_second: 10 }
+        // A plain proxy's availability (nginx's `proxy_next_upstream error
+        // timeout`): an idempotent bodyless request whose attempt could
+        // not connect, was reset before a response byte or timed out goes
+        // once more on another endpoint, within the budget.
+        RetryPolicy {
+            attempts: 1,
+            on: RetryOn(RetryOn::CONNECT_FAILURE.0 | RetryOn::RESET.0 | RetryOn::STATUS_504.0),
+            budget_ratio: 0.2,
+            budget_min_per_second: 10,
+        }
     }
 }
 

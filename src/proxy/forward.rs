@@ -275,6 +275,9 @@ async fn proxy(
         let retryable = match failed.fault.retry_on() {
             None => false,
             Some(_) if resendable => true,
+            // A timed-out request goes again only to another endpoint:
+            // waiting the whole timeout twice on the same one helps nobody.
+            Some(_) if failed.fault == Fault::Upstream(UpstreamFault::Timeout) && !up.endpoints.has_other(&lease.member) => false,
             Some(on) => replayable && up.config.retry.on.contains(on),
         };
         if retryable && may_retry(&up, exchange, failed.fault.label(), &lease, now) {
@@ -367,7 +370,7 @@ fn finish_with_fault(up: &Upstream, mut guard: CallGuard, exchange: &mut Exchang
             exchange.outcome = "starting";
         }
         Fault::Upstream(f) => {
-            guard.finish(None, f == UpstreamFault::Timeout, clock::now());
+            guard.finish_fault(f, clock::now());
             exchange.outcome = if f == UpstreamFault::Timeout { "timeout" } else { "failure" };
         }
         // Not the upstream's: the permit is given back uncounted.

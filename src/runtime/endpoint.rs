@@ -22,7 +22,7 @@ use arc_swap::ArcSwap;
 use http::uri::Scheme;
 use prometheus::IntGauge;
 
-use super::fault::Fault;
+use super::fault::{Fault, UpstreamFault};
 use super::pool::{EndpointPool, Transport};
 use crate::clock;
 use crate::config::{Endpoint, LoadBalancing, OutlierDetection, UpstreamConfig};
@@ -267,6 +267,11 @@ impl EndpointSet {
                 if lease.probing {
                     lease.probing = false;
                     self.eject(&m, "consecutive-failures", format!("its probation request failed: {f}"), now)
+                } else if f == Fault::Upstream(UpstreamFault::Connect) && !m.is_out() && self.has_other(&m) {
+                    // Could not connect while another endpoint is in
+                    // rotation: out at once (nginx's max_fails=1), not
+                    // after `consecutiveFailures` more delayed requests.
+                    self.eject(&m, "connect-failure", format!("could not connect ({in_a_row} in a row)"), now)
                 } else if self.policy.consecutive_failures > 0 && in_a_row >= self.policy.consecutive_failures && !m.is_out() {
                     self.eject(&m, "consecutive-failures", format!("{in_a_row} upstream faults in a row (last: {f})"), now)
                 } else {

@@ -49,6 +49,16 @@ pub struct Circuit {
     /// status, to a request or a health probe) since fusebox started: what
     /// `readiness.upstreams` waits for.
     answered: AtomicBool,
+    /// The last failure counted was "could not connect" (refused,
+    /// unreachable, connect timeout): an open circuit may then be brought
+    /// back early by a TCP connect that succeeds (a partition that healed).
+    /// Not after a failure status, a timeout or a reset: there a connect
+    /// proves nothing.
+    transport_failure: AtomicBool,
+    /// A recovery knock is in flight; the next one is due at `knock_at_ms`
+    /// (`clock::ms`).
+    knocking: AtomicBool,
+    knock_at_ms: AtomicU64,
 }
 
 /// No free pass: admission asks the breaker under the lock.
@@ -146,6 +156,9 @@ impl Circuit {
             version: AtomicU64::new(0),
             free_pass: AtomicU64::new(NO_FREE_PASS),
             answered: AtomicBool::new(false),
+            transport_failure: AtomicBool::new(false),
+            knocking: AtomicBool::new(false),
+            knock_at_ms: AtomicU64::new(0),
         }
     }
 
@@ -224,6 +237,27 @@ impl Circuit {
                 Err(Refusal::Circuit(rej))
             }
         }
+    }
+
+    /// Whether a knock on an open circuit's endpoints may start now: it was
+    /// opened by transport faults, none is in flight and the last was
+    /// `every` ago (±20%). Claims it (see [`Circuit::knocked`]).
+    pub fn claim_knock(&self, every: Duration, now: Instant) -> bool {
+        if !self.transport_failure.load(Ordering::Relaxed) || self.knocking.load(Ordering::Acquire) {
+            return false;
+        }
+        let now_ms = clock::ms(now);
+        if now_ms < self.knock_at_ms.load(Ordering::Relaxed) || self.knocking.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        let spread = every.mul_f64(0.8 + 0.4 * fastrand::f64());
+        self.knock_at_ms.store(clock::ms(now.checked_add(spread).unwrap_or(now)), Ordering::Relaxed);
+        true
+    }
+
+    /// The knock claimed by [`Circuit::claim_knock`] is over.
+    pub fn knocked(&self) {
+        self.knocking.store(false, Ordering::Release);
     }
 
     /// Some endpoint answered once (see the field).
@@ -308,26 +342,35 @@ impl CallGuard {
     /// Records the call's one result (a response status, or `None` for an
     /// error) and frees the permit.
     pub fn finish(&mut self, status: Option<u16>, timed_out: bool, now: Instant) -> CallOutcome {
-        self.record(status, status, timed_out, now)
+        self.record(status, status, timed_out, false, now)
+    }
+
+    /// Records a call that got no response by the upstream's `fault`.
+    pub fn finish_fault(&mut self, fault: super::fault::UpstreamFault, now: Instant) -> CallOutcome {
+        use super::fault::UpstreamFault;
+        self.record(None, None, fault == UpstreamFault::Timeout, fault == UpstreamFault::Connect, now)
     }
 
     /// Records a call whose response (`status`, already sent to the
     /// client) broke or stalled mid-body: a failure of the whole exchange,
     /// with its real duration; the metrics keep the status it had.
     pub fn finish_broken(&mut self, status: u16, stalled: bool, now: Instant) -> CallOutcome {
-        self.record(None, Some(status), stalled, now)
+        self.record(None, Some(status), stalled, false, now)
     }
 
     /// `verdict` is what the breaker classifies (None: failed), `shown`
-    /// what the metrics label it with.
-    fn record(&mut self, verdict: Option<u16>, shown: Option<u16>, timed_out: bool, now: Instant) -> CallOutcome {
+    /// what the metrics label it with; `unreachable`: it could not connect.
+    fn record(&mut self, verdict: Option<u16>, shown: Option<u16>, timed_out: bool, unreachable: bool, now: Instant) -> CallOutcome {
         if let Some(op) = self.operation.as_mut() {
-            op.record(verdict, shown, timed_out, now);
+            op.record(verdict, shown, timed_out, unreachable, now);
         }
         let elapsed = now.saturating_duration_since(self.started);
         let permit = self.permit.take();
         let outcome = self.circuit.with_core(|b, h| {
             let outcome = b.policy().classify(verdict, elapsed);
+            if outcome.failure {
+                self.circuit.transport_failure.store(unreachable, Ordering::Relaxed);
+            }
             if let Some(p) = permit {
                 b.on_result(p, outcome, elapsed, now);
             }

@@ -291,6 +291,7 @@ impl Metrics {
             ("closed", "open", "failure-rate"),
             ("closed", "open", "slow-rate"),
             ("open", "half-open", "reset-timeout"),
+            ("open", "half-open", "evidence"),
             ("half-open", "closed", "probe"),
             ("half-open", "open", "probe"),
         ] {

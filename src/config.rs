@@ -151,6 +151,9 @@ pub struct UpstreamConfig {
     /// starting: a refused connect to it answers 503 `upstream_starting`
     /// and counts for nothing (0: off).
     pub startup_grace: Duration,
+    /// Longest an upstream connection sits idle in its pool (lowered per
+    /// connection by the upstream's `Keep-Alive: timeout=`).
+    pub pool_idle_timeout: Duration,
 }
 
 /// Passive outlier detection, per endpoint (Envoy's, simplified).

@@ -1060,3 +1060,18 @@ async fn one_replica_that_cuts_bodies_is_ejected_and_the_upstream_keeps_serving(
     assert_eq!(cb["state"], "closed", "one bad replica never opens the upstream: {cb}");
     assert!(whole >= 195, "the upstream keeps serving: {whole}/200");
 }
+
+#[tokio::test]
+async fn a_name_that_resolves_to_nothing_is_no_endpoint_not_overloaded() {
+    let _s = SOCKETS.read().await;
+    let app = fusebox(&api(&["http://nothing-here.invalid:8080".to_string()], &[])).await;
+    let c = client();
+    let (status, headers, body) = get(&c, &format!("http://{}/x", app.data_addr())).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("\"code\":\"no_endpoint\""), "{body}");
+    assert!(headers.get("x-fusebox-overloaded").is_none(), "not fusebox out of resources: {headers:?}");
+    let m = metrics(&c, &app).await;
+    assert_eq!(metric(&m, "fusebox_rejected_total", &[("upstream", "api"), ("reason", "no_endpoint")]), 1.0, "{m}");
+    assert_eq!(metric(&m, "fusebox_rejected_total", &[("upstream", "api"), ("reason", "overloaded")]), 0.0, "{m}");
+    assert_clean(&circuit(&c, &app, "api").await);
+}

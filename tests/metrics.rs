@@ -303,6 +303,7 @@ async fn label_values_come_only_from_config_names() {
                 "overloaded",
                 "recovery_ramp",
                 "upstream_starting",
+                "no_endpoint",
                 "consecutive",
                 "failure-rate",
                 "slow-rate",

@@ -144,10 +144,11 @@ async fn idle_connections_expire() {
     // A new client connection each time: fusebox's own idle client
     // connections are cut by its header read timeout as the clock jumps.
     assert_eq!(get(&client(), &url).await.0, StatusCode::OK);
-    advance(fusebox::runtime::pool::IDLE_TIMEOUT - Duration::from_secs(1)).await;
+    // pool.idleTimeout: 4s by default.
+    advance(Duration::from_secs(3)).await;
     assert_eq!(get(&client(), &url).await.0, StatusCode::OK);
     assert_eq!(up.connections(), 1, "not idle long enough to expire");
-    advance(fusebox::runtime::pool::IDLE_TIMEOUT + Duration::from_secs(1)).await;
+    advance(Duration::from_secs(5)).await;
     assert_eq!(get(&client(), &url).await.0, StatusCode::OK);
     assert_eq!(up.connections(), 2, "the expired connection was replaced");
 }
@@ -191,4 +192,128 @@ async fn a_connection_still_uploading_is_not_waited_for() {
     let (status, _, body) = b.expect("B is not stuck behind A's unfinished upload");
     assert_eq!((status, body.as_str()), (StatusCode::OK, "early"));
     drop(tx);
+}
+
+/// An upstream that answers every request on a connection with
+/// `Keep-Alive: timeout=2` (as Node does with 5): returns its address and
+/// how many connections it accepted.
+async fn keep_alive_upstream(header: &'static str) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n{header}\r\n\r\nok");
+                        if s.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn the_upstreams_keep_alive_timeout_lowers_the_pool_idle_timeout() {
+    let (addr, accepted) = keep_alive_upstream("keep-alive: timeout=2, max=100").await;
+    let app = fusebox(&one_upstream(&format!("http://{addr}"), "failureThreshold: 3")).await;
+    let url = format!("http://{}/", app.data_addr());
+    assert_eq!(get(&client(), &url).await.0, StatusCode::OK);
+    advance(Duration::from_millis(500)).await;
+    assert_eq!(get(&client(), &url).await.0, StatusCode::OK);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "reused within the upstream's keep-alive timeout");
+    // Idle 1.5 s: past timeout=2 less fusebox's 1 s margin, though well
+    // within pool.idleTimeout (4 s): given up before the upstream closes it.
+    advance(Duration::from_millis(1500)).await;
+    assert_eq!(get(&client(), &url).await.0, StatusCode::OK);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "a new connection, not one the upstream is about to close");
+}
+
+#[tokio::test]
+async fn pool_idle_timeout_is_configurable() {
+    let (addr, accepted) = keep_alive_upstream("x-no-keep-alive-hint: 1").await;
+    let app = fusebox(&format!(
+        "defaults: {{ pool: {{ idleTimeout: 1s }} }}\n{}",
+        one_upstream(&format!("http://{addr}"), "failureThreshold: 3")
+    ))
+    .await;
+    let url = format!("http://{}/", app.data_addr());
+    assert_eq!(get(&client(), &url).await.0, StatusCode::OK);
+    advance(Duration::from_millis(1500)).await;
+    assert_eq!(get(&client(), &url).await.0, StatusCode::OK);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "idle past pool.idleTimeout: replaced");
+}
+
+#[tokio::test]
+async fn a_body_request_lost_to_the_keep_alive_race_is_a_502_counted_for_no_circuit() {
+    // Answers the first request with keep-alive, then closes each
+    // connection as soon as the next request head arrives (its keep-alive
+    // timeout and fusebox's reuse crossed).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let mut answered = false;
+                loop {
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        if answered {
+                            return;
+                        }
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let len: usize =
+                            head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            buf.drain(..end + 4 + len);
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                            answered = true;
+                            continue;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    let app = fusebox(&one_upstream(&format!("http://{addr}"), "failureThreshold: 1")).await;
+    let post = || {
+        Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://{}/orders", app.data_addr()))
+            .header("content-type", "text/plain")
+            .body(Full::new(Bytes::from_static(b"order")))
+            .unwrap()
+    };
+    let c = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let first = c.request(post()).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let _ = first.into_body().collect().await;
+    let second = c.request(post()).await.unwrap();
+    let status = second.status();
+    let body = String::from_utf8_lossy(&second.into_body().collect().await.unwrap().to_bytes()).into_owned();
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains("keep-alive race"), "{body}");
+    // failureThreshold: 1, and still closed: nobody's failure.
+    let cb = circuit(&client(), &app, "api").await;
+    assert_eq!(cb["state"], "closed", "{cb}");
+    assert_eq!(cb["endpoints"][0]["consecutiveFailures"], 0, "{cb}");
 }

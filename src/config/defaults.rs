@@ -31,7 +31,7 @@
 
 use std::time::Duration;
 
-use super::model::{RawBreaker, RawDefaults, RawHealthCheck, RawOutlierDetection, RawRetry, RawTimeouts, RawUpstream};
+use super::model::{RawBreaker, RawDefaults, RawHealthCheck, RawOutlierDetection, RawPool, RawRetry, RawTimeouts, RawUpstream};
 use super::{ClientConfig, LoadBalancing, OutlierDetection, Protocol, RetryOn, RetryPolicy, ShutdownConfig, Timeouts};
 
 // === built-in values: top level ===
@@ -67,6 +67,10 @@ pub const DNS_REFRESH: Duration = Duration::from_secs(30);
 /// How long an endpoint that never answered is *starting*: its refused
 /// connects are excused (SPEC 9a).
 pub const STARTUP_GRACE: Duration = Duration::from_secs(60);
+/// How long an upstream connection may sit idle in its pool: below the
+/// usual servers' keep-alive timeouts (Node 5 s, nginx 75 s; gunicorn's
+/// 2 s is met by its `Keep-Alive` header or the resend of a lost request).
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 pub const FALLBACK_STATUS: http::StatusCode = http::StatusCode::SERVICE_UNAVAILABLE;
 /// A `healthCheck` is off unless given; given, these fill its keys.
 pub const HEALTH_CHECK_PATH: &str = "/health";
@@ -133,6 +137,7 @@ pub struct UpstreamLayers<'a> {
     pub max_concurrent_requests: Option<Written<'a, usize>>,
     pub dns_refresh: Option<Written<'a, String>>,
     pub startup_grace: Option<Written<'a, String>>,
+    pub pool: Section<'a, RawPool>,
 }
 
 /// Layers 2 and 3 of the upstream at `path` (`upstreams.NAME`).
@@ -152,6 +157,7 @@ pub fn upstream<'a>(path: &str, own: &'a RawUpstream, defaults: &'a RawDefaults)
         .top(),
         dns_refresh: Section::of(path, "dnsRefresh", defaults.dns_refresh.as_ref(), own.dns_refresh.as_ref()).top(),
         startup_grace: Section::of(path, "startupGrace", defaults.startup_grace.as_ref(), own.startup_grace.as_ref()).top(),
+        pool: Section::of(path, "pool", defaults.pool.as_ref(), own.pool.as_ref()),
     }
 }
 

@@ -87,6 +87,8 @@ const KNOWN_KEYS: &[&str] = &[
     "minPerSecond",
     "dnsRefresh",
     "startupGrace",
+    "pool",
+    "idleTimeout",
     "readiness",
     "upstreams",
     "client",

@@ -46,6 +46,13 @@ pub struct RawShutdown {
     pub grace_period: Option<String>,
 }
 
+/// An upstream's keep-alive connections.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawPool {
+    pub idle_timeout: Option<String>,
+}
+
 /// What `/readyz` waits for besides the listeners.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -136,6 +143,7 @@ pub struct RawDefaults {
     pub retry: Option<RawRetry>,
     pub dns_refresh: Option<String>,
     pub startup_grace: Option<String>,
+    pub pool: Option<RawPool>,
 }
 
 /// Passive outlier detection per endpoint.
@@ -224,6 +232,7 @@ pub struct RawUpstream {
     pub retry: Option<RawRetry>,
     pub dns_refresh: Option<String>,
     pub startup_grace: Option<String>,
+    pub pool: Option<RawPool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -53,6 +53,7 @@ pub fn upstream(u: &UpstreamConfig) -> Value {
         },
         "dnsRefresh": human(u.dns_refresh),
         "startupGrace": human(u.startup_grace),
+        "pool": { "idleTimeout": human(u.pool_idle_timeout) },
     })
 }
 

@@ -515,6 +515,8 @@ impl Validator<'_> {
             self.error(&w.at, format!("{dns_refresh:?} is below the 1s minimum"));
         }
         let startup_grace = self.written_duration(layers.startup_grace.as_ref(), defaults::STARTUP_GRACE);
+        let pool_idle = layers.pool.get("idleTimeout", |p| p.idle_timeout.as_ref());
+        let pool_idle_timeout = self.written_duration(pool_idle.as_ref(), defaults::POOL_IDLE_TIMEOUT);
         let health_check = self.health_check(&layers.health_check);
         let mut breaker = self.breaker(&layers.breaker, Policy::default());
         breaker.trial_lease = timeouts.connect + timeouts.request;
@@ -592,6 +594,7 @@ impl Validator<'_> {
             retry,
             dns_refresh,
             startup_grace,
+            pool_idle_timeout,
         }
     }
 

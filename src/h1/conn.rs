@@ -10,6 +10,7 @@ use std::future::Future;
 use std::io;
 use std::pin::{pin, Pin};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::Response;
@@ -32,6 +33,9 @@ pub struct Connection<IO> {
     write_buf: Vec<u8>,
     /// At least one exchange ended cleanly on it.
     pub(super) reused: bool,
+    /// The upstream's `Keep-Alive: timeout=N` of its last response: how
+    /// long it keeps the connection open idle.
+    keep_alive: Option<Duration>,
 }
 
 // === impl Connection ===
@@ -43,7 +47,7 @@ where
     /// Wraps a connected stream (TCP, or TLS over TCP) that has carried no
     /// HTTP yet.
     pub fn new(io: IO) -> Connection<IO> {
-        Connection { io, read_buf: BytesMut::new(), write_buf: Vec::new(), reused: false }
+        Connection { io, read_buf: BytesMut::new(), write_buf: Vec::new(), reused: false, keep_alive: None }
     }
 
     /// The connection carried an earlier exchange (so an EOF before the
@@ -64,6 +68,12 @@ where
         let mut probe = [0u8; 8];
         let mut probe = ReadBuf::new(&mut probe);
         matches!(Pin::new(&mut self.io).poll_read(&mut cx, &mut probe), Poll::Pending)
+    }
+
+    /// How long the upstream said (`Keep-Alive: timeout=N`, RFC 9112's
+    /// hint) it keeps this connection open while idle, if it did.
+    pub fn keep_alive_timeout(&self) -> Option<Duration> {
+        self.keep_alive
     }
 
     /// Gives back the stream and any bytes read from it not yet consumed.
@@ -106,6 +116,9 @@ where
     fn respond<R: Recycle<IO>>(mut self, head: Head, encoded: &Encoded, still_writing: bool, recycle: R) -> Response<Body<IO, R>> {
         // An early response leaves the request half sent: never reuse.
         let keep_alive = head.keep_alive && !encoded.close && !still_writing;
+        if let Some(v) = head.parts.headers.get("keep-alive") {
+            self.keep_alive = keep_alive_timeout(v.as_bytes());
+        }
         let body = match head.framing {
             super::parse::Framing::Empty => {
                 if keep_alive && self.read_buf.is_empty() {
@@ -246,5 +259,32 @@ impl Exchange {
             (Some(e), None) => Error::io(ErrorKind::Read, "reading the response failed", e),
             (None, None) => Error::new(ErrorKind::Closed, "connection closed before any response"),
         }
+    }
+}
+
+/// `timeout=N` of a `Keep-Alive` header value (`timeout=5, max=100`).
+fn keep_alive_timeout(value: &[u8]) -> Option<Duration> {
+    let text = std::str::from_utf8(value).ok()?;
+    text.split(',').find_map(|part| {
+        let (k, v) = part.split_once('=')?;
+        if !k.trim().eq_ignore_ascii_case("timeout") {
+            return None;
+        }
+        v.trim().parse::<u64>().ok().map(|s| Duration::from_secs(s.min(86_400)))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keep_alive_timeout;
+    use std::time::Duration;
+
+    #[test]
+    fn keep_alive_timeout_is_read_from_the_header() {
+        assert_eq!(keep_alive_timeout(b"timeout=5, max=100"), Some(Duration::from_secs(5)));
+        assert_eq!(keep_alive_timeout(b"max=100, Timeout = 2"), Some(Duration::from_secs(2)));
+        assert_eq!(keep_alive_timeout(b"max=100"), None);
+        assert_eq!(keep_alive_timeout(b"timeout=soon"), None);
+        assert_eq!(keep_alive_timeout(b"timeout=99999999999"), Some(Duration::from_secs(86_400)));
     }
 }

@@ -218,8 +218,7 @@ async fn proxy(
     let (resp, mut lease, ejected, now) = loop {
         let now = started.take().unwrap_or_else(clock::now);
         let Some(mut lease) = up.endpoints.pick(exclude.as_deref(), now) else {
-            exchange.outcome = "local_error";
-            return respond::fault(Some(&up.config.name), Fault::Local(LocalFault::NoEndpoint), "");
+            return finish_with_fault(&up, guard, exchange, Fault::Local(LocalFault::NoEndpoint), "");
         };
         exchange.endpoint = Some(lease.member.label.clone());
         let body = match next.take() {
@@ -369,6 +368,12 @@ fn finish_with_fault(up: &Upstream, mut guard: CallGuard, exchange: &mut Exchang
             up.circuit.metrics.starting();
             exchange.outcome = "starting";
         }
+        // Nobody's failure: counted as what it was, for no circuit.
+        Fault::Upstream(UpstreamFault::KeepAliveRace) => {
+            guard.finish_excused(fault.status().as_u16(), clock::now());
+            exchange.outcome = "keep_alive_race";
+            return respond::fault(Some(&up.config.name), fault, detail);
+        }
         Fault::Upstream(f) => {
             guard.finish_fault(f, clock::now());
             exchange.outcome = if f == UpstreamFault::Timeout { "timeout" } else { "failure" };
@@ -378,7 +383,11 @@ fn finish_with_fault(up: &Upstream, mut guard: CallGuard, exchange: &mut Exchang
             up.circuit.metrics.client_error(fault.label());
             exchange.outcome = "client_error";
         }
-        Fault::Local(_) => {
+        Fault::Local(LocalFault::NoEndpoint) => {
+            up.circuit.metrics.no_endpoint();
+            exchange.outcome = "no_endpoint";
+        }
+        Fault::Local(LocalFault::Resources) => {
             up.circuit.metrics.rejected(None, 503);
             exchange.outcome = "local_error";
         }
@@ -410,18 +419,34 @@ async fn attempt(
         }),
         Some(Ok(resp)) => Ok(resp),
         Some(Err(SendError::NotSent { error, body })) => {
-            let fault =
-                if is_resource_exhaustion(&*error) { Fault::Local(LocalFault::Resources) } else { Fault::Upstream(UpstreamFault::Connect) };
+            let fault = if is_resource_exhaustion(&*error) {
+                Fault::Local(LocalFault::Resources)
+            } else if body.is_none() && is_keep_alive_race(&*error) {
+                // Lost with its body on a pooled connection: not a connect
+                // failure of the endpoint (it answered the last request).
+                Fault::Upstream(UpstreamFault::KeepAliveRace)
+            } else {
+                Fault::Upstream(UpstreamFault::Connect)
+            };
             Err(Failed { fault, unsent: true, refused: is_connection_refused(&*error), body, detail: describe(&*error) })
         }
-        Some(Err(SendError::Failed { error, .. })) => {
+        Some(Err(SendError::Failed { error, reused })) => {
             let fault = match upload.and_then(Upload::client_fault) {
                 Some(c) => Fault::Client(c),
+                None if reused && upload.is_some() && is_keep_alive_race(&*error) => Fault::Upstream(UpstreamFault::KeepAliveRace),
                 None => classify(&*error),
             };
             Err(Failed { fault, unsent: false, refused: false, body: None, detail: describe(&*error) })
         }
     }
+}
+
+/// Whether the codec says a pooled connection was closed under the request
+/// before any response (`NotSent`, `ClosedIdle`).
+fn is_keep_alive_race(error: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    error
+        .downcast_ref::<crate::h1::Error>()
+        .is_some_and(|e| matches!(e.kind(), crate::h1::ErrorKind::NotSent | crate::h1::ErrorKind::ClosedIdle))
 }
 
 /// An exchange error that is not the client's: the upstream's, unless it

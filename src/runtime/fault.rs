@@ -54,6 +54,12 @@ pub enum UpstreamFault {
     /// It answered with a status in `failureStatuses` (forwarded as it is;
     /// counted for its endpoint).
     Status(u16),
+    /// A pooled keep-alive connection was closed by the upstream as a
+    /// request with a body went out on it (the keep-alive race: its idle
+    /// timeout and our reuse crossed), and the body cannot be sent again.
+    /// Nobody's failure: answered 502, counted as `keep-alive-race`, never
+    /// for the circuit or the endpoint.
+    KeepAliveRace,
     /// Refused the connection while its upstream has never answered, within
     /// `startupGrace` of the endpoint appearing: the app beside the sidecar
     /// is still starting. Excused: counted by no circuit and no endpoint, answered
@@ -114,7 +120,7 @@ impl Fault {
 
     /// Whether circuits and endpoints count it as a failure.
     pub fn counts(self) -> bool {
-        matches!(self, Fault::Upstream(f) if f != UpstreamFault::Starting)
+        matches!(self, Fault::Upstream(f) if f != UpstreamFault::Starting && f != UpstreamFault::KeepAliveRace)
     }
 
     /// Seconds a client should wait before trying again, when fusebox
@@ -126,9 +132,10 @@ impl Fault {
         }
     }
 
-    /// Whether the response carries `x-fusebox-overloaded: true`.
+    /// Whether the response carries `x-fusebox-overloaded: true` (fusebox
+    /// out of resources; not a name that resolved to nothing).
     pub fn overloaded(self) -> bool {
-        matches!(self, Fault::Local(_))
+        matches!(self, Fault::Local(LocalFault::Resources))
     }
 
     /// The `retry.on` condition that may try it again, if any. Only
@@ -156,6 +163,7 @@ impl Fault {
             Fault::Upstream(UpstreamFault::BodyBroken) => "body-broken",
             Fault::Upstream(UpstreamFault::Status(_)) => "status",
             Fault::Upstream(UpstreamFault::Starting) => "upstream-starting",
+            Fault::Upstream(UpstreamFault::KeepAliveRace) => "keep-alive-race",
             Fault::Local(LocalFault::Resources) => "resources",
             Fault::Local(LocalFault::NoEndpoint) => "no-endpoint",
         }
@@ -176,6 +184,9 @@ impl fmt::Display for Fault {
             Fault::Upstream(UpstreamFault::BodyBroken) => "response body broke mid-way",
             Fault::Upstream(UpstreamFault::Status(_)) => "answered with a failure status",
             Fault::Upstream(UpstreamFault::Starting) => "starting: it refused the connection and has not answered yet (startupGrace)",
+            Fault::Upstream(UpstreamFault::KeepAliveRace) => {
+                "it closed a pooled keep-alive connection as the request went out (the keep-alive race), and the request body cannot be sent again"
+            }
             Fault::Local(LocalFault::Resources) => "fusebox is out of resources (file descriptors or memory)",
             Fault::Local(LocalFault::NoEndpoint) => "no endpoint address is resolved",
         })

@@ -53,10 +53,11 @@ use crate::tls;
 /// hyper-util's pooled client, used for HTTP/2 upstreams.
 pub type H2Client = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 
-/// How long a connection may sit idle in a pool before it is closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an HTTP/2 connection may sit idle in hyper's pool (HTTP/1.1
+/// connections follow `pool.idleTimeout` and the upstream's `Keep-Alive`).
+pub const H2_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often idle connections are swept ([`EndpointPool::reap`]).
-pub const REAP_EVERY: Duration = Duration::from_secs(15);
+pub const REAP_EVERY: Duration = Duration::from_secs(2);
 /// Most idle connections kept per endpoint and worker; more are closed
 /// when returned.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 1024;
@@ -76,6 +77,8 @@ pub struct Transport {
     server_name: Option<String>,
     protocol: Protocol,
     connect_timeout: Duration,
+    /// `pool.idleTimeout`.
+    idle_timeout: Duration,
 }
 
 /// An upstream connection's byte stream: TCP, or TLS over TCP.
@@ -108,6 +111,16 @@ pub struct EndpointPool {
 struct Idle {
     conn: h1::Connection<Stream>,
     since: Instant,
+    /// How long it may stay idle: `pool.idleTimeout`, lowered by the
+    /// upstream's `Keep-Alive: timeout=N` (to N - 1 s, or half of N
+    /// below 2 s) so fusebox gives it up before the upstream closes it.
+    ttl: Duration,
+}
+
+impl Idle {
+    fn fresh(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.since) < self.ttl
+    }
 }
 
 /// Gives a connection whose exchange ended cleanly back to its pool (the
@@ -171,6 +184,7 @@ impl Transport {
             server_name: config.tls.server_name.clone(),
             protocol: config.protocol,
             connect_timeout: config.timeouts.connect,
+            idle_timeout: config.pool_idle_timeout,
         }
     }
 
@@ -210,7 +224,7 @@ impl EndpointPool {
             client
                 .timer(TokioTimer::new())
                 .pool_timer(TokioTimer::new())
-                .pool_idle_timeout(IDLE_TIMEOUT)
+                .pool_idle_timeout(H2_IDLE_TIMEOUT)
                 .pool_max_idle_per_host(MAX_IDLE_PER_ENDPOINT)
                 .http2_only(true);
             client.build(transport.h2_connector(&endpoint))
@@ -305,7 +319,7 @@ impl EndpointPool {
         loop {
             // (The guard is dropped at the end of this statement.)
             let mut idle = self.own().lock().pop_back()?;
-            if now.saturating_duration_since(idle.since) < IDLE_TIMEOUT && idle.conn.is_usable() {
+            if idle.fresh(now) && idle.conn.is_usable() {
                 return Some(idle.conn);
             }
         }
@@ -348,17 +362,27 @@ impl EndpointPool {
     /// Keeps `conn` idle since `now` (the start of its last request: a
     /// little early, so it expires a little early, never late).
     fn put(&self, conn: h1::Connection<Stream>, now: Instant) {
+        let ttl = match conn.keep_alive_timeout() {
+            Some(said) => {
+                let margin = if said >= Duration::from_secs(2) { Duration::from_secs(1) } else { said / 2 };
+                self.transport.idle_timeout.min(said.saturating_sub(margin))
+            }
+            None => self.transport.idle_timeout,
+        };
+        if ttl.is_zero() {
+            return;
+        }
         let mut idle = self.own().lock();
         // The oldest are at the front: drop what expired while we are here.
-        while idle.front().is_some_and(|i| now.saturating_duration_since(i.since) >= IDLE_TIMEOUT) {
+        while idle.front().is_some_and(|i| !i.fresh(now)) {
             idle.pop_front();
         }
         if idle.len() < MAX_IDLE_PER_ENDPOINT {
-            idle.push_back(Idle { conn, since: now });
+            idle.push_back(Idle { conn, since: now, ttl });
         }
     }
 
-    /// Closes connections idle past [`IDLE_TIMEOUT`] (and dead ones). The
+    /// Closes connections idle past their time (and dead ones). The
     /// app's ticker calls it every [`REAP_EVERY`] for every endpoint of the
     /// current generation; idle connections are also expired on use.
     pub fn reap(&self, now: Instant) {
@@ -367,7 +391,7 @@ impl EndpointPool {
                 let mut idle = shard.lock();
                 let mut expired = Vec::new();
                 for mut i in std::mem::take(&mut *idle) {
-                    if now.saturating_duration_since(i.since) < IDLE_TIMEOUT && i.conn.is_usable() {
+                    if i.fresh(now) && i.conn.is_usable() {
                         idle.push_back(i);
                     } else {
                         expired.push(i);

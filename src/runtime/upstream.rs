@@ -351,6 +351,14 @@ impl CallGuard {
         self.record(None, None, fault == UpstreamFault::Timeout, fault == UpstreamFault::Connect, now)
     }
 
+    /// A call that failed by nobody's fault (the keep-alive race): counted
+    /// in the request metrics as the failure the client saw (`status`),
+    /// never for the breaker (the permit goes back uncounted).
+    pub fn finish_excused(self, status: u16, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.started);
+        self.circuit.metrics.request(Outcome::Failure, Some(status), elapsed.as_secs_f64());
+    }
+
     /// Records a call whose response (`status`, already sent to the
     /// client) broke or stalled mid-body: a failure of the whole exchange,
     /// with its real duration; the metrics keep the status it had.
@@ -435,6 +443,7 @@ impl Upstream {
         let same_transport = previous.is_some_and(|p| {
             p.config.protocol == config.protocol
                 && p.config.timeouts.connect == config.timeouts.connect
+                && p.config.pool_idle_timeout == config.pool_idle_timeout
                 && p.config.tls == config.tls
                 && https(&p.config) == https(&config)
         });

@@ -22,7 +22,7 @@ pub enum Outcome {
 
 const OUTCOMES: [&str; 4] = ["success", "failure", "rejected", "timeout"];
 const CODE_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
-const REJECT_REASONS: [&str; 5] = ["circuit_open", "half_open_full", "overloaded", "recovery_ramp", "upstream_starting"];
+const REJECT_REASONS: [&str; 6] = ["circuit_open", "half_open_full", "overloaded", "recovery_ramp", "upstream_starting", "no_endpoint"];
 
 /// Every series fusebox exports.
 #[derive(Clone)]
@@ -482,6 +482,16 @@ impl UpstreamMetrics {
             return;
         }
         self.rejected[4].inc();
+        self.counter(Outcome::Rejected, code_class(Some(503))).inc();
+    }
+
+    /// A request answered `no_endpoint`: a hostname upstream with no
+    /// address resolved.
+    pub fn no_endpoint(&self) {
+        if !self.recording() {
+            return;
+        }
+        self.rejected[5].inc();
         self.counter(Outcome::Rejected, code_class(Some(503))).inc();
     }
 

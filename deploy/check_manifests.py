@@ -104,10 +104,9 @@ relabels = [r for ep in podmon["spec"]["podMetricsEndpoints"] for r in ep.get("r
 check(relabels and relabels[-1].get("replacement") == "fusebox", "the PodMonitor does not name its job `fusebox`")
 check(alert_for.get("FuseboxEndpointEjected") == "5m", "FuseboxEndpointEjected must wait `for: 5m`")
 
-# --- kubernetes: the base is what `kubectl apply -f deploy/kubernetes/` applies --
-# (top-level files only: kubectl does not recurse without -R). The opt-in
-# directories below it are applied on purpose, one by one.
-# kustomization.yaml files, the component and its example are not applied
+# --- kubernetes: the base is what `kubectl apply -k deploy/kubernetes` applies ---
+# (its kustomization.yaml lists the top-level files). The opt-in directories
+# below it are applied on purpose, one by one. kustomization.yaml files, the component and its example are not applied
 # with `kubectl apply -f`: deploy/check.sh renders them with
 # `kubectl kustomize` and check_rendered.py checks the result.
 BASE = "kubernetes/"

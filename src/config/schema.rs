@@ -25,7 +25,40 @@ pub fn config_schema() -> serde_json::Value {
         "fusebox's YAML config (docs/configuration.md). Structure only: `fusebox check -c FILE` also checks values and cross references."
             .into(),
     );
-    schema.to_value()
+    let mut value = schema.to_value();
+    drop_null_alternatives(&mut value);
+    value
+}
+
+/// `anyOf: [X, {type: null}]` (how an optional section comes out) becomes
+/// X: a section written as `breaker: ~` means nothing useful, and with the
+/// alternative in place a validator reports an error inside the section
+/// as "not of type null" instead of naming the bad key.
+fn drop_null_alternatives(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            let replacement = match map.get("anyOf").and_then(|a| a.as_array()) {
+                Some(alts) if alts.len() == 2 => {
+                    let is_null = |x: &serde_json::Value| x.get("type").and_then(|t| t.as_str()) == Some("null");
+                    match (is_null(&alts[0]), is_null(&alts[1])) {
+                        (true, false) => Some(alts[1].clone()),
+                        (false, true) => Some(alts[0].clone()),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            if let Some(serde_json::Value::Object(inner)) = replacement {
+                map.remove("anyOf");
+                for (k, val) in inner {
+                    map.entry(k).or_insert(val);
+                }
+            }
+            map.values_mut().for_each(drop_null_alternatives);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_null_alternatives),
+        _ => {}
+    }
 }
 
 /// The schema as `fusebox schema` prints it and docs/ keeps it: pretty
@@ -50,5 +83,8 @@ mod tests {
         assert_eq!(schema["additionalProperties"], serde_json::Value::Bool(false));
         let text = config_schema_text();
         assert!(text.contains("failureThreshold") && text.contains("\"match\""), "camelCase and renamed keys");
+        // An optional section is its schema, not "it or null", so a
+        // validator names the bad key inside it.
+        assert!(props["admin"].get("anyOf").is_none() && props["admin"].get("$ref").is_some(), "{}", props["admin"]);
     }
 }

@@ -239,6 +239,7 @@ impl App {
                 let generation = tick_state.store.current();
                 for u in generation.upstreams.values() {
                     u.circuit.tick(now);
+                    crate::runtime::probe::knock_if_open(u, now);
                 }
                 if now.saturating_duration_since(last_reap) >= REAP_EVERY {
                     last_reap = now;

@@ -62,6 +62,8 @@ pub struct Config {
     pub client: ClientConfig,
     /// One info line per request on target `fusebox::access`.
     pub access_log: bool,
+    /// Upstreams that must have answered once before `/readyz` is 200.
+    pub readiness_upstreams: Vec<String>,
 }
 
 /// Deadlines and limits of the data listener's connections.
@@ -147,6 +149,10 @@ pub struct UpstreamConfig {
     pub retry: RetryPolicy,
     /// How often hostname endpoints are resolved again.
     pub dns_refresh: Duration,
+    /// How long after it appears an endpoint that never answered is
+    /// starting: a refused connect to it answers 503 `upstream_starting`
+    /// and counts for nothing (0: off).
+    pub startup_grace: Duration,
 }
 
 /// Passive outlier detection, per endpoint (Envoy's, simplified).

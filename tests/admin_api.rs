@@ -1194,7 +1194,7 @@ async fn effective_config_is_dumped_with_overrides_marked_and_secrets_redacted()
     let api = &v["upstreams"]["api"];
     assert_eq!(api["breaker"]["failureThreshold"], 7, "{v}");
     assert_eq!(api["breaker"]["resetTimeout"], "1m", "defaults applied: {v}");
-    assert_eq!(api["retry"]["on"], json!(["connect-failure"]), "{v}");
+    assert_eq!(api["retry"]["on"], json!(["connect-failure", "reset-before-response", "504"]), "{v}");
     assert_eq!(api["outlierDetection"]["consecutiveFailures"], 5, "{v}");
     assert_eq!(v["client"]["headerTimeout"], "10s", "{v}");
     assert_eq!(v["auth"]["jwt"]["key"]["secret"], "<redacted>", "{v}");

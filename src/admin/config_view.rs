@@ -50,6 +50,7 @@ pub fn render(generation: &Generation, overrides: &HashMap<String, RuntimeOverri
             "maxConnections": c.client.max_connections,
         },
         "accessLog": { "enabled": c.access_log },
+        "readiness": { "upstreams": c.readiness_upstreams },
         "metrics": { "requests": c.request_metrics },
         "upstreams": upstreams,
         "routes": c.routes.iter().map(route).collect::<Vec<_>>(),

@@ -26,6 +26,8 @@ pub fn readyz(state: &AdminState) -> Response<ProxyBody> {
         json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({ "status": "draining" }))
     } else if !state.live.ready.load(Ordering::Acquire) {
         json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({ "status": "starting" }))
+    } else if let waiting @ [_, ..] = state.live.upstreams_not_ready().as_slice() {
+        json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({ "status": "starting", "waitingFor": waiting }))
     } else {
         json_response(StatusCode::OK, &json!({ "status": "ready" }))
     }

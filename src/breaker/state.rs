@@ -59,6 +59,13 @@ pub enum Reason {
     ResetTimeout {
         waited: Duration,
     },
+    /// Evidence that the upstream is back ended the open period early (a
+    /// TCP connect to an endpoint of a circuit opened by transport faults
+    /// succeeded, or a health check passed).
+    Evidence {
+        what: String,
+        waited: Duration,
+    },
     /// Half-open trials decided: success closes, failure reopens.
     Probe {
         success: bool,
@@ -442,21 +449,6 @@ impl Breaker {
         }
     }
 
-    /// A response already counted as a success broke mid-body.
-    pub fn on_late_failure(&mut self, now: Instant) {
-        self.successful = self.successful.saturating_sub(1);
-        self.failed += 1;
-        self.last_failure = Some(now);
-        let t = now.saturating_duration_since(self.origin);
-        self.window.add_failure(t);
-        if matches!(self.effective_mode(), Mode::Auto | Mode::MetricsOnly) {
-            if let Phase::Closed { consecutive, .. } = &mut self.phase {
-                *consecutive += 1;
-                self.check_trip(now);
-            }
-        }
-    }
-
     fn count(&mut self, outcome: CallOutcome, elapsed: Duration, now: Instant) {
         self.total += 1;
         self.duration_sum += elapsed;
@@ -567,6 +559,23 @@ impl Breaker {
             Phase::HalfOpen { trials, .. } => trials.retain(|l| l.expires > now),
             _ => {}
         }
+    }
+
+    /// Evidence that the upstream is back (`what`): an open circuit goes
+    /// half-open now instead of at the end of its open period, and its
+    /// trials decide as usual. Whether it did.
+    pub fn recover_early(&mut self, what: String, now: Instant) -> bool {
+        if !matches!(self.effective_mode(), Mode::Auto | Mode::MetricsOnly) {
+            return false;
+        }
+        let Phase::Open { opened_at, .. } = &self.phase else { return false };
+        let waited = now.saturating_duration_since(*opened_at);
+        let from = self.phase_state();
+        self.phase = Phase::HalfOpen { trials: Vec::new(), successes: 0 };
+        self.epoch += 1;
+        let shadow = self.effective_mode() == Mode::MetricsOnly;
+        self.emit_phase(from, Reason::Evidence { what, waited }, now, shadow);
+        true
     }
 
     /// Sets an operator mode, optionally for `ttl`.
@@ -869,6 +878,7 @@ impl Reason {
             Reason::FailureRate { .. } => "failure-rate",
             Reason::SlowRate { .. } => "slow-rate",
             Reason::ResetTimeout { .. } => "reset-timeout",
+            Reason::Evidence { .. } => "evidence",
             Reason::Probe { .. } => "probe",
             Reason::Operator { .. } => "operator",
             Reason::Ttl => "ttl",
@@ -889,6 +899,7 @@ impl fmt::Display for Reason {
                 write!(f, "slow-call rate {rate:.1}% over {calls} calls (threshold {threshold}%)")
             }
             Reason::ResetTimeout { waited } => write!(f, "reset timeout elapsed after {waited:.1?}"),
+            Reason::Evidence { what, waited } => write!(f, "{what} after {waited:.1?} open"),
             Reason::Probe { success: true, trials } => write!(f, "{trials} trial(s) succeeded"),
             Reason::Probe { success: false, trials } => write!(f, "trial {trials} failed"),
             Reason::Operator { action } => write!(f, "operator: {action}"),

@@ -51,18 +51,6 @@ impl Window {
         b.counts.slow += u64::from(slow);
     }
 
-    /// Turns one earlier success into a failure (a response that broke
-    /// mid-body after its headers were counted).
-    pub fn add_failure(&mut self, t: Duration) {
-        let idx = self.index_of(t);
-        let b = &mut self.buckets[(idx % BUCKETS as u64) as usize];
-        if b.index != idx {
-            *b = Bucket { index: idx, counts: Counts::default() };
-            b.counts.calls = 1;
-        }
-        b.counts.failures = (b.counts.failures + 1).min(b.counts.calls);
-    }
-
     /// Takes back up to `n` failed calls of the window ending at `t`, newest
     /// first (failures of an endpoint that was ejected for them: the part
     /// was routed around, the whole is not failing).
@@ -134,13 +122,5 @@ mod tests {
         assert_eq!(w.totals(Duration::from_millis(1300)), Counts { calls: 2, failures: 1, slow: 0 });
         w.forgive(5, Duration::from_millis(1300));
         assert_eq!(w.totals(Duration::from_millis(1300)), Counts { calls: 1, failures: 0, slow: 0 });
-    }
-
-    #[test]
-    fn late_failure_converts_a_success() {
-        let mut w = Window::new(Duration::from_secs(10));
-        w.record(Duration::from_millis(100), false, false);
-        w.add_failure(Duration::from_millis(200));
-        assert_eq!(w.totals(Duration::from_millis(300)), Counts { calls: 1, failures: 1, slow: 0 });
     }
 }

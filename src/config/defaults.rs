@@ -64,6 +64,9 @@ pub const LOAD_BALANCING: LoadBalancing = LoadBalancing::RoundRobin;
 pub const PROTOCOL: Protocol = Protocol::Http1;
 pub const MAX_CONCURRENT_REQUESTS: usize = 1000;
 pub const DNS_REFRESH: Duration = Duration::from_secs(30);
+/// How long an endpoint that never answered is *starting*: its refused
+/// connects are excused (SPEC 9a).
+pub const STARTUP_GRACE: Duration = Duration::from_secs(60);
 pub const FALLBACK_STATUS: http::StatusCode = http::StatusCode::SERVICE_UNAVAILABLE;
 /// A `healthCheck` is off unless given; given, these fill its keys.
 pub const HEALTH_CHECK_PATH: &str = "/health";
@@ -89,7 +92,16 @@ impl Default for OutlierDetection {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { attempts: 1, on: RetryOn::CONNECT_FAILURE, budget_ratio: 0.2, budget_min_per_second: 10 }
+        // A plain proxy's availability (nginx's `proxy_next_upstream error
+        // timeout`): an idempotent bodyless request whose attempt could
+        // not connect, was reset before a response byte or timed out goes
+        // once more on another endpoint, within the budget.
+        RetryPolicy {
+            attempts: 1,
+            on: RetryOn(RetryOn::CONNECT_FAILURE.0 | RetryOn::RESET.0 | RetryOn::STATUS_504.0),
+            budget_ratio: 0.2,
+            budget_min_per_second: 10,
+        }
     }
 }
 
@@ -120,6 +132,7 @@ pub struct UpstreamLayers<'a> {
     pub retry: Section<'a, RawRetry>,
     pub max_concurrent_requests: Option<Written<'a, usize>>,
     pub dns_refresh: Option<Written<'a, String>>,
+    pub startup_grace: Option<Written<'a, String>>,
 }
 
 /// Layers 2 and 3 of the upstream at `path` (`upstreams.NAME`).
@@ -138,6 +151,7 @@ pub fn upstream<'a>(path: &str, own: &'a RawUpstream, defaults: &'a RawDefaults)
         )
         .top(),
         dns_refresh: Section::of(path, "dnsRefresh", defaults.dns_refresh.as_ref(), own.dns_refresh.as_ref()).top(),
+        startup_grace: Section::of(path, "startupGrace", defaults.startup_grace.as_ref(), own.startup_grace.as_ref()).top(),
     }
 }
 

@@ -27,6 +27,7 @@ pub struct RawConfig {
     pub metrics: Option<RawMetrics>,
     pub client: Option<RawClient>,
     pub access_log: Option<RawAccessLog>,
+    pub readiness: Option<RawReadiness>,
     #[serde(default)]
     pub upstreams: UniqueMap<RawUpstream>,
     #[serde(default)]
@@ -45,6 +46,15 @@ pub struct RawListenerTls {
 pub struct RawShutdown {
     pub drain_delay: Option<String>,
     pub grace_period: Option<String>,
+}
+
+/// What `/readyz` waits for besides the listeners.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawReadiness {
+    /// Upstreams that must have answered once.
+    #[serde(default)]
+    pub upstreams: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -127,6 +137,7 @@ pub struct RawDefaults {
     pub outlier_detection: Option<RawOutlierDetection>,
     pub retry: Option<RawRetry>,
     pub dns_refresh: Option<String>,
+    pub startup_grace: Option<String>,
 }
 
 /// Passive outlier detection per endpoint.
@@ -214,6 +225,7 @@ pub struct RawUpstream {
     pub outlier_detection: Option<RawOutlierDetection>,
     pub retry: Option<RawRetry>,
     pub dns_refresh: Option<String>,
+    pub startup_grace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

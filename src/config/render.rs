@@ -52,6 +52,7 @@ pub fn upstream(u: &UpstreamConfig) -> Value {
             "budget": { "ratio": u.retry.budget_ratio, "minPerSecond": u.retry.budget_min_per_second },
         },
         "dnsRefresh": human(u.dns_refresh),
+        "startupGrace": human(u.startup_grace),
     })
 }
 

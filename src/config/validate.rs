@@ -211,7 +211,29 @@ impl Validator<'_> {
         let request_metrics = raw.metrics.and_then(|m| m.requests).unwrap_or(defaults::REQUEST_METRICS);
         let client = self.client(raw.client.unwrap_or_default());
         let access_log = raw.access_log.and_then(|a| a.enabled).unwrap_or(defaults::ACCESS_LOG);
-        Config { listen, workers, tls, shutdown, store, admin, auth, upstreams, routes, request_metrics, client, access_log }
+        let mut readiness_upstreams = Vec::new();
+        for (i, name) in raw.readiness.map(|r| r.upstreams).unwrap_or_default().into_iter().enumerate() {
+            if !upstreams.iter().any(|u| u.name == name) {
+                self.error(&format!("readiness.upstreams[{i}]"), format!("`{name}` is not an upstream of this file"));
+            } else if !readiness_upstreams.contains(&name) {
+                readiness_upstreams.push(name);
+            }
+        }
+        Config {
+            listen,
+            workers,
+            tls,
+            shutdown,
+            store,
+            admin,
+            auth,
+            upstreams,
+            routes,
+            request_metrics,
+            client,
+            access_log,
+            readiness_upstreams,
+        }
     }
 
     fn client(&mut self, raw: RawClient) -> ClientConfig {
@@ -492,6 +514,7 @@ impl Validator<'_> {
         if let Some(w) = layers.dns_refresh.filter(|_| dns_refresh < Duration::from_secs(1)) {
             self.error(&w.at, format!("{dns_refresh:?} is below the 1s minimum"));
         }
+        let startup_grace = self.written_duration(layers.startup_grace.as_ref(), defaults::STARTUP_GRACE);
         let health_check = self.health_check(&layers.health_check);
         let mut breaker = self.breaker(&layers.breaker, Policy::default());
         breaker.trial_lease = timeouts.connect + timeouts.request;
@@ -568,6 +591,7 @@ impl Validator<'_> {
             outlier_detection,
             retry,
             dns_refresh,
+            startup_grace,
         }
     }
 

@@ -7,9 +7,12 @@
 //!   cut short: 400; stalled: 408), so the upstream is never blamed for it.
 //! - [`TrackedBody`]: the upstream's response on its way to the client. It
 //!   holds the call's bulkhead slot, endpoint and pooled connection until
-//!   the body ends; a body that breaks or stalls is the upstream's fault,
-//!   recorded for its circuit and endpoint, and aborts the client's
-//!   connection (the response cannot be completed honestly).
+//!   the body ends, and records the exchange's one outcome then (unless it
+//!   was decided at the response head): complete, a success of its
+//!   endpoint and circuit with its real duration; broken or stalled, the
+//!   upstream's failure of both (and the client's connection is aborted:
+//!   the response cannot be completed honestly); abandoned by the client,
+//!   nothing at all.
 //!
 //! Timers are armed only when a body actually waits, so a body that is
 //! already in memory costs none. Must not: classify anything but body
@@ -176,37 +179,64 @@ pub struct TrackedBody {
     idle: IdleDeadline,
     /// The request's count on its client connection (for its idle timer).
     in_flight: Option<InFlight>,
+    /// The response's status while the exchange's outcome waits for the
+    /// body's end; None when it was recorded at the response head.
+    pending: Option<u16>,
 }
 
 impl TrackedBody {
+    /// `pending`: the status of a response whose outcome is recorded when
+    /// its body ends (None: recorded already).
     pub fn new(
         inner: UpstreamBody,
         guard: CallGuard,
         endpoint: (EndpointLease, Arc<EndpointSet>),
         idle: Duration,
         in_flight: InFlight,
+        pending: Option<u16>,
     ) -> Self {
-        TrackedBody { inner, guard: Some(guard), endpoint: Some(endpoint), idle: IdleDeadline::new(idle), in_flight: Some(in_flight) }
+        TrackedBody {
+            inner,
+            guard: Some(guard),
+            endpoint: Some(endpoint),
+            idle: IdleDeadline::new(idle),
+            in_flight: Some(in_flight),
+            pending,
+        }
     }
 
-    /// (The codec has given the upstream connection back to its pool
-    /// already, if the exchange allowed it.)
+    /// The body is complete: a success for its endpoint and circuit (the
+    /// codec has given the upstream connection back to its pool already,
+    /// if the exchange allowed it).
     fn ended(&mut self) {
+        self.in_flight.take();
+        if let (Some(status), Some(mut guard), Some((mut lease, set))) = (self.pending.take(), self.guard.take(), self.endpoint.take()) {
+            let now = clock::now();
+            set.record(&mut lease, None, now);
+            set.settle(&lease.member, false, false);
+            guard.finish(Some(status), false, now);
+        }
         self.guard.take();
         self.endpoint.take();
-        self.in_flight.take();
     }
 
-    /// The upstream broke the body: its fault, for circuit and endpoint.
+    /// The upstream broke the body: its fault, for circuit and endpoint,
+    /// unless the exchange was a failure already.
     fn broke(&mut self, fault: UpstreamFault) {
         self.in_flight.take();
-        let now = clock::now();
-        if let Some(g) = self.guard.take() {
-            g.late_failure(now);
+        if let (Some(status), Some(mut guard), Some((mut lease, set))) = (self.pending.take(), self.guard.take(), self.endpoint.take()) {
+            let now = clock::now();
+            let ejected = set.record(&mut lease, Some(Fault::Upstream(fault)), now);
+            // One bad replica is routed around: an ejection takes back
+            // the failures it gave the circuit (as at the response head).
+            let forgiven = set.settle(&lease.member, true, ejected);
+            if forgiven > 0 {
+                guard.forgive(forgiven, now);
+            }
+            guard.finish_broken(status, fault == UpstreamFault::BodyStalled, now);
         }
-        if let Some((mut lease, set)) = self.endpoint.take() {
-            set.record(&mut lease, Some(Fault::Upstream(fault)), now);
-        }
+        self.guard.take();
+        self.endpoint.take();
     }
 }
 
@@ -219,6 +249,10 @@ impl Body for TrackedBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.idle.progress();
+                // hyper stops polling once the body says it is at its end.
+                if this.inner.is_end_stream() {
+                    this.ended();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -245,5 +279,16 @@ impl Body for TrackedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        // Dropped at its end without a last poll: complete. Otherwise the
+        // client went away mid-body: nothing is counted (the guard hands
+        // its permit back uncounted).
+        if self.pending.is_some() && self.inner.is_end_stream() {
+            self.ended();
+        }
     }
 }

@@ -24,7 +24,7 @@ use super::conn::{ConnControl, InFlight};
 use super::respond;
 use crate::http::{BoxError, ProxyBody};
 use crate::runtime::endpoint::EndpointLease;
-use crate::runtime::fault::{describe, is_resource_exhaustion, ClientFault, Fault, LocalFault, UpstreamFault};
+use crate::runtime::fault::{describe, is_connection_refused, is_resource_exhaustion, ClientFault, Fault, LocalFault, UpstreamFault};
 use crate::runtime::pool::{SendError, Stream, UpstreamBody};
 use crate::runtime::route::request_host;
 use crate::runtime::upstream::{CallGuard, Upstream};
@@ -153,6 +153,8 @@ fn route(generation: &Generation, req: &Request<Incoming>) -> Option<(Arc<Upstre
 struct Failed {
     fault: Fault,
     unsent: bool,
+    /// The connect was refused (nothing listens at the endpoint).
+    refused: bool,
     body: Option<ProxyBody>,
     detail: String,
 }
@@ -213,7 +215,7 @@ async fn proxy(
     // One clock read per attempt start and per outcome: the first attempt
     // starts at the admission's instant.
     let mut started = Some(now);
-    let (resp, lease, ejected, now) = loop {
+    let (resp, mut lease, ejected, now) = loop {
         let now = started.take().unwrap_or_else(clock::now);
         let Some(mut lease) = up.endpoints.pick(exclude.as_deref(), now) else {
             exchange.outcome = "local_error";
@@ -230,9 +232,13 @@ async fn proxy(
         let now = clock::now();
         let failed = match result {
             Ok(resp) => {
+                lease.member.answered();
+                up.circuit.answered();
                 let status = resp.status().as_u16();
                 let failure = up.config.breaker.failure_statuses.contains(status);
-                let ejected = up.endpoints.record(&mut lease, failure.then_some(Fault::Upstream(UpstreamFault::Status(status))), now);
+                // A failure status is the endpoint's failure now; a success
+                // is one only once its body has arrived whole (phase 4).
+                let ejected = failure && up.endpoints.record(&mut lease, Some(Fault::Upstream(UpstreamFault::Status(status))), now);
                 let retry_status = RetryOn::for_status(status).filter(|on| up.config.retry.on.contains(*on));
                 if let Some(reason) = retrying.take() {
                     up.circuit.metrics.retry(reason, if failure || retry_status.is_some() { "failure" } else { "success" });
@@ -246,7 +252,17 @@ async fn proxy(
                     _ => break (resp, lease, ejected, now),
                 }
             }
-            Err(failed) => failed,
+            Err(mut failed) => {
+                // The app beside the sidecar is not listening yet.
+                if failed.refused
+                    && failed.fault == Fault::Upstream(UpstreamFault::Connect)
+                    && !up.circuit.has_answered()
+                    && lease.member.is_starting(up.config.startup_grace, now)
+                {
+                    failed.fault = Fault::Upstream(UpstreamFault::Starting);
+                }
+                failed
+            }
         };
         let ejected = up.endpoints.record(&mut lease, Some(failed.fault), now);
         if let Some(reason) = retrying.take() {
@@ -259,6 +275,9 @@ async fn proxy(
         let retryable = match failed.fault.retry_on() {
             None => false,
             Some(_) if resendable => true,
+            // A timed-out request goes again only to another endpoint:
+            // waiting the whole timeout twice on the same one helps nobody.
+            Some(_) if failed.fault == Fault::Upstream(UpstreamFault::Timeout) && !up.endpoints.has_other(&lease.member) => false,
             Some(on) => replayable && up.config.retry.on.contains(on),
         };
         if retryable && may_retry(&up, exchange, failed.fault.label(), &lease, now) {
@@ -272,11 +291,23 @@ async fn proxy(
         }
         return finish_with_fault(&up, guard, exchange, failed.fault, &failed.detail);
     };
-    // Phase 4: classify and record the client request's one outcome.
+    // Phase 4: the client request's one outcome: a failure status now; a
+    // success once its body has arrived whole (TrackedBody), so a response
+    // that breaks mid-body is one failure, never a success and a failure.
     let status = resp.status().as_u16();
-    forgive_ejected(&up, &guard, &lease, up.config.breaker.failure_statuses.contains(status), ejected, now);
-    let outcome = guard.finish(Some(status), false, now);
-    exchange.outcome = if outcome.failure { "failure" } else { "success" };
+    let failed = up.config.breaker.failure_statuses.contains(status);
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let pending = (!failed && !switching && !resp.body().is_end_stream()).then_some(status);
+    if pending.is_none() {
+        if !failed {
+            up.endpoints.record(&mut lease, None, now);
+        }
+        forgive_ejected(&up, &guard, &lease, failed, ejected, now);
+        let outcome = guard.finish(Some(status), false, now);
+        exchange.outcome = if outcome.failure { "failure" } else { "success" };
+    } else {
+        exchange.outcome = "success";
+    }
     // Phase 5: respond.
     let set = up.endpoints.clone();
     let (mut parts, body) = resp.into_parts();
@@ -291,7 +322,7 @@ async fn proxy(
         (_, _, body) => body,
     };
     strip_hop_by_hop(&mut parts.headers, false);
-    let body = TrackedBody::new(body, guard, (lease, set), up.config.timeouts.idle, in_flight);
+    let body = TrackedBody::new(body, guard, (lease, set), up.config.timeouts.idle, in_flight, pending);
     Response::from_parts(parts, body.boxed_unsync())
 }
 
@@ -333,8 +364,13 @@ fn status_reason(status: u16) -> &'static str {
 /// Records a failed client request once and answers it.
 fn finish_with_fault(up: &Upstream, mut guard: CallGuard, exchange: &mut Exchange, fault: Fault, detail: &str) -> Response<ProxyBody> {
     match fault {
+        // Excused: the permit is given back uncounted.
+        Fault::Upstream(UpstreamFault::Starting) => {
+            up.circuit.metrics.starting();
+            exchange.outcome = "starting";
+        }
         Fault::Upstream(f) => {
-            guard.finish(None, f == UpstreamFault::Timeout, clock::now());
+            guard.finish_fault(f, clock::now());
             exchange.outcome = if f == UpstreamFault::Timeout { "timeout" } else { "failure" };
         }
         // Not the upstream's: the permit is given back uncounted.
@@ -368,6 +404,7 @@ async fn attempt(
         None => Err(Failed {
             fault: Fault::Upstream(UpstreamFault::Timeout),
             unsent: false,
+            refused: false,
             body: None,
             detail: format!("no response within {timeout:?}"),
         }),
@@ -375,14 +412,14 @@ async fn attempt(
         Some(Err(SendError::NotSent { error, body })) => {
             let fault =
                 if is_resource_exhaustion(&*error) { Fault::Local(LocalFault::Resources) } else { Fault::Upstream(UpstreamFault::Connect) };
-            Err(Failed { fault, unsent: true, body, detail: describe(&*error) })
+            Err(Failed { fault, unsent: true, refused: is_connection_refused(&*error), body, detail: describe(&*error) })
         }
         Some(Err(SendError::Failed { error, .. })) => {
             let fault = match upload.and_then(Upload::client_fault) {
                 Some(c) => Fault::Client(c),
                 None => classify(&*error),
             };
-            Err(Failed { fault, unsent: false, body: None, detail: describe(&*error) })
+            Err(Failed { fault, unsent: false, refused: false, body: None, detail: describe(&*error) })
         }
     }
 }

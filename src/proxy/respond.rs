@@ -31,6 +31,9 @@ pub fn fault(upstream: Option<&str>, fault: Fault, detail: &str) -> Response<Pro
     if fault.overloaded() {
         resp.headers_mut().insert(OVERLOADED_HEADER, HeaderValue::from_static("true"));
     }
+    if let Some(secs) = fault.retry_after() {
+        resp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     if fault.status() == StatusCode::REQUEST_TIMEOUT || fault.status() == StatusCode::BAD_REQUEST {
         // The request body was not read to its end: the connection cannot
         // carry another request.

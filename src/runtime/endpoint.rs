@@ -22,7 +22,7 @@ use arc_swap::ArcSwap;
 use http::uri::Scheme;
 use prometheus::IntGauge;
 
-use super::fault::Fault;
+use super::fault::{Fault, UpstreamFault};
 use super::pool::{EndpointPool, Transport};
 use crate::clock;
 use crate::config::{Endpoint, LoadBalancing, OutlierDetection, UpstreamConfig};
@@ -80,6 +80,11 @@ pub struct Member {
     probing: AtomicBool,
     gauge: IntGauge,
     outlier: Mutex<Outlier>,
+    /// When this endpoint appeared (fusebox started, or a reload or a DNS
+    /// answer added it): its startup grace runs from here.
+    born: Instant,
+    /// It has answered once (any status, request or health probe).
+    answered: AtomicBool,
 }
 
 #[derive(Default)]
@@ -262,6 +267,11 @@ impl EndpointSet {
                 if lease.probing {
                     lease.probing = false;
                     self.eject(&m, "consecutive-failures", format!("its probation request failed: {f}"), now)
+                } else if f == Fault::Upstream(UpstreamFault::Connect) && !m.is_out() && self.has_other(&m) {
+                    // Could not connect while another endpoint is in
+                    // rotation: out at once (nginx's max_fails=1), not
+                    // after `consecutiveFailures` more delayed requests.
+                    self.eject(&m, "connect-failure", format!("could not connect ({in_a_row} in a row)"), now)
                 } else if self.policy.consecutive_failures > 0 && in_a_row >= self.policy.consecutive_failures && !m.is_out() {
                     self.eject(&m, "consecutive-failures", format!("{in_a_row} upstream faults in a row (last: {f})"), now)
                 } else {
@@ -444,6 +454,8 @@ fn take_or_make(old: &[Arc<Member>], e: &Endpoint, addr: SocketAddr, transport: 
         probing: AtomicBool::new(false),
         gauge,
         outlier: Mutex::new(Outlier::default()),
+        born: clock::now(),
+        answered: AtomicBool::new(false),
     })
 }
 
@@ -512,6 +524,19 @@ impl Member {
 
     fn claim_probation(&self) -> bool {
         self.probing.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// Starting: it never answered and appeared less than `grace` ago, so a
+    /// refused connect to it is the app still starting, not a failure.
+    pub fn is_starting(&self, grace: Duration, now: Instant) -> bool {
+        !self.answered.load(Ordering::Relaxed) && now.saturating_duration_since(self.born) < grace
+    }
+
+    /// It answered (a response of any status): no longer starting.
+    pub fn answered(&self) {
+        if !self.answered.load(Ordering::Relaxed) {
+            self.answered.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Whether the endpoint is out of rotation (ejected or on probation).

@@ -54,6 +54,11 @@ pub enum UpstreamFault {
     /// It answered with a status in `failureStatuses` (forwarded as it is;
     /// counted for its endpoint).
     Status(u16),
+    /// Refused the connection while its upstream has never answered, within
+    /// `startupGrace` of the endpoint appearing: the app beside the sidecar
+    /// is still starting. Excused: counted by no circuit and no endpoint, answered
+    /// 503 `upstream_starting` with `Retry-After: 1`.
+    Starting,
 }
 
 /// fusebox's own fault (out of file descriptors, memory): answered with the
@@ -74,6 +79,7 @@ impl Fault {
             Fault::Client(ClientFault::UploadStalled) => StatusCode::REQUEST_TIMEOUT,
             Fault::Client(_) => StatusCode::BAD_REQUEST,
             Fault::Upstream(UpstreamFault::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+            Fault::Upstream(UpstreamFault::Starting) => StatusCode::SERVICE_UNAVAILABLE,
             Fault::Upstream(_) => StatusCode::BAD_GATEWAY,
             Fault::Local(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -88,6 +94,7 @@ impl Fault {
             // One code for every 502, as the first release answered; the
             // message and the metrics say which fault it was.
             Fault::Upstream(UpstreamFault::Timeout) => "upstream_timeout",
+            Fault::Upstream(UpstreamFault::Starting) => "upstream_starting",
             Fault::Upstream(_) => "upstream_unavailable",
             Fault::Local(LocalFault::Resources) => "overloaded",
             Fault::Local(LocalFault::NoEndpoint) => "no_endpoint",
@@ -99,6 +106,7 @@ impl Fault {
     pub fn outcome(self) -> Option<Outcome> {
         match self {
             Fault::Upstream(UpstreamFault::Timeout) => Some(Outcome::Timeout),
+            Fault::Upstream(UpstreamFault::Starting) => Some(Outcome::Rejected),
             Fault::Upstream(_) => Some(Outcome::Failure),
             Fault::Client(_) | Fault::Local(_) => None,
         }
@@ -106,7 +114,16 @@ impl Fault {
 
     /// Whether circuits and endpoints count it as a failure.
     pub fn counts(self) -> bool {
-        matches!(self, Fault::Upstream(_))
+        matches!(self, Fault::Upstream(f) if f != UpstreamFault::Starting)
+    }
+
+    /// Seconds a client should wait before trying again, when fusebox
+    /// knows (`Retry-After`).
+    pub fn retry_after(self) -> Option<u64> {
+        match self {
+            Fault::Upstream(UpstreamFault::Starting) => Some(1),
+            _ => None,
+        }
     }
 
     /// Whether the response carries `x-fusebox-overloaded: true`.
@@ -118,7 +135,7 @@ impl Fault {
     /// faults before a response head can be retried at all.
     pub fn retry_on(self) -> Option<RetryOn> {
         match self {
-            Fault::Upstream(UpstreamFault::Connect) => Some(RetryOn::CONNECT_FAILURE),
+            Fault::Upstream(UpstreamFault::Connect | UpstreamFault::Starting) => Some(RetryOn::CONNECT_FAILURE),
             Fault::Upstream(UpstreamFault::Reset | UpstreamFault::Protocol) => Some(RetryOn::RESET),
             Fault::Upstream(UpstreamFault::Timeout) => Some(RetryOn::STATUS_504),
             _ => None,
@@ -138,6 +155,7 @@ impl Fault {
             Fault::Upstream(UpstreamFault::BodyStalled) => "body-stalled",
             Fault::Upstream(UpstreamFault::BodyBroken) => "body-broken",
             Fault::Upstream(UpstreamFault::Status(_)) => "status",
+            Fault::Upstream(UpstreamFault::Starting) => "upstream-starting",
             Fault::Local(LocalFault::Resources) => "resources",
             Fault::Local(LocalFault::NoEndpoint) => "no-endpoint",
         }
@@ -157,6 +175,7 @@ impl fmt::Display for Fault {
             Fault::Upstream(UpstreamFault::BodyStalled) => "response body stalled (timeouts.idle)",
             Fault::Upstream(UpstreamFault::BodyBroken) => "response body broke mid-way",
             Fault::Upstream(UpstreamFault::Status(_)) => "answered with a failure status",
+            Fault::Upstream(UpstreamFault::Starting) => "starting: it refused the connection and has not answered yet (startupGrace)",
             Fault::Local(LocalFault::Resources) => "fusebox is out of resources (file descriptors or memory)",
             Fault::Local(LocalFault::NoEndpoint) => "no endpoint address is resolved",
         })
@@ -170,6 +189,21 @@ pub fn is_resource_exhaustion(e: &(dyn std::error::Error + 'static)) -> bool {
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             if matches!(io.raw_os_error(), Some(23 | 24 | 105 | 12)) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Whether an error chain holds a refused connection (ECONNREFUSED): the
+/// address is reachable and nothing listens there (yet).
+pub fn is_connection_refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
                 return true;
             }
         }
@@ -208,6 +242,18 @@ mod tests {
         assert_eq!(Fault::Local(LocalFault::Resources).status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(Fault::Upstream(UpstreamFault::Reset).counts());
         assert_eq!(Fault::Upstream(UpstreamFault::Timeout).outcome(), Some(Outcome::Timeout));
+    }
+
+    #[test]
+    fn a_starting_upstream_is_excused_and_answered_503_with_retry_after() {
+        let f = Fault::Upstream(UpstreamFault::Starting);
+        assert!(!f.counts());
+        assert_eq!(f.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(f.code(), "upstream_starting");
+        assert_eq!(f.retry_after(), Some(1));
+        assert_eq!(f.retry_on(), Some(RetryOn::CONNECT_FAILURE));
+        assert!(is_connection_refused(&std::io::Error::from(std::io::ErrorKind::ConnectionRefused)));
+        assert!(!is_connection_refused(&std::io::Error::from(std::io::ErrorKind::TimedOut)));
     }
 
     #[test]

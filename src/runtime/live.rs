@@ -8,7 +8,7 @@
 
 use parking_lot::Mutex;
 use std::collections::HashSet;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -22,11 +22,17 @@ pub struct Live {
     pub ready: AtomicBool,
     /// Set when shutdown begins: `/readyz` fails from then on.
     pub draining: AtomicBool,
+    /// Every upstream of `readiness.upstreams` has answered once: from then
+    /// on readiness only follows draining.
+    upstreams_ready: AtomicBool,
     pub started: SystemTime,
     /// Runs reloads one at a time, off the runtime workers, coalesced.
     pub reloader: Arc<Reloader>,
     /// Upstreams whose periodic health checker is running.
     checkers: Mutex<HashSet<String>>,
+    /// The task that knocks on `readiness.upstreams` until each answered
+    /// is running.
+    knocking: AtomicBool,
 }
 
 // === impl Live ===
@@ -37,10 +43,32 @@ impl Live {
             store,
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            upstreams_ready: AtomicBool::new(false),
             started: SystemTime::now(),
             reloader: Arc::new(Reloader::default()),
             checkers: Mutex::new(HashSet::new()),
+            knocking: AtomicBool::new(false),
         }
+    }
+
+    /// The upstreams of `readiness.upstreams` that have not answered yet
+    /// (empty once all have: readiness then only follows draining).
+    pub fn upstreams_not_ready(&self) -> Vec<String> {
+        if self.upstreams_ready.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        let generation = self.store.current();
+        let waiting: Vec<String> = generation
+            .config
+            .readiness_upstreams
+            .iter()
+            .filter(|name| generation.upstreams.get(name.as_str()).is_none_or(|u| !u.circuit.has_answered()))
+            .cloned()
+            .collect();
+        if waiting.is_empty() {
+            self.upstreams_ready.store(true, Ordering::Release);
+        }
+        waiting
     }
 
     /// Reloads the config file on the calling thread; on success starts
@@ -81,6 +109,30 @@ impl Live {
     /// `healthCheck` and no checker yet (checkers end on their own when the
     /// upstream or its health check goes away).
     pub fn ensure_checkers(self: &Arc<Self>) {
+        if !self.upstreams_not_ready().is_empty() && !self.knocking.swap(true, Ordering::AcqRel) {
+            // Without traffic (a pod is not sent any until ready) and
+            // without a health check, nothing would ever ask: knock.
+            let live = Arc::downgrade(self);
+            tokio::spawn(async move {
+                loop {
+                    let Some(l) = live.upgrade() else { return };
+                    let waiting = l.upstreams_not_ready();
+                    if waiting.is_empty() {
+                        l.knocking.store(false, Ordering::Release);
+                        return;
+                    }
+                    let generation = l.store.current();
+                    drop(l);
+                    for name in waiting {
+                        if let Some(up) = generation.upstreams.get(&name).filter(|u| u.config.health_check.is_none()) {
+                            probe::knock(up).await;
+                        }
+                    }
+                    drop(generation);
+                    tokio::time::sleep(probe::READINESS_KNOCK).await;
+                }
+            });
+        }
         let generation = self.store.current();
         let mut running = self.checkers.lock();
         for (name, up) in &generation.upstreams {

@@ -4,7 +4,7 @@
 //! await or while logging, counting or broadcasting.
 
 use parking_lot::{Mutex, MutexGuard};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,20 @@ pub struct Circuit {
     /// The breaker's [`Breaker::free_pass`] after its last change, or
     /// [`NO_FREE_PASS`]: admission reads it instead of taking the lock.
     free_pass: AtomicU64,
+    /// Some endpoint of this upstream has answered (a response of any
+    /// status, to a request or a health probe) since fusebox started: what
+    /// `readiness.upstreams` waits for.
+    answered: AtomicBool,
+    /// The last failure counted was "could not connect" (refused,
+    /// unreachable, connect timeout): an open circuit may then be brought
+    /// back early by a TCP connect that succeeds (a partition that healed).
+    /// Not after a failure status, a timeout or a reset: there a connect
+    /// proves nothing.
+    transport_failure: AtomicBool,
+    /// A recovery knock is in flight; the next one is due at `knock_at_ms`
+    /// (`clock::ms`).
+    knocking: AtomicBool,
+    knock_at_ms: AtomicU64,
 }
 
 /// No free pass: admission asks the breaker under the lock.
@@ -141,6 +155,10 @@ impl Circuit {
             status: std::sync::atomic::AtomicU8::new(crate::breaker::Status::Unknown as u8),
             version: AtomicU64::new(0),
             free_pass: AtomicU64::new(NO_FREE_PASS),
+            answered: AtomicBool::new(false),
+            transport_failure: AtomicBool::new(false),
+            knocking: AtomicBool::new(false),
+            knock_at_ms: AtomicU64::new(0),
         }
     }
 
@@ -221,6 +239,39 @@ impl Circuit {
         }
     }
 
+    /// Whether a knock on an open circuit's endpoints may start now: it was
+    /// opened by transport faults, none is in flight and the last was
+    /// `every` ago (±20%). Claims it (see [`Circuit::knocked`]).
+    pub fn claim_knock(&self, every: Duration, now: Instant) -> bool {
+        if !self.transport_failure.load(Ordering::Relaxed) || self.knocking.load(Ordering::Acquire) {
+            return false;
+        }
+        let now_ms = clock::ms(now);
+        if now_ms < self.knock_at_ms.load(Ordering::Relaxed) || self.knocking.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        let spread = every.mul_f64(0.8 + 0.4 * fastrand::f64());
+        self.knock_at_ms.store(clock::ms(now.checked_add(spread).unwrap_or(now)), Ordering::Relaxed);
+        true
+    }
+
+    /// The knock claimed by [`Circuit::claim_knock`] is over.
+    pub fn knocked(&self) {
+        self.knocking.store(false, Ordering::Release);
+    }
+
+    /// Some endpoint answered once (see the field).
+    pub fn has_answered(&self) -> bool {
+        self.answered.load(Ordering::Relaxed)
+    }
+
+    /// An endpoint of this upstream answered.
+    pub fn answered(&self) {
+        if !self.answered.load(Ordering::Relaxed) {
+            self.answered.store(true, Ordering::Relaxed);
+        }
+    }
+
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
@@ -288,16 +339,38 @@ impl Circuit {
 // === impl CallGuard ===
 
 impl CallGuard {
-    /// Records the call's result (a response status, or `None` for an
+    /// Records the call's one result (a response status, or `None` for an
     /// error) and frees the permit.
     pub fn finish(&mut self, status: Option<u16>, timed_out: bool, now: Instant) -> CallOutcome {
+        self.record(status, status, timed_out, false, now)
+    }
+
+    /// Records a call that got no response by the upstream's `fault`.
+    pub fn finish_fault(&mut self, fault: super::fault::UpstreamFault, now: Instant) -> CallOutcome {
+        use super::fault::UpstreamFault;
+        self.record(None, None, fault == UpstreamFault::Timeout, fault == UpstreamFault::Connect, now)
+    }
+
+    /// Records a call whose response (`status`, already sent to the
+    /// client) broke or stalled mid-body: a failure of the whole exchange,
+    /// with its real duration; the metrics keep the status it had.
+    pub fn finish_broken(&mut self, status: u16, stalled: bool, now: Instant) -> CallOutcome {
+        self.record(None, Some(status), stalled, false, now)
+    }
+
+    /// `verdict` is what the breaker classifies (None: failed), `shown`
+    /// what the metrics label it with; `unreachable`: it could not connect.
+    fn record(&mut self, verdict: Option<u16>, shown: Option<u16>, timed_out: bool, unreachable: bool, now: Instant) -> CallOutcome {
         if let Some(op) = self.operation.as_mut() {
-            op.finish(status, timed_out, now);
+            op.record(verdict, shown, timed_out, unreachable, now);
         }
         let elapsed = now.saturating_duration_since(self.started);
         let permit = self.permit.take();
         let outcome = self.circuit.with_core(|b, h| {
-            let outcome = b.policy().classify(status, elapsed);
+            let outcome = b.policy().classify(verdict, elapsed);
+            if outcome.failure {
+                self.circuit.transport_failure.store(unreachable, Ordering::Relaxed);
+            }
             if let Some(p) = permit {
                 b.on_result(p, outcome, elapsed, now);
             }
@@ -309,7 +382,7 @@ impl CallGuard {
             (false, true) => Outcome::Failure,
             (false, false) => Outcome::Success,
         };
-        self.circuit.metrics.request(label, status, elapsed.as_secs_f64());
+        self.circuit.metrics.request(label, shown, elapsed.as_secs_f64());
         outcome
     }
 
@@ -321,14 +394,6 @@ impl CallGuard {
     pub fn with_operation(mut self, operation: CallGuard) -> CallGuard {
         self.operation = Some(Box::new(operation));
         self
-    }
-
-    /// A response already counted as a success broke mid-body.
-    pub fn late_failure(&self, now: Instant) {
-        self.circuit.with(|b| b.on_late_failure(now));
-        if let Some(op) = &self.operation {
-            op.late_failure(now);
-        }
     }
 
     /// Takes back `n` failures of an ejected endpoint (see `Breaker::forgive`).

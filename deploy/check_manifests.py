@@ -78,19 +78,43 @@ for needle, what in [
     ("fusebox_endpoint_ejections_total", "the ejection rate"),
     ("fusebox_config_last_reload_successful == 0", "a failing config reload"),
     ("increase(fusebox_store_write_errors_total[10m]) > 0", "store write errors"),
+    ('fusebox_operation_circuit_state{state=~"open|half-open"}', "an open operation circuit"),
+    ('up{job="fusebox"} == 0', "a fusebox target down (the job every shipped scrape uses)"),
 ]:
     check(any(needle in e for e in alert_exprs.values()), f"prometheus/alerts.yml: no alert on {what} ({needle})")
 check(alert_for.get("FuseboxCircuitOpen") == "1m", "FuseboxCircuitOpen must wait `for: 1m`")
+# Every alert links its runbook, a section of docs/runbooks.md (GitHub-style
+# anchors: the heading lowercased).
+runbooks = (ROOT / "docs" / "runbooks.md").read_text(encoding="utf-8")
+anchors = {re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+ (.+)$", runbooks, re.M)}
+for g in alerts["groups"]:
+    for r in g["rules"]:
+        if "alert" not in r:
+            continue
+        url = r.get("annotations", {}).get("runbook_url", "")
+        m = re.fullmatch(r"https://\S+/docs/runbooks\.md#([a-z0-9-]+)", url)
+        check(m is not None, f"alert {r['alert']}: runbook_url {url!r} does not point into docs/runbooks.md")
+        check(m is None or m.group(1) in anchors, f"alert {r['alert']}: docs/runbooks.md has no section #{m.group(1) if m else ''}")
+        check(m is None or m.group(1) == r["alert"].lower(), f"alert {r['alert']}: runbook anchor is not #{r['alert'].lower()}")
+# The shipped scrape jobs are all named `fusebox` (FuseboxDown matches it).
+compose_jobs = [j["job_name"] for j in docs["compose/prometheus.yml"][0]["scrape_configs"]]
+check("fusebox" in compose_jobs, f"compose/prometheus.yml has no job `fusebox`: {compose_jobs}")
+podmon = docs["kubernetes/prometheus-operator/podmonitor.yaml"][0]
+relabels = [r for ep in podmon["spec"]["podMetricsEndpoints"] for r in ep.get("relabelings", []) if r.get("targetLabel") == "job"]
+check(relabels and relabels[-1].get("replacement") == "fusebox", "the PodMonitor does not name its job `fusebox`")
 check(alert_for.get("FuseboxEndpointEjected") == "5m", "FuseboxEndpointEjected must wait `for: 5m`")
 
-# --- kubernetes: the base is what `kubectl apply -f deploy/kubernetes/` applies --
-# (top-level files only: kubectl does not recurse without -R). The opt-in
-# directories below it are applied on purpose, one by one.
+# --- kubernetes: the base is what `kubectl apply -k deploy/kubernetes` applies ---
+# (its kustomization.yaml lists the top-level files). The opt-in directories
+# below it are applied on purpose, one by one. kustomization.yaml files, the component and its example are not applied
+# with `kubectl apply -f`: deploy/check.sh renders them with
+# `kubectl kustomize` and check_rendered.py checks the result.
 BASE = "kubernetes/"
 OPT_IN = {"kubernetes/admin-exposed/", "kubernetes/prometheus-operator/"}
+KUSTOMIZE_ONLY = ("kubernetes/components/", "kubernetes/examples/")
 base_objs, optin_objs = [], []
 for name, objs in docs.items():
-    if not name.startswith(BASE):
+    if not name.startswith(BASE) or name.startswith(KUSTOMIZE_ONLY) or name.endswith("/kustomization.yaml"):
         continue
     rest = name[len(BASE):]
     if "/" not in rest:
@@ -104,10 +128,27 @@ optin = {(o["kind"], o["metadata"]["name"]): o for _, o in optin_objs}
 for (kind, name), _ in k8s.items():
     check((kind, name) not in optin, f"{kind} {name} is both in the base and in an opt-in directory")
 
+kustomization = docs.get("kubernetes/kustomization.yaml", [{}])[0]
+top_files = {n[len(BASE):] for n in docs if n.startswith(BASE) and "/" not in n[len(BASE):] and not n.endswith("/kustomization.yaml")}
+check(set(kustomization.get("resources", [])) == top_files,
+      f"kubernetes/kustomization.yaml resources {sorted(kustomization.get('resources', []))} != the base files {sorted(top_files)}")
+for (kind, name), obj in {**k8s, **optin}.items():
+    got = obj["metadata"].get("labels", {})
+    for label in ("app.kubernetes.io/name", "app.kubernetes.io/component", "app.kubernetes.io/part-of"):
+        check(label in got, f"{kind} {name}: no {label} label")
+
 deployment = next(o for (kind, _), o in k8s.items() if kind == "Deployment")
 pod = deployment["spec"]["template"]
 spec = pod["spec"]
-fusebox = next(c for c in spec["containers"] if c["name"] == "fusebox")
+# The native sidecar form: fusebox is an init container that keeps running.
+init_fusebox = [c for c in spec.get("initContainers", []) if c["name"] == "fusebox"]
+check(len(init_fusebox) == 1 and init_fusebox[0].get("restartPolicy") == "Always",
+      "deployment: fusebox is not a native sidecar (initContainers, restartPolicy: Always)")
+fusebox = next(c for c in spec.get("initContainers", []) + spec["containers"] if c["name"] == "fusebox")
+check("startupProbe" in fusebox and fusebox["startupProbe"]["httpGet"]["path"] == "/livez",
+      "deployment: the sidecar's startupProbe must be /livez (readyz waits for the app, which starts after it)")
+for c in spec["containers"]:
+    check("readinessProbe" in c, f"deployment: container {c['name']} has no readiness probe of its own")
 ports = {p["name"]: p["containerPort"] for p in fusebox["ports"]}
 admin_port_ids = {"admin", ports["admin"]}
 volumes = {v["name"]: v for v in spec["volumes"]}
@@ -302,7 +343,10 @@ for p in all_panels:
 for metric in ["fusebox_circuit_state", "fusebox_circuit_transitions_total", "fusebox_rejected_total",
                "fusebox_endpoint_ejections_total", "fusebox_endpoint_ejected", "fusebox_retries_total",
                "fusebox_requests_total", "fusebox_request_duration_seconds_bucket", "fusebox_config_reloads_total",
-               "fusebox_config_last_reload_successful", "fusebox_store_write_errors_total", "fusebox_websocket_clients"]:
+               "fusebox_config_last_reload_successful", "fusebox_store_write_errors_total", "fusebox_websocket_clients",
+               "fusebox_operation_circuit_state", "fusebox_operation_circuit_transitions_total",
+               "fusebox_operation_rejected_total", "fusebox_operation_requests_total",
+               "fusebox_operation_request_duration_seconds_bucket"]:
     check(any(re.search(rf"\b{metric}\b", e) for e in exprs), f"grafana: no panel shows {metric}")
 
 # --- release profile and Dockerfile: a stripped binary ---------------------------
@@ -314,6 +358,16 @@ check(release and re.search(r'^strip\s*=\s*("debuginfo"|"symbols"|true)', releas
 # --- Dockerfile -------------------------------------------------------------------
 dockerfile = (DEPLOY / "Dockerfile").read_text()
 check("CARGO_PROFILE_RELEASE_STRIP=symbols" in dockerfile, "Dockerfile does not strip the symbols of the image's binary")
+# The runtime image has no shell and no curl: its last FROM is distroless (or
+# scratch), it installs nothing, and its HEALTHCHECK is the binary itself.
+runtime_stage = dockerfile[dockerfile.rindex("\nFROM "):]
+check(re.search(r"^FROM (gcr\.io/distroless/|scratch)", runtime_stage.lstrip(), re.M) is not None,
+      "Dockerfile: the runtime stage is not distroless/scratch")
+check(not re.search(r"^RUN ", runtime_stage, re.M), "Dockerfile: a RUN in the runtime stage (it has no shell)")
+check(re.search(r'^\s*CMD \["/usr/local/bin/fusebox", "healthcheck"', runtime_stage, re.M) is not None,
+      "Dockerfile: HEALTHCHECK is not `fusebox healthcheck`")
+check("curl" not in " ".join(compose["services"]["fusebox"]["healthcheck"]["test"]),
+      "compose: the fusebox healthcheck uses curl, which the image does not have")
 for src in re.findall(r"^COPY (?!--from)(\S+) ", dockerfile, re.M):
     check(src == "." or (ROOT / src).exists(), f"Dockerfile copies {src}, which does not exist")
 

@@ -29,6 +29,7 @@ pub mod auth;
 pub mod config_view;
 pub mod dashboard;
 pub mod health;
+pub mod token;
 pub mod view;
 pub mod ws;
 

@@ -4,7 +4,8 @@
 //! `env` expands `${NAME}`; `model` is the YAML as written (a structural
 //! error is worded by `keys`); `validate` merges the layers of defaults
 //! (`defaults`) and checks the result; `locate` finds the line and column
-//! of a key path. `render` writes a `Config` back in the file's key names.
+//! of a key path. `render` writes a `Config` back in the file's key names;
+//! `schema` is the file's JSON Schema.
 //!
 //! A `Config` that exists has passed every check: the data path never sees an
 //! unchecked value. This module reads files and environment variables but
@@ -17,6 +18,7 @@ mod keys;
 mod locate;
 pub mod model;
 pub mod render;
+pub mod schema;
 pub mod validate;
 
 use std::fmt;

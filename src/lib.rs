@@ -5,7 +5,8 @@
 //! layers (`tests/layers.rs` checks every `crate::` path against this
 //! order):
 //!
-//! 1. `clock` (the one time source, injectable in tests), `http` (the
+//! 1. `build` (version, commit and target of this binary), `clock` (the
+//!    one time source, injectable in tests), `http` (the
 //!    response body type and fusebox's JSON answers), `h1` (the upstream
 //!    HTTP/1.1 client codec), `text` (outside text escaped for one log or
 //!    error line);
@@ -23,7 +24,8 @@
 //!    state WebSocket on their own listener), side by side;
 //! 8. `app` (wiring, listeners, shutdown);
 //! 9. `demo` (built-in upstreams and traffic for `fusebox demo`), `watch`
-//!    (the terminal client of the state WebSocket, `fusebox watch`); the
+//!    (the terminal client of the state WebSocket, `fusebox watch`),
+//!    `healthcheck` (the one-GET probe of `fusebox healthcheck`); the
 //!    binary (`main.rs`) on top.
 
 #![forbid(unsafe_code)]
@@ -31,10 +33,12 @@
 pub mod admin;
 pub mod app;
 pub mod breaker;
+pub mod build;
 pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod h1;
+pub mod healthcheck;
 pub mod history;
 pub mod http;
 pub mod proxy;

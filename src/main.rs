@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use fusebox::telemetry::logging::{self, LogFormat};
 use fusebox::{App, Config};
 
@@ -14,7 +14,7 @@ use fusebox::{App, Config};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "fusebox", version, about = "A sidecar reverse proxy with a circuit breaker per upstream")]
+#[command(name = "fusebox", version = fusebox::build::VERSION, about = "A sidecar reverse proxy with a circuit breaker per upstream")]
 struct Cli {
     /// Log format (filter with RUST_LOG, e.g. RUST_LOG=debug).
     #[arg(long, value_enum, default_value = "text", global = true, env = "FUSEBOX_LOG_FORMAT")]
@@ -63,6 +63,41 @@ enum Command {
         #[arg(long, env = "FUSEBOX_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// Print the version, the git commit it was built from and the target.
+    Version,
+    /// GET a URL of the admin listener once; exit 0 on a 2xx answer within
+    /// the timeout, 1 otherwise (Docker's HEALTHCHECK in an image without curl).
+    Healthcheck {
+        #[arg(default_value = fusebox::healthcheck::DEFAULT_URL)]
+        url: String,
+        /// Give up after this long (e.g. 2s, 500ms).
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Mint an admin JWT (HS256) signed with the config's `auth.jwt` secret,
+    /// and print it. Needs the secret (its env variable or file) at hand.
+    Token {
+        #[arg(short, long, default_value = "config/fusebox.yaml", env = "FUSEBOX_CONFIG")]
+        config: PathBuf,
+        /// `sub` claim: who the audit log names for this token's actions.
+        #[arg(long)]
+        sub: String,
+        /// Role claim [default: the config's auth.jwt.adminRole].
+        #[arg(long)]
+        role: Option<String>,
+        /// Lifetime (e.g. 15m, 1h, 7d); at most 366 days.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
+    /// Print a shell completion script, e.g.
+    /// `fusebox completions bash > /etc/bash_completion.d/fusebox`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the config file's JSON Schema (docs/fusebox.schema.json), for
+    /// editors' YAML language servers and validators.
+    Schema,
 }
 
 /// `--log-format` (clap stays in the binary, out of the library).
@@ -91,6 +126,20 @@ fn main() -> ExitCode {
             .and_then(|rt| rt.block_on(fusebox::watch::run(fusebox::watch::WatchOptions { url, token })).map_err(anyhow::Error::from)),
         Command::Demo { listen, admin, duration } => {
             runtime(0).and_then(|rt| rt.block_on(fusebox::demo::run(listen, admin, duration)).map_err(anyhow::Error::from))
+        }
+        Command::Version => {
+            println!("{}", fusebox::build::describe());
+            Ok(())
+        }
+        Command::Healthcheck { url, timeout } => return healthcheck(&url, timeout),
+        Command::Token { config, sub, role, ttl } => return token(&config, sub, role, ttl),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "fusebox", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Schema => {
+            print!("{}", fusebox::config::schema::config_schema_text());
+            Ok(())
         }
     };
     match result {
@@ -147,6 +196,39 @@ fn check(path: &std::path::Path, files: bool) -> ExitCode {
         config.routes.len()
     );
     ExitCode::SUCCESS
+}
+
+/// `fusebox healthcheck`: 0 for a 2xx, 1 with one line on stderr otherwise.
+fn healthcheck(url: &str, timeout: std::time::Duration) -> ExitCode {
+    match fusebox::healthcheck::probe(url, timeout) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fusebox healthcheck {}: {e}", fusebox::text::escape_controls(url));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `fusebox token`: the token on stdout (and nothing else, for `$(...)`).
+fn token(path: &std::path::Path, subject: String, role: Option<String>, ttl: std::time::Duration) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    let request = fusebox::admin::token::TokenRequest { subject, role, ttl };
+    match fusebox::admin::token::mint(&config.auth, &request, std::time::SystemTime::now()) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fusebox token: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// A current-thread runtime for `workers: 1` (`run`, `watch`: `run` adds

@@ -1,6 +1,7 @@
 //! The docs stay true to the parser: every YAML block in README.md and
 //! docs/*.md, and the example configs, use only keys fusebox knows (an
-//! unknown key is exactly what `fusebox check` refuses).
+//! unknown key is exactly what `fusebox check` refuses), and the README
+//! shows every subcommand `fusebox --help` lists.
 
 use std::path::Path;
 
@@ -57,4 +58,22 @@ fn example_configs_use_known_keys() {
             assert!(parsed.is_ok(), "{}: {}", path.display(), parsed.unwrap_err());
         }
     }
+}
+
+#[test]
+fn the_readme_documents_every_subcommand() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fusebox")).arg("--help").output().expect("fusebox --help");
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(commands.len() >= 9, "read the commands of --help: {commands:?}\n{help}");
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).expect("README.md");
+    let missing: Vec<&&str> = commands.iter().filter(|c| !readme.contains(&format!("fusebox {c}"))).collect();
+    assert!(missing.is_empty(), "README.md never shows `fusebox <command>` for {missing:?}");
 }

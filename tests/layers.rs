@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 /// Lowest first (layer 1 is the first line). A module may use modules of lower layers only: not its
 /// own layer's peers, nothing above it.
 const LAYERS: &[&[&str]] = &[
-    &["clock", "http", "h1", "text"],
+    &["build", "clock", "http", "h1", "text"],
     &["breaker"],
     &["history"],
     &["config"],
@@ -21,7 +21,7 @@ const LAYERS: &[&[&str]] = &[
     &["runtime"],
     &["proxy", "admin"],
     &["app"],
-    &["demo", "watch"],
+    &["demo", "watch", "healthcheck"],
 ];
 
 fn layer(module: &str) -> Option<usize> {

@@ -3,9 +3,11 @@
 //! scraping a real fusebox.
 //!
 //! fusebox runs in-process (the test harness) with two upstreams: `web`
-//! (healthy) and `api` over a closed port and an endpoint answering 500, so
-//! the traffic below produces a retry (connect failure), an ejection (the
-//! closed port), a trip (consecutive 500s) and rejections. Debian's
+//! (healthy) and `api` over a closed port and an endpoint answering 500,
+//! with an operation circuit `api/checkout` on one route, so the traffic
+//! below produces a retry (connect failure), an ejection (the closed port),
+//! a trip of the operation and then of the upstream (consecutive 500s) and
+//! rejections of both. Debian's
 //! `prometheus` server scrapes fusebox's admin listener every second and
 //! evaluates the alert rules every second. Then:
 //!
@@ -16,9 +18,12 @@
 //! - every `label_values(...)` variable query must find its label on a
 //!   series (`/api/v1/series`);
 //! - every alert rule expression must answer `success`, Prometheus must
-//!   report every rule healthy after evaluating it, and FuseboxCircuitOpen
-//!   and FuseboxEndpointEjected must be pending (or firing) for the circuit
-//!   and the endpoint this traffic broke.
+//!   report every rule healthy after evaluating it, and FuseboxCircuitOpen,
+//!   FuseboxOperationCircuitOpen and FuseboxEndpointEjected must be pending
+//!   (or firing) for the circuits and the endpoint this traffic broke;
+//! - separately, `promtool test rules deploy/prometheus/alerts.test.yml`
+//!   (the rules' unit tests, operation circuits and FuseboxDown included)
+//!   must pass, when promtool is installed.
 //!
 //! Skipped with a clear message when no `prometheus` binary is found
 //! (`apt-get install -y prometheus`; CI installs it). `PROMETHEUS_BIN`
@@ -232,6 +237,7 @@ async fn every_dashboard_panel_and_alert_rule_queries_a_real_prometheus() {
          \x20   breaker: {{ jitter: 0, failureThreshold: 6, resetTimeout: 10m, maxResetTimeout: 10m }}\n\
          \x20   outlierDetection: {{ consecutiveFailures: 2, baseEjectionTime: 10m, maxEjectionTime: 10m }}\n\
          routes:\n\
+         \x20 - {{ match: {{ pathPrefix: /api/checkout }}, upstream: api, operation: checkout, breaker: {{ failureThreshold: 3 }} }}\n\
          \x20 - {{ match: {{ pathPrefix: /api }}, upstream: api }}\n\
          \x20 - {{ match: {{ pathPrefix: / }}, upstream: web }}\n",
         good = good.url(),
@@ -271,6 +277,21 @@ async fn every_dashboard_panel_and_alert_rule_queries_a_real_prometheus() {
     for i in 0..20 {
         get(&c, &format!("http://{data}/ok/{i}")).await;
     }
+    // The operation circuit `api/checkout` trips first (its own threshold),
+    // then refuses its route's calls.
+    let deadline = Instant::now() + WAIT;
+    let mut op_statuses = Vec::new();
+    loop {
+        let (status, headers, _) = get(&c, &format!("http://{data}/api/checkout/{}", op_statuses.len())).await;
+        op_statuses.push(status.as_u16());
+        if headers.contains_key("x-fusebox-circuit") {
+            break;
+        }
+        assert!(Instant::now() < deadline && op_statuses.len() < 100, "the checkout operation circuit never opened: {op_statuses:?}");
+    }
+    for i in 0..5 {
+        get(&c, &format!("http://{data}/api/checkout/rejected/{i}")).await;
+    }
     let deadline = Instant::now() + WAIT;
     let mut statuses = Vec::new();
     loop {
@@ -290,6 +311,8 @@ async fn every_dashboard_panel_and_alert_rule_queries_a_real_prometheus() {
         "fusebox_endpoint_ejections_total{",
         r#"fusebox_endpoint_ejected{endpoint="127.0.0.1:"#,
         r#"fusebox_circuit_state{state="open",upstream="api"} 1"#,
+        r#"fusebox_operation_circuit_state{operation="checkout",state="open",upstream="api"} 1"#,
+        r#"fusebox_operation_rejected_total{operation="checkout",reason="circuit_open",upstream="api"}"#,
     ] {
         assert!(m.contains(needle), "the traffic ({statuses:?}) did not produce {needle}:\n{m}");
     }
@@ -346,15 +369,36 @@ async fn every_dashboard_panel_and_alert_rule_queries_a_real_prometheus() {
         assert_eq!(loaded.len(), rules.len(), "prometheus loaded other rules than {}: {v}", rules_path.display());
         let bad: Vec<&&Value> = loaded.iter().filter(|r| r["health"] != "ok").collect();
         let active = |alert: &str| loaded.iter().any(|r| r["name"] == alert && (r["state"] == "pending" || r["state"] == "firing"));
-        if bad.is_empty() && active("FuseboxCircuitOpen") && active("FuseboxEndpointEjected") {
+        if bad.is_empty() && active("FuseboxCircuitOpen") && active("FuseboxEndpointEjected") && active("FuseboxOperationCircuitOpen") {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "after {WAIT:?}: rules not all healthy, or FuseboxCircuitOpen / FuseboxEndpointEjected not pending: {v}"
+            "after {WAIT:?}: rules not all healthy, or FuseboxCircuitOpen / FuseboxEndpointEjected / FuseboxOperationCircuitOpen not pending: {v}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     println!("ok  {} panel targets, {} alert rules against {}", targets.len(), rules.len(), bin.display());
     drop(prom);
+}
+
+/// The alert rules' unit tests (deploy/prometheus/alerts.test.yml) under
+/// promtool: among them, an open operation circuit fires
+/// FuseboxOperationCircuitOpen while its upstream's circuit stays closed.
+#[test]
+fn alert_rule_unit_tests_pass_in_promtool() {
+    let Ok(out) = Command::new("promtool").arg("--version").output() else {
+        println!("skipped: no promtool on PATH (apt-get install -y prometheus)");
+        return;
+    };
+    assert!(out.status.success(), "promtool --version failed");
+    let out = Command::new("promtool")
+        .args(["test", "rules", "deploy/prometheus/alerts.test.yml"])
+        .current_dir(repo())
+        .output()
+        .expect("promtool runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("SUCCESS"), "promtool test rules failed:\n{text}");
+    let tests = std::fs::read_to_string(repo().join("deploy/prometheus/alerts.test.yml")).expect("alerts.test.yml");
+    assert!(tests.contains("alertname: FuseboxOperationCircuitOpen"), "the unit tests cover the operation circuit alert");
 }

@@ -130,6 +130,14 @@ pub fn structural_error(e: serde_path_to_error::Error<serde_yaml::Error>) -> Con
             message = message[idx + 2..].to_string();
         }
     }
+    // A negative count: serde says "invalid type: integer `-3`, expected u32".
+    if let Some(rest) = message.strip_prefix("invalid value: integer `-").or_else(|| message.strip_prefix("invalid type: integer `-")) {
+        if let Some((digits, tail)) = rest.split_once('`') {
+            if [", expected u16", ", expected u32", ", expected u64", ", expected usize"].contains(&tail) {
+                message = format!("must be a positive whole number, got -{digits}");
+            }
+        }
+    }
     // Rust's type names mean nothing to an operator.
     for (rust, human) in [
         ("expected u16", "expected a whole number"),
@@ -191,6 +199,15 @@ mod tests {
         assert!(!msg.contains("did you mean `timeouts`"), "{msg}");
         let err = parse("upstreams:\n  a:\n    endpoints: [http://x:1]\n    breakr: {}\nroutes: []\n").expect_err("typo");
         assert!(err.errors[0].message.contains("did you mean `breaker`?"), "{}", err.errors[0].message);
+    }
+
+    #[test]
+    fn a_negative_count_says_so() {
+        let err = parse("upstreams:\n  a:\n    endpoints: [http://x:1]\n    breaker: { failureThreshold: -3 }\nroutes: []\n")
+            .expect_err("negative count");
+        let e = &err.errors[0];
+        assert_eq!(e.message, "must be a positive whole number, got -3", "{e:?}");
+        assert!(e.path.ends_with("failureThreshold"), "{e:?}");
     }
 
     #[test]

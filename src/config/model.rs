@@ -2,16 +2,18 @@
 //! key. Every field is optional here so defaults can be layered (the
 //! layers and the built-in values live in `defaults`); nothing in this file
 //! checks ranges or cross references (that is `validate`), and nothing here
-//! is ever handed to the data path.
+//! is ever handed to the data path. The same types, through their
+//! `JsonSchema` derives, are the file's JSON Schema (`config::schema`).
 
 use std::collections::BTreeMap;
 use std::fmt;
 
+use schemars::JsonSchema;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 /// The whole file.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawConfig {
     pub listen: Option<String>,
@@ -32,14 +34,14 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawListenerTls {
     pub cert_file: Option<String>,
     pub key_file: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawShutdown {
     pub drain_delay: Option<String>,
@@ -54,7 +56,7 @@ pub struct RawPool {
 }
 
 /// What `/readyz` waits for besides the listeners.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawReadiness {
     /// Upstreams that must have answered once.
@@ -62,13 +64,13 @@ pub struct RawReadiness {
     pub upstreams: Vec<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawStore {
     pub path: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawMetrics {
     /// Per-request series (requests, durations, in-flight, rejections).
@@ -76,7 +78,7 @@ pub struct RawMetrics {
 }
 
 /// The data listener's side of each connection.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawClient {
     pub header_timeout: Option<String>,
@@ -84,13 +86,13 @@ pub struct RawClient {
     pub max_connections: Option<usize>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawAccessLog {
     pub enabled: Option<bool>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawAdmin {
     pub listen: Option<String>,
@@ -109,13 +111,13 @@ pub enum RawAuth {
     Jwt(RawJwt),
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawAuthMap {
     pub jwt: Option<RawJwt>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawJwt {
     pub hs256_secret_env: Option<String>,
@@ -132,7 +134,7 @@ pub struct RawJwt {
     pub leeway: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawDefaults {
     pub breaker: Option<RawBreaker>,
@@ -147,7 +149,7 @@ pub struct RawDefaults {
 }
 
 /// Passive outlier detection per endpoint.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawOutlierDetection {
     pub consecutive_failures: Option<u32>,
@@ -156,7 +158,7 @@ pub struct RawOutlierDetection {
     pub max_ejection_percent: Option<u32>,
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawRetry {
     pub attempts: Option<u32>,
@@ -164,14 +166,14 @@ pub struct RawRetry {
     pub budget: Option<RawRetryBudget>,
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawRetryBudget {
     pub ratio: Option<f64>,
     pub min_per_second: Option<u32>,
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawBreaker {
     /// The architecture seed's switch: false counts but never rejects.
@@ -192,14 +194,14 @@ pub struct RawBreaker {
 }
 
 /// `500`, `"500-599"` or `"5xx"`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum StatusSpec {
     Code(u16),
     Text(String),
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawHealthCheck {
     pub path: Option<String>,
@@ -207,7 +209,7 @@ pub struct RawHealthCheck {
     pub timeout: Option<String>,
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawTimeouts {
     pub connect: Option<String>,
@@ -215,7 +217,7 @@ pub struct RawTimeouts {
     pub idle: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawUpstream {
     #[serde(default)]
@@ -235,7 +237,7 @@ pub struct RawUpstream {
     pub pool: Option<RawPool>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawFallback {
     pub status: Option<u16>,
@@ -244,7 +246,7 @@ pub struct RawFallback {
     pub body: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawUpstreamTls {
     pub ca_file: Option<String>,
@@ -253,7 +255,7 @@ pub struct RawUpstreamTls {
     pub key_file: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawRoute {
     #[serde(rename = "match")]
@@ -265,7 +267,7 @@ pub struct RawRoute {
     pub breaker: Option<RawBreaker>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawMatch {
     pub path_prefix: Option<String>,
@@ -302,7 +304,39 @@ impl<'de> Deserialize<'de> for RawAuth {
     }
 }
 
+impl JsonSchema for RawAuth {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "RawAuth".into()
+    }
+
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let jwt = g.subschema_for::<RawJwt>();
+        schemars::json_schema!({
+            "description": "`none` (no authentication: a loud warning at start) or `{ jwt: {...} }`.",
+            "oneOf": [
+                { "const": "none" },
+                { "type": "object", "properties": { "jwt": jwt }, "required": ["jwt"], "additionalProperties": false }
+            ]
+        })
+    }
+}
+
 // === impl UniqueMap ===
+
+impl<T: JsonSchema> JsonSchema for UniqueMap<T> {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        format!("Map_of_{}", T::schema_name()).into()
+    }
+
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let value = g.subschema_for::<T>();
+        schemars::json_schema!({ "type": ["object", "null"], "additionalProperties": value })
+    }
+}
 
 /// A name-keyed map that keeps file order and refuses duplicate keys
 /// (a plain map would let the second `market-data:` silently win).

@@ -328,10 +328,10 @@ impl Validator<'_> {
 
     fn addr(&mut self, path: &str, value: Option<&str>, default: &str) -> SocketAddr {
         let text = value.unwrap_or(default);
-        match text.parse() {
-            Ok(a) => a,
-            Err(_) => {
-                self.error(path, format!("`{text}` is not an address like 0.0.0.0:8080"));
+        match parse_listen(text) {
+            Some(a) => a,
+            None => {
+                self.error(path, format!("`{text}` is not an address like 0.0.0.0:8080 or :8080"));
                 SocketAddr::from(([127, 0, 0, 1], 0))
             }
         }
@@ -751,4 +751,35 @@ fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
         return Err(format!("`{text}`: endpoints are scheme://host:port, without a path"));
     }
     Ok(Endpoint { scheme, authority })
+}
+
+/// A listen address: `IP:PORT`, `[IPv6]:PORT`, or `:PORT` for every IPv4
+/// interface (`0.0.0.0:PORT`, as Go and most proxies read it).
+fn parse_listen(text: &str) -> Option<SocketAddr> {
+    match text.strip_prefix(':') {
+        Some(port) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            port.parse::<u16>().ok().map(|p| SocketAddr::from(([0, 0, 0, 0], p)))
+        }
+        Some(_) => None,
+        None => text.parse().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_port_listens_on_every_interface() {
+        assert_eq!(parse_listen(":8080"), Some(SocketAddr::from(([0, 0, 0, 0], 8080))));
+        assert_eq!(parse_listen("127.0.0.1:9901"), Some(SocketAddr::from(([127, 0, 0, 1], 9901))));
+        assert_eq!(parse_listen("[::1]:80").map(|a| a.is_ipv6()), Some(true));
+        for bad in [":", ":http", ":-1", ":65536", "8080", "localhost:80", ": 80"] {
+            assert_eq!(parse_listen(bad), None, "{bad}");
+        }
+        let config = crate::config::parse("listen: \":8080\"\nadmin: { listen: \":9901\" }\nauth: none\nupstreams: { a: { endpoints: [\"http://127.0.0.1:1\"] } }\nroutes: [{ match: { pathPrefix: / }, upstream: a }]\n")
+            .expect("bare ports are valid");
+        assert_eq!(config.listen, SocketAddr::from(([0, 0, 0, 0], 8080)));
+        assert_eq!(config.admin.listen, SocketAddr::from(([0, 0, 0, 0], 9901)));
+    }
 }

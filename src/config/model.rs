@@ -49,7 +49,7 @@ pub struct RawShutdown {
 }
 
 /// An upstream's keep-alive connections.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RawPool {
     pub idle_timeout: Option<String>,

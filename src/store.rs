@@ -16,6 +16,16 @@
 //! Everything is read back once, at startup ([`Restored`]), and transitions
 //! on demand for the admin history endpoint (on a blocking thread).
 //!
+//! A durable audit write commits by its deadline or not at all (the lock
+//! wait is bounded by it; a transaction still open past it is rolled
+//! back), so "not committed" is never followed by a late commit. The
+//! writer notices when its file is lost under it (the database or its log
+//! deleted, replaced or truncated, checked before every commit and every
+//! 5 s; `PRAGMA quick_check` every minute): the store is then `degraded`,
+//! durable writes fail (mutations answer 503) and nothing is written until
+//! it is re-opened by SIGHUP or a config reload (a new, empty file when it
+//! was deleted: what it held is gone, and the log says so).
+//!
 //! Must not: block an async task on the disk, hold a lock while writing, or
 //! lose the old data when the file cannot be opened (startup then fails
 //! with the path and the reason).
@@ -139,12 +149,17 @@ enum Op {
     Overrides(Vec<(String, String)>),
     Circuit(String, SavedCircuit),
     Phase(String, SavedPhase),
-    /// An audit entry whose writer waits for the commit.
+    /// An audit entry whose writer waits for the commit. The commit that
+    /// holds it must end by `deadline`, or nothing of it is committed: the
+    /// writer's answer is the truth (no commit after the waiter gave up).
     DurableAudit {
         at_ms: i64,
         entry: String,
+        deadline: std::time::Instant,
         done: tokio::sync::oneshot::Sender<Result<(), String>>,
     },
+    /// Re-open the file if the store lost it (SIGHUP, a reload).
+    Reopen,
     /// Answered once everything queued before it is committed.
     Flush(mpsc::Sender<()>),
 }
@@ -163,8 +178,12 @@ pub struct Store {
 #[derive(Default)]
 struct WriteHealth {
     errors: AtomicU64,
-    /// True while the last commit failed.
+    /// True while the last commit failed, or the file is lost.
     degraded: AtomicBool,
+    /// The file was deleted, replaced or truncated under the store (or
+    /// failed its integrity check): nothing is committed until it is
+    /// re-opened ([`Store::reopen`]).
+    lost: AtomicBool,
     last_error: Mutex<Option<(SystemTime, String)>>,
     /// `fusebox_store_write_errors_total`, once the app registered it.
     counter: Mutex<Option<prometheus::IntCounter>>,
@@ -206,9 +225,11 @@ impl Store {
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let health = Arc::new(WriteHealth::default());
         let writer_health = health.clone();
+        let file = FileIdentity::of(path);
+        let writer_path = path.to_path_buf();
         let writer = std::thread::Builder::new()
             .name("fusebox-store".into())
-            .spawn(move || write_loop(conn, rx, &writer_health))
+            .spawn(move || write_loop(Writer { conn, path: writer_path, file }, rx, &writer_health))
             .map_err(|e| fail(&e))?;
         Ok((Store { path: path.to_path_buf(), tx, dropped: AtomicU64::new(0), health, _writer: writer }, restored))
     }
@@ -236,7 +257,8 @@ impl Store {
     pub async fn audit_durable(&self, at: SystemTime, entry: &Value, limit: Duration) -> Result<(), WriteError> {
         const STEP: Duration = Duration::from_millis(5);
         let (done, answer) = tokio::sync::oneshot::channel();
-        let mut op = Op::DurableAudit { at_ms: unix_ms(at), entry: entry.to_string(), done };
+        let deadline = real_now().checked_add(limit).unwrap_or_else(real_now);
+        let mut op = Op::DurableAudit { at_ms: unix_ms(at), entry: entry.to_string(), deadline, done };
         let started = tokio::time::Instant::now();
         loop {
             match self.tx.try_send(op) {
@@ -249,15 +271,25 @@ impl Store {
                 Err(TrySendError::Disconnected(_)) => return Err(WriteError("the store's writer has stopped".into())),
             }
         }
-        match tokio::time::timeout(limit.saturating_sub(started.elapsed()), answer).await {
+        // The writer answers by the deadline (its commit is bounded by it);
+        // this wait is longer only so a wedged disk cannot hang the caller.
+        match tokio::time::timeout(limit.saturating_mul(2).saturating_add(Duration::from_secs(1)), answer).await {
             Ok(Ok(result)) => result.map_err(WriteError),
             Ok(Err(_)) => Err(WriteError("the store's writer has stopped".into())),
-            Err(_) => Err(WriteError(format!("the store did not commit within {} ms", limit.as_millis()))),
+            Err(_) => Err(WriteError(format!("the store did not answer within {} ms", limit.as_millis()))),
         }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Asks the writer to re-open the file if it was lost (a new, empty
+    /// file when it was deleted): what SIGHUP and every config reload do.
+    pub fn reopen(&self) {
+        if self.health.lost.load(Ordering::Acquire) {
+            let _ = self.tx.try_send(Op::Reopen);
+        }
     }
 
     /// Writes dropped because the queue was full.
@@ -395,6 +427,14 @@ pub fn check_path(path: &Path) -> Result<(), StoreError> {
     }
 }
 
+/// The clock the writer thread measures disk waits with: it runs outside
+/// tokio, so tokio's (pausable) clock is not its clock, and a durable
+/// write's deadline bounds real time spent on the disk.
+#[allow(clippy::disallowed_methods)]
+fn real_now() -> std::time::Instant {
+    std::time::Instant::now()
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms(at: SystemTime) -> i64 {
     i64::try_from(crate::clock::unix_millis(at)).unwrap_or(i64::MAX)
@@ -442,41 +482,204 @@ fn read_all(conn: &Connection) -> rusqlite::Result<Restored> {
     Ok(restored)
 }
 
+/// How often the writer checks, with nothing to write, that its file is
+/// still the one it opened.
+const FILE_CHECK_EVERY: Duration = Duration::from_secs(5);
+/// How often the writer runs `PRAGMA quick_check` on its file.
+const QUICK_CHECK_EVERY: Duration = Duration::from_secs(60);
+/// The connection's lock wait when no durable write bounds it.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The writer thread's connection and what it knows of its file.
+struct Writer {
+    conn: Connection,
+    path: PathBuf,
+    file: FileIdentity,
+}
+
+/// The store file and its write-ahead log as the writer last saw them:
+/// (device, inode) of each, and the log's length. SQLite never shrinks its
+/// log while fusebox holds the database open, so a shorter log, another
+/// inode or a missing file means someone else changed them: what is
+/// committed may be gone.
+#[derive(Debug, Clone, Copy, Default)]
+struct FileIdentity {
+    db: Option<(u64, u64)>,
+    wal: Option<(u64, u64)>,
+    wal_len: u64,
+}
+
+// === impl FileIdentity ===
+
+impl FileIdentity {
+    fn of(path: &Path) -> FileIdentity {
+        let wal = wal_path(path);
+        FileIdentity { db: inode(path), wal: inode(&wal), wal_len: std::fs::metadata(&wal).map_or(0, |m| m.len()) }
+    }
+
+    /// Whether the files are still the ones the writer committed to.
+    fn check(&self, path: &Path) -> Result<(), String> {
+        let now = FileIdentity::of(path);
+        match (self.db, now.db) {
+            (Some(_), None) => return Err("the store file was deleted under fusebox".to_string()),
+            (Some(a), Some(b)) if a != b => return Err("the store file was replaced under fusebox".to_string()),
+            _ => {}
+        }
+        match (self.wal, now.wal) {
+            (Some(_), None) => Err("the store's write-ahead log was deleted under fusebox".to_string()),
+            (Some(a), Some(b)) if a != b => Err("the store's write-ahead log was replaced under fusebox".to_string()),
+            (Some(_), Some(_)) if now.wal_len < self.wal_len => {
+                Err(format!("the store's write-ahead log was truncated under fusebox ({} -> {} bytes)", self.wal_len, now.wal_len))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// After the writer's own commit: the log may have grown or appeared;
+    /// the database file is the one checked before.
+    fn after_commit(&mut self, path: &Path) {
+        let now = FileIdentity::of(path);
+        self.wal = now.wal;
+        self.wal_len = now.wal_len;
+        if self.db.is_none() {
+            self.db = now.db;
+        }
+    }
+}
+
+fn wal_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
+#[cfg(unix)]
+fn inode(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn inode(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|_| (0, 0))
+}
+
+// === impl Writer ===
+
+impl Writer {
+    /// A fresh connection to the file at the path (a new, empty store
+    /// when it was deleted).
+    fn reopen(&mut self) -> Result<(), String> {
+        check_path(&self.path).map_err(|e| e.to_string())?;
+        let conn = Connection::open(&self.path).map_err(|e| e.to_string())?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| e.to_string())?;
+        conn.execute_batch(SCHEMA).map_err(|e| e.to_string())?;
+        self.conn = conn;
+        self.file = FileIdentity::of(&self.path);
+        Ok(())
+    }
+
+    fn quick_check(&self) -> Result<(), String> {
+        match self.conn.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0)) {
+            Ok(ok) if ok == "ok" => Ok(()),
+            Ok(problem) => Err(format!("the store file failed its integrity check: {problem}")),
+            Err(e) => Err(format!("the store file failed its integrity check: {e}")),
+        }
+    }
+}
+
+/// The store lost its file: nothing more is committed (durable writes
+/// answer an error, so mutations answer 503) until it is re-opened.
+fn lose(health: &WriteHealth, why: String) {
+    if !health.lost.swap(true, Ordering::AcqRel) {
+        tracing::error!(error = %why, "store lost: nothing more is written until it is re-opened (SIGHUP or a config reload)");
+        health.errors.fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = health.counter.lock().as_ref() {
+            c.inc();
+        }
+    }
+    health.degraded.store(true, Ordering::Relaxed);
+    *health.last_error.lock() = Some((SystemTime::now(), why));
+}
+
 /// The writer thread: commits queued writes in batches until every
-/// [`Store`] handle is gone.
-fn write_loop(mut conn: Connection, rx: Receiver<Op>, health: &WriteHealth) {
+/// [`Store`] handle is gone, and checks its file between them (identity
+/// each time, `quick_check` every [`QUICK_CHECK_EVERY`]).
+fn write_loop(mut w: Writer, rx: Receiver<Op>, health: &WriteHealth) {
     // Wall clock: this thread is outside tokio, and a prune only needs to
     // happen now and then.
     let mut last_prune = SystemTime::UNIX_EPOCH;
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
-        let mut flushed = Vec::new();
-        let mut durable = Vec::new();
-        let result = commit(&mut conn, batch, &mut flushed, &mut durable);
-        match &result {
-            Ok(()) => health.degraded.store(false, Ordering::Relaxed),
-            Err(e) => {
-                tracing::error!(error = %e, lost = durable.len(), "store write failed: this batch is lost; the store is degraded");
-                health.errors.fetch_add(1, Ordering::Relaxed);
-                health.degraded.store(true, Ordering::Relaxed);
-                *health.last_error.lock() = Some((SystemTime::now(), e.to_string()));
-                if let Some(c) = health.counter.lock().as_ref() {
-                    c.inc();
+    let mut last_quick_check = real_now();
+    loop {
+        let first = match rx.recv_timeout(FILE_CHECK_EVERY) {
+            Ok(op) => Some(op),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        let mut batch = Vec::new();
+        if let Some(first) = first {
+            batch.push(first);
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
                 }
             }
         }
-        for done in durable {
+        if batch.iter().any(|op| matches!(op, Op::Reopen)) && health.lost.load(Ordering::Acquire) {
+            match w.reopen() {
+                Ok(()) => {
+                    tracing::warn!(path = %w.path.display(), "store re-opened: what the lost file held is gone; writing again");
+                    health.lost.store(false, Ordering::Release);
+                    health.degraded.store(false, Ordering::Relaxed);
+                }
+                Err(e) => tracing::error!(path = %w.path.display(), error = %e, "store re-open failed: still lost"),
+            }
+        }
+        if !health.lost.load(Ordering::Acquire) {
+            let mut verdict = w.file.check(&w.path);
+            if verdict.is_ok() && last_quick_check.elapsed() >= QUICK_CHECK_EVERY {
+                last_quick_check = real_now();
+                verdict = w.quick_check();
+            }
+            if let Err(why) = verdict {
+                lose(health, why);
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let mut flushed = Vec::new();
+        let mut durable = Vec::new();
+        let result = if health.lost.load(Ordering::Acquire) {
+            take_replies(batch, &mut flushed, &mut durable);
+            let why = health.last_error.lock().as_ref().map_or_else(|| "the store file was lost".to_string(), |(_, e)| e.clone());
+            Err(format!("{why}; re-open it with SIGHUP or a config reload"))
+        } else {
+            let result = commit(&mut w.conn, batch, &mut flushed, &mut durable);
+            w.file.after_commit(&w.path);
+            match &result {
+                Ok(()) => health.degraded.store(false, Ordering::Relaxed),
+                Err(e) => {
+                    tracing::error!(error = %e, lost = durable.len(), "store write failed: this batch is lost; the store is degraded");
+                    health.errors.fetch_add(1, Ordering::Relaxed);
+                    health.degraded.store(true, Ordering::Relaxed);
+                    *health.last_error.lock() = Some((SystemTime::now(), e.clone()));
+                    if let Some(c) = health.counter.lock().as_ref() {
+                        c.inc();
+                    }
+                }
+            }
+            result
+        };
+        for (_, done) in durable {
             let _ = done.send(result.as_ref().map(|_| ()).map_err(|e| format!("the audit entry could not be written: {e}")));
         }
-        if SystemTime::now().duration_since(last_prune).map_or(true, |d| d > Duration::from_secs(600)) {
+        if !health.lost.load(Ordering::Acquire)
+            && SystemTime::now().duration_since(last_prune).map_or(true, |d| d > Duration::from_secs(600))
+        {
             last_prune = SystemTime::now();
-            if let Err(e) = prune(&conn) {
+            if let Err(e) = prune(&w.conn) {
                 tracing::warn!(error = %e, "store prune failed");
             }
         }
@@ -486,26 +689,59 @@ fn write_loop(mut conn: Connection, rx: Receiver<Op>, health: &WriteHealth) {
     }
 }
 
-type Durable = tokio::sync::oneshot::Sender<Result<(), String>>;
+type Durable = (std::time::Instant, tokio::sync::oneshot::Sender<Result<(), String>>);
 
-/// Commits `batch` in one transaction. Every durable writer of the batch is
-/// put in `durable` (even when the commit fails early) to be answered.
-fn commit(conn: &mut Connection, batch: Vec<Op>, flushed: &mut Vec<mpsc::Sender<()>>, durable: &mut Vec<Durable>) -> rusqlite::Result<()> {
-    // Take the reply handles out first: an early error must answer them all.
-    let batch: Vec<Op> = batch
+/// Takes the reply handles out of `batch` (durable writers into `durable`,
+/// flushes into `flushed`) and returns the writes.
+fn take_replies(batch: Vec<Op>, flushed: &mut Vec<mpsc::Sender<()>>, durable: &mut Vec<Durable>) -> Vec<Op> {
+    batch
         .into_iter()
         .filter_map(|op| match op {
-            Op::DurableAudit { at_ms, entry, done } => {
-                durable.push(done);
+            Op::DurableAudit { at_ms, entry, deadline, done } => {
+                durable.push((deadline, done));
                 Some(Op::Audit { at_ms, entry })
             }
             Op::Flush(done) => {
                 flushed.push(done);
                 None
             }
+            Op::Reopen => None,
             op => Some(op),
         })
-        .collect();
+        .collect()
+}
+
+/// Commits `batch` in one transaction. Every durable writer of the batch is
+/// put in `durable` (even when the commit fails early) to be answered. A
+/// batch with durable writes commits by the earliest of their deadlines or
+/// not at all: the lock wait is bounded by it, and a transaction still
+/// open past it is rolled back, so a writer told "not committed" never
+/// finds its entry committed later.
+fn commit(conn: &mut Connection, batch: Vec<Op>, flushed: &mut Vec<mpsc::Sender<()>>, durable: &mut Vec<Durable>) -> Result<(), String> {
+    // Take the reply handles out first: an early error must answer them all.
+    let batch = take_replies(batch, flushed, durable);
+    let deadline = durable.iter().map(|(d, _)| *d).min();
+    if let Some(d) = deadline {
+        let left = d.saturating_duration_since(real_now());
+        if left.is_zero() {
+            return Err("its deadline passed before the store could write it".to_string());
+        }
+        conn.busy_timeout(left.min(BUSY_TIMEOUT)).map_err(|e| e.to_string())?;
+    }
+    let result = write_batch(conn, batch, deadline);
+    if deadline.is_some() {
+        let _ = conn.busy_timeout(BUSY_TIMEOUT);
+    }
+    match result {
+        Ok(true) => Ok(()),
+        Ok(false) => Err("the store could not commit before the deadline; nothing was written".to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Writes `batch` in one transaction; `Ok(false)` when it was rolled back
+/// because `deadline` passed before the commit.
+fn write_batch(conn: &mut Connection, batch: Vec<Op>, deadline: Option<std::time::Instant>) -> rusqlite::Result<bool> {
     let tx = conn.transaction()?;
     for op in batch {
         match op {
@@ -548,10 +784,15 @@ fn commit(conn: &mut Connection, batch: Vec<Op>, flushed: &mut Vec<mpsc::Sender<
                 ])?;
             }
             // Taken out above.
-            Op::Flush(_) | Op::DurableAudit { .. } => {}
+            Op::Flush(_) | Op::DurableAudit { .. } | Op::Reopen => {}
         }
     }
-    tx.commit()
+    if deadline.is_some_and(|d| real_now() >= d) {
+        // Dropped: rolled back.
+        return Ok(false);
+    }
+    tx.commit()?;
+    Ok(true)
 }
 
 fn prune(conn: &Connection) -> rusqlite::Result<()> {

@@ -339,11 +339,11 @@ async fn audit(
     reason: &str,
     before: Value,
     after: Value,
-) -> Result<(), Resp> {
+) -> Result<MutationTurn, Resp> {
     let entry = audit_entry(who, action, service, reason, before, after);
-    commit_audit(state, &entry).await?;
+    let turn = commit_audit(state, &entry).await?;
     remember(state, entry);
-    Ok(())
+    Ok(turn)
 }
 
 fn audit_entry(who: &Principal, action: &str, service: Option<&str>, reason: &str, before: Value, after: Value) -> Value {
@@ -358,11 +358,20 @@ fn audit_entry(who: &Principal, action: &str, service: Option<&str>, reason: &st
     })
 }
 
-/// Writes `entry` to the store (when there is one) and waits for the commit.
-async fn commit_audit(state: &AdminState, entry: &Value) -> Result<(), Resp> {
-    let Some(store) = &state.live.store.shared.persist else { return Ok(()) };
+/// One mutation's turn: mutations take turns from entering their audit
+/// entry to applying their change, so the audit log's order is the order
+/// changes were applied in (the store's row ids are the sequence).
+type MutationTurn = tokio::sync::MutexGuard<'static, ()>;
+
+/// Writes `entry` to the store (when there is one) and waits for the
+/// commit, in the mutation's turn, which the caller holds until its change
+/// is applied.
+async fn commit_audit(state: &AdminState, entry: &Value) -> Result<MutationTurn, Resp> {
+    static TURNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let turn = TURNS.lock().await;
+    let Some(store) = &state.live.store.shared.persist else { return Ok(turn) };
     match store.audit_durable(SystemTime::now(), entry, AUDIT_COMMIT_LIMIT).await {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(turn),
         Err(e) => {
             let action = entry["action"].as_str().unwrap_or("-");
             tracing::error!(target: "fusebox::audit", action, error = %e, "admin {action} refused: its audit entry could not be stored; nothing was changed");
@@ -486,9 +495,11 @@ async fn put_config(state: &Arc<AdminState>, who: &Principal, service: &str, bod
         "enabled": body.enabled.unwrap_or(base.breaker.enabled),
         "monitoringWindowMs": body.monitoring_window_ms.unwrap_or(base.breaker.monitoring_window.as_millis() as u64),
     });
-    if let Err(resp) = audit(state, who, "config", Some(service), "runtime override", before, intended).await {
-        return resp;
-    }
+    // Held until the change is applied: audit order is applied order.
+    let _in_order = match audit(state, who, "config", Some(service), "runtime override", before, intended).await {
+        Ok(turn) => turn,
+        Err(resp) => return resp,
+    };
     let o = RuntimeOverride {
         base,
         failure_threshold: body.failure_threshold,
@@ -560,9 +571,11 @@ async fn delete_config(state: &Arc<AdminState>, who: &Principal, service: &str) 
             "requestLimit": base.max_concurrent_requests,
         })
     });
-    if let Err(resp) = audit(state, who, "config-delete", Some(service), "runtime override removed", before, intended).await {
-        return resp;
-    }
+    // Held until the change is applied: audit order is applied order.
+    let _in_order = match audit(state, who, "config-delete", Some(service), "runtime override removed", before, intended).await {
+        Ok(turn) => turn,
+        Err(resp) => return resp,
+    };
     let removed = state.live.store.shared.overrides.lock().remove(service);
     if removed.is_none() {
         // Removed by a concurrent call meanwhile: the outcome is the same.
@@ -608,9 +621,11 @@ async fn reset(state: &AdminState, who: &Principal, service: &str, body: ResetBo
     if let Some(m) = &body.metadata {
         after["metadata"] = json!(m);
     }
-    if let Err(resp) = audit(state, who, "reset", Some(service), &body.reason, previous, after).await {
-        return resp;
-    }
+    // Held until the change is applied: audit order is applied order.
+    let _in_order = match audit(state, who, "reset", Some(service), &body.reason, previous, after).await {
+        Ok(turn) => turn,
+        Err(resp) => return resp,
+    };
     let report = up.circuit.reset(&action, now);
     save_circuit(state, &up);
     let previous = json!({
@@ -654,7 +669,8 @@ async fn force(state: &AdminState, who: &Principal, service: &str, body: ForceBo
         copy.snapshot(now)
     });
     let until = predicted.mode_until.map(|t| clock::rfc3339(clock::wall(t)));
-    if let Err(resp) = audit(
+    // Held until the change is applied: audit order is applied order.
+    let _in_order = match audit(
         state,
         who,
         "force",
@@ -665,8 +681,9 @@ async fn force(state: &AdminState, who: &Principal, service: &str, body: ForceBo
     )
     .await
     {
-        return resp;
-    }
+        Ok(turn) => turn,
+        Err(resp) => return resp,
+    };
     up.circuit.force(mode, ttl, &action, now);
     save_circuit(state, &up);
     let after = up.circuit.snapshot(now);
@@ -768,10 +785,18 @@ async fn reload(state: &Arc<AdminState>, who: &Principal) -> Resp {
     if state.live.store.path().is_none() {
         return error_response(StatusCode::CONFLICT, "no_config_file", "fusebox runs on a built-in config; there is no file to reload");
     }
+    // A store that lost its file re-opens it first (its queue keeps the
+    // order: the re-open, then this entry).
+    if let Some(store) = &state.live.store.shared.persist {
+        store.reopen();
+    }
     let before = json!({ "generation": state.live.store.generation() });
     // The stored entry is the request (committed before anything happens);
     // the in-memory list gets the outcome.
     let request = audit_entry(who, "reload", None, "admin reload", before.clone(), json!({ "requested": true }));
+    // Its turn ends with the request's entry: reloads coalesce (several
+    // requests while one runs cost one more run), so they are audited as
+    // requests, and the outcome is kept in memory.
     if let Err(resp) = commit_audit(state, &request).await {
         return resp;
     }

@@ -75,6 +75,11 @@ impl Live {
     /// health checkers that the new config needs. Blocking, and needs a
     /// runtime entered: for blocking threads (the [`Reloader`]) and tests.
     pub fn reload(self: &Arc<Self>, trigger: &str) -> Result<u64, ConfigErrors> {
+        // The operator's "look again": a store that lost its file re-opens
+        // it, whatever the config file says.
+        if let Some(store) = &self.store.shared.persist {
+            store.reopen();
+        }
         let n = self.store.reload(trigger)?;
         self.ensure_checkers();
         Ok(n)

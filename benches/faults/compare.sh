@@ -15,6 +15,8 @@
 #                    keep-alive race: a proxy that reuses the connection loses
 #                    the next request)
 #   errors-500       B answers every request with 500
+#   cut-body         B answers 200 announcing 1000 bytes, sends 500, then
+#                    resets the connection (a replica failing mid-body)
 #   dead-then-alive  B refuses connections for the first half of the run
 #                    (half the requests answered, or MAX_SECONDS/2 passed),
 #                    then starts answering 200; the client pauses DEAD_PAUSE
@@ -25,7 +27,7 @@
 #
 # Environment (all optional):
 #   REQUESTS=200          GETs per scenario and proxy
-#   SCENARIOS="refusing blackholed keepalive-close errors-500 dead-then-alive"
+#   SCENARIOS="refusing blackholed keepalive-close errors-500 cut-body dead-then-alive"
 #   PROXIES="fusebox nginx haproxy"
 #   CONCURRENCY="1"       client threads (each on its own keep-alive
 #                         connection); a list such as "1 4" adds rows
@@ -39,9 +41,10 @@
 #                         is the default path and missing
 #   FUSEBOX_LOG=warn      RUST_LOG for fusebox
 #   FUSEBOX_RETRY_ON=     a non-default retry.on for fusebox, e.g.
-#                         "connect-failure, 504" (retries a timed-out GET on the
-#                         other endpoint, as nginx's default does); empty = the
-#                         default [connect-failure]
+#                         "connect-failure" (the old default: a timed-out or
+#                         reset GET is not tried on the other endpoint); empty
+#                         = the default [connect-failure, reset-before-response,
+#                         504], nginx's "proxy_next_upstream error timeout"
 #   KEEP_TMP=1            keep the temp dir (configs, logs, client output)
 #
 # Output: progress on stderr; the Markdown tables on stdout, also written to
@@ -52,7 +55,7 @@ SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/../.." && pwd)"
 
 REQUESTS="${REQUESTS:-200}"
-SCENARIOS="${SCENARIOS:-refusing blackholed keepalive-close errors-500 dead-then-alive}"
+SCENARIOS="${SCENARIOS:-refusing blackholed keepalive-close errors-500 cut-body dead-then-alive}"
 SCENARIOS="${SCENARIOS//,/ }"
 PROXIES="${PROXIES:-fusebox nginx haproxy}"
 PROXIES="${PROXIES//,/ }"
@@ -69,7 +72,7 @@ KEEP_TMP="${KEEP_TMP:-0}"
 CONNECT_TIMEOUT_S=1
 READ_TIMEOUT_S=2
 
-ALL_SCENARIOS="refusing blackholed keepalive-close errors-500 dead-then-alive"
+ALL_SCENARIOS="refusing blackholed keepalive-close errors-500 cut-body dead-then-alive"
 ALL_PROXIES="fusebox nginx haproxy"
 
 log() { printf '==> %s\n' "$*" >&2; }
@@ -455,9 +458,10 @@ run_one() {
   # B: the faulty endpoint.
   case "$sc" in
     refusing) faulty_stats="" ;; # nothing listens on $b
-    blackholed | errors-500)
+    blackholed | errors-500 | cut-body)
       local mode=blackhole
       [[ "$sc" == errors-500 ]] && mode=error500
+      [[ "$sc" == cut-body ]] && mode=cutbody
       start_bg "upstream B ($mode)" "$dir/b.log" python3 "$SCRIPT_DIR/upstream.py" "$mode" --port "$b" --stats "$dir/b.stats"
       wait_port "$b" "$LAST_PID" "$STARTUP_TIMEOUT" || {
         dump_log "$dir/b.log"

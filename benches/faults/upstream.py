@@ -10,6 +10,8 @@ MODE:
              "Connection: close" (so it looks keep-alive), then the socket is
              closed right after the response is written: the keep-alive race.
   blackhole  accepts connections, reads and discards, never answers.
+  cutbody    every request gets a 200 head announcing 1000 bytes, 500 of
+             them, then (50 ms later) a reset: a replica failing mid-body.
 
 --stats FILE       after every request (blackhole: every request head seen),
                    FILE is rewritten with "requests=N connections=M".
@@ -25,6 +27,7 @@ import argparse
 import os
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -116,6 +119,13 @@ def serve_conn(mode, conn, stats):
                 conn.sendall(OK)
                 stats.add(requests=1)
                 return  # close right after the response, no "Connection: close"
+            elif mode == "cutbody":
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n" + b"x" * 500)
+                stats.add(requests=1)
+                time.sleep(0.05)
+                # A reset (linger 0), not a clean close.
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                return
             stats.add(requests=1)
     except OSError:
         pass
@@ -128,7 +138,7 @@ def serve_conn(mode, conn, stats):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["ok", "error500", "close", "blackhole"])
+    p.add_argument("mode", choices=["ok", "error500", "close", "blackhole", "cutbody"])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--stats")
     p.add_argument("--start-when")

@@ -9,18 +9,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::clock;
-use crate::config::{Protocol, RetryOn};
+use crate::config::RetryOn;
 
 use super::body::{ClientBody, TrackedBody, Upload};
 use super::conn::{ConnControl, InFlight};
+use super::headers::{self, is_upgrade, request_id, strip_hop_by_hop, REQUEST_ID};
 use super::respond;
 use crate::http::{BoxError, ProxyBody};
 use crate::runtime::endpoint::EndpointLease;
@@ -29,23 +30,6 @@ use crate::runtime::pool::{SendError, Stream, UpstreamBody};
 use crate::runtime::route::request_host;
 use crate::runtime::upstream::{CallGuard, Upstream};
 use crate::runtime::Generation;
-
-pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// Headers that describe one hop, never forwarded (RFC 9110 7.6.1).
-/// `Trailer` is not one of them: it announces trailers that are forwarded.
-static HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRANSFER_ENCODING,
-];
 
 /// What every request handler shares.
 pub struct DataPlane {
@@ -485,10 +469,9 @@ async fn within<F: std::future::Future>(timeout: std::time::Duration, upload: Op
     }
 }
 
-/// Builds the upstream request: origin-form URI, hop-by-hop headers removed,
-/// `Host` from an absolute-form target (RFC 9112 3.2.2), `x-forwarded-*`
-/// and `x-request-id` set. A body that is not empty is wrapped to watch the
-/// upload; the [`Upload`] it reports to comes back with it.
+/// Builds the upstream request: its head rewritten by [`headers::rewrite`];
+/// a body that is not empty is wrapped to watch the upload, and the
+/// [`Upload`] it reports to comes back with it.
 fn rewrite(
     req: Request<Incoming>,
     up: &Upstream,
@@ -499,48 +482,7 @@ fn rewrite(
     bodyless: bool,
 ) -> (Request<ProxyBody>, Option<Arc<Upload>>) {
     let (mut parts, body) = req.into_parts();
-    let path_and_query = parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    // The client's host: the target's authority (absolute form, HTTP/2)
-    // wins over the Host header.
-    let authority = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
-    let h = &mut parts.headers;
-    if let Some(a) = authority {
-        h.insert(header::HOST, a);
-    }
-    let original_host = h.get(header::HOST).cloned();
-    // Origin form; the endpoint's pool dials the endpoint.
-    parts.uri = Uri::from(path_and_query);
-    strip_hop_by_hop(&mut parts.headers, upgrade);
-    let h = &mut parts.headers;
-    if let Some(host) = original_host {
-        h.insert(X_FORWARDED_HOST, host);
-    }
-    // One comma-joined line: some upstreams read only the first
-    // x-forwarded-for line, and the rightmost hop must be ours.
-    let mut prev = h.get_all(X_FORWARDED_FOR).iter().peekable();
-    let xff = if prev.peek().is_none() {
-        Some(peer.0.clone())
-    } else {
-        let mut joined = Vec::with_capacity(64);
-        for v in prev {
-            joined.extend_from_slice(v.as_bytes());
-            joined.extend_from_slice(b", ");
-        }
-        joined.extend_from_slice(peer.0.as_bytes());
-        HeaderValue::from_bytes(&joined).ok()
-    };
-    if let Some(v) = xff {
-        h.insert(X_FORWARDED_FOR, v);
-    }
-    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
-    h.insert(REQUEST_ID, request_id.clone());
-    parts.version = match up.config.protocol {
-        Protocol::Http1 => Version::HTTP_11,
-        Protocol::Http2 => Version::HTTP_2,
-    };
-    if up.config.protocol == Protocol::Http2 {
-        parts.headers.remove(header::HOST);
-    }
+    headers::rewrite(&mut parts, up.config.protocol, &peer.0, request_id, scheme, upgrade);
     // (An HTTP/1.1 body of unknown length goes chunked whatever the method:
     // the h1 codec frames it.)
     if bodyless {
@@ -550,108 +492,6 @@ fn rewrite(
     let upload = Arc::new(Upload::default());
     let body = ClientBody::new(body, upload.clone(), up.config.timeouts.idle).boxed_unsync();
     (Request::from_parts(parts, body), Some(upload))
-}
-
-/// Removes hop-by-hop headers, including those named by `Connection`.
-/// An upgrade keeps `Connection: upgrade` and `Upgrade`.
-///
-/// One pass over the names finds which are present (usually none, or just
-/// `Connection`), so only those are looked up and removed.
-fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let mut present = 0u16;
-    for name in headers.keys() {
-        if let Some(i) = hop_by_hop_index(name) {
-            present |= 1 << i;
-        }
-    }
-    if present & 1 != 0 && connection_names_more(headers, upgrade) {
-        let named: Vec<HeaderName> = connection_tokens(headers)
-            .filter(|t| !is_plain_connection_token(t, upgrade))
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for (i, name) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << i) != 0 {
-            headers.remove(name);
-        }
-    }
-    if upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else if present & (1 << HOP_BY_HOP.len()) != 0 {
-        headers.remove(header::UPGRADE);
-    }
-}
-
-/// The comma-separated tokens of every `Connection` line.
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers.get_all(header::CONNECTION).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim)
-}
-
-/// A `Connection` token that names no other header to drop: `keep-alive`
-/// and `close` (the usual ones), or `upgrade` on an upgrade.
-fn is_plain_connection_token(token: &str, upgrade: bool) -> bool {
-    token.is_empty()
-        || token.eq_ignore_ascii_case("keep-alive")
-        || token.eq_ignore_ascii_case("close")
-        || (upgrade && token.eq_ignore_ascii_case("upgrade"))
-}
-
-/// Whether `Connection` names headers beyond the plain tokens (rare: the
-/// common `keep-alive` and `close` cost no allocation).
-fn connection_names_more(headers: &HeaderMap, upgrade: bool) -> bool {
-    connection_tokens(headers).any(|t| !is_plain_connection_token(t, upgrade))
-}
-
-/// The index of `name` in [`HOP_BY_HOP`], or its length for `upgrade`.
-/// Names are lowercase; a match on the string is a length switch and one
-/// compare, cheaper than comparing with each `HeaderName`.
-fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
-    Some(match name.as_str() {
-        "connection" => 0,
-        "keep-alive" => 1,
-        "proxy-connection" => 2,
-        "proxy-authenticate" => 3,
-        "proxy-authorization" => 4,
-        "te" => 5,
-        "transfer-encoding" => 6,
-        "upgrade" => HOP_BY_HOP.len(),
-        _ => return None,
-    })
-}
-
-fn is_upgrade<B>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
-}
-
-/// Keeps the client's `x-request-id` if it is sane, else makes one: 128
-/// random bits in hex, from fastrand's per-thread wyrand (seeded through
-/// std's `RandomState`, i.e. by the OS; ids
-/// must not repeat, they need not be secret).
-fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(REQUEST_ID) {
-        if !v.is_empty() && v.len() <= 128 {
-            return v.clone();
-        }
-    }
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut id = [0u8; 32];
-    for half in id.chunks_exact_mut(16) {
-        let n = fastrand::u64(..);
-        for (i, b) in half.iter_mut().enumerate() {
-            *b = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
-        }
-    }
-    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// Copies bytes both ways between an upgraded client and upstream.
@@ -674,41 +514,5 @@ async fn splice(client: hyper::upgrade::OnUpgrade, upstream: crate::h1::Upgraded
             }
         }
         Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hop_by_hop_index_agrees_with_the_table() {
-        for (i, name) in HOP_BY_HOP.iter().enumerate() {
-            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
-        }
-        assert_eq!(hop_by_hop_index(&header::UPGRADE), Some(HOP_BY_HOP.len()));
-        assert_eq!(hop_by_hop_index(&header::HOST), None);
-        assert_eq!(hop_by_hop_index(&HeaderName::from_static("x-te")), None);
-    }
-
-    #[test]
-    fn strips_hop_by_hop_and_connection_named_headers() {
-        let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Custom-Hop, close"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("x-custom-hop", HeaderValue::from_static("1"));
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        strip_hop_by_hop(&mut h, false);
-        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
-        assert_eq!(left, ["content-type"]);
-
-        let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        strip_hop_by_hop(&mut h, true);
-        assert_eq!(h.get(header::CONNECTION).map(HeaderValue::as_bytes), Some(&b"upgrade"[..]));
-        assert_eq!(h.get(header::UPGRADE).map(HeaderValue::as_bytes), Some(&b"websocket"[..]));
     }
 }

@@ -13,7 +13,7 @@ mod support;
 use std::time::Duration;
 
 use http::StatusCode;
-use support::{circuit, client, closed_port, fusebox, get, upstream, upstream_on, TestClient};
+use support::{circuit, client, closed_port, eventually, fusebox, get, upstream, upstream_on, TestClient};
 use tokio::time::Instant;
 
 fn config(port: u16, extra: &str) -> String {
@@ -86,11 +86,7 @@ async fn with_a_health_check_a_passing_probe_of_an_open_circuit_closes_it_at_onc
     for _ in 0..3 {
         get(&c, &url).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while state(&c, &app).await != "open" {
-        assert!(Instant::now() < deadline, "opened by the failures");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(3), "opened by the failures", || async { (state(&c, &app).await == "open").then_some(()) }).await;
     up.set_status(200);
     let healed = Instant::now();
     while state(&c, &app).await != "closed" {

@@ -15,9 +15,8 @@ mod support;
 use std::time::Duration;
 
 use http::StatusCode;
-use support::{advance, circuit, client, closed_port, fusebox, get, upstream_on, TestClient};
+use support::{advance, circuit, client, closed_port, eventually, fusebox, get, upstream_on, TestClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::Instant;
 
 fn app_config(port: u16, extra: &str) -> String {
     format!(
@@ -58,11 +57,10 @@ async fn an_app_that_starts_after_fusebox_opens_no_circuit_and_readyz_waits_for_
     // The app comes up: /readyz follows within a couple of knocks (nothing
     // else sends it traffic), and the first request is served.
     let _up = upstream_on("app", port).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while get(&c, &readyz).await.0 != StatusCode::OK {
-        assert!(Instant::now() < deadline, "/readyz turns 200 once the app answered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(5), "/readyz turns 200 once the app answered", || async {
+        (get(&c, &readyz).await.0 == StatusCode::OK).then_some(())
+    })
+    .await;
     let (status, _, body) = get(&c, &url).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "app /orders"));
     assert_eq!(circuit(&c, &app, "app").await["state"], "closed");
@@ -91,11 +89,10 @@ async fn an_app_that_answered_once_counts_its_refusals_again() {
     let url = format!("http://{}/x", app.data_addr());
     // fusebox's own knock (readiness) gets the one answer.
     let readyz = format!("http://{}/readyz", app.admin_addr());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while get(&c, &readyz).await.0 != StatusCode::OK {
-        assert!(Instant::now() < deadline, "/readyz turns 200 once the app answered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(5), "/readyz turns 200 once the app answered", || async {
+        (get(&c, &readyz).await.0 == StatusCode::OK).then_some(())
+    })
+    .await;
     // Gone now: refusals are failures, and the circuit opens at 2.
     for _ in 0..2 {
         let (status, _, body) = get(&c, &url).await;

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::{body_client, call, client, fusebox_file, get_json, temp_dir, upstream};
+use support::{body_client, call, client, eventually, fusebox_file, get_json, temp_dir, upstream};
 use tokio::time::Instant;
 
 fn config(dir: &Path, api: &str, marker: &str) -> (PathBuf, String) {
@@ -78,15 +78,10 @@ async fn deleted_store_files_make_mutations_503_until_a_reload_reopens_the_store
 
     // A reload (here: the config file changes) re-opens it: a new file.
     std::fs::write(&path, config(&dir, &up.url(), "v2").1).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(8);
-    loop {
-        let (status, _) = force(&app, "forced-open", "after the re-open").await;
-        if status == StatusCode::OK {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the store is re-opened by the reload");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(8), "the store is re-opened by the reload", || async {
+        (force(&app, "forced-open", "after the re-open").await.0 == StatusCode::OK).then_some(())
+    })
+    .await;
     assert_eq!(mode(&app).await, "forced-open");
     assert!(db.exists(), "a new store file");
     let rows = stored_audit(&db);

@@ -253,3 +253,21 @@ pub async fn fusebox_file(path: &std::path::Path) -> App {
     let config = fusebox::config::Config::load(path).unwrap_or_else(|e| panic!("test config invalid: {e}"));
     App::start(config, Some(path.to_path_buf())).await.expect("fusebox starts")
 }
+
+/// Polls `check` (every 20 ms) until it gives `Some`, and returns that; panics
+/// with `what` if `limit` passes first. The one way tests wait for I/O
+/// (never for breaker time: that is `advance`).
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -21,6 +21,7 @@ use http::HeaderValue;
 use serde_json::Value;
 
 use crate::admin::view::{ServiceEntry, TransitionView};
+use crate::text::escape_controls;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -275,7 +276,7 @@ impl<W: Write> View<W> {
                 Ok(true)
             }
             Some("error") if !self.tty => {
-                writeln!(self.out, "# error {}: {}", v["code"], v["message"].as_str().unwrap_or(""))?;
+                writeln!(self.out, "# error {}: {}", v["code"], escape_controls(v["message"].as_str().unwrap_or("")))?;
                 Ok(false)
             }
             _ => Ok(false),
@@ -339,11 +340,12 @@ impl<W: Write> View<W> {
             },
             None => format!("state {}", r.state),
         };
-        writeln!(
-            self.out,
+        // Everything but the counts came from the server: one line, whatever it sent.
+        let text = format!(
             "{now} {name} {what} status={} failures={} total={} ok={} failed={} recoveries={}",
             r.status, r.failure_count, r.total, r.successful, r.failed, r.recovery_attempts
-        )?;
+        );
+        writeln!(self.out, "{}", escape_controls(&text))?;
         self.out.flush()?;
         Ok(())
     }
@@ -353,7 +355,7 @@ impl<W: Write> View<W> {
         if self.tty {
             self.draw()
         } else {
-            writeln!(self.out, "# {status}")?;
+            writeln!(self.out, "# {}", escape_controls(status))?;
             self.out.flush()?;
             Ok(())
         }
@@ -391,7 +393,10 @@ impl<W: Write> View<W> {
                 [
                     // An operation's row follows its upstream's: its name
                     // there is the operation's.
-                    r.operation.as_ref().filter(|_| r.upstream != **name).map_or_else(|| name.to_string(), |op| format!("↳ {op}")),
+                    escape_controls(
+                        &r.operation.as_ref().filter(|_| r.upstream != **name).map_or_else(|| name.to_string(), |op| format!("↳ {op}")),
+                    )
+                    .into_owned(),
                     r.state.clone(),
                     r.status.clone(),
                     r.failure_count.to_string(),
@@ -400,7 +405,7 @@ impl<W: Write> View<W> {
                     rate,
                     r.recovery_attempts.to_string(),
                     retry,
-                    r.last_transition.clone().unwrap_or_else(|| "-".to_string()),
+                    r.last_transition.as_deref().map_or_else(|| "-".to_string(), |t| escape_controls(t).into_owned()),
                 ]
             })
             .collect();
@@ -556,5 +561,27 @@ fn status_colour(status: &str) -> &'static str {
         "degraded" => "\x1b[33m",
         "failed" => "\x1b[31m",
         _ => "\x1b[2m",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn view(out: &mut Vec<u8>) -> View<&mut Vec<u8>> {
+        View { out, tty: false, columns: 80, url: String::new(), services: BTreeMap::new(), last_seq: 0, gaps: 0, status: String::new() }
+    }
+
+    #[test]
+    fn what_the_server_sends_cannot_forge_a_line() {
+        let mut out = Vec::new();
+        let mut v = view(&mut out);
+        v.set_status("gone\n12:00:00 api closed -> open").unwrap();
+        let msg = json!({ "type": "error", "code": "x", "message": "bad\r\nforged line\x1b[31m" });
+        v.on_message(&msg).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text:?}");
+        assert!(!text.contains('\x1b'), "{text:?}");
     }
 }

@@ -26,6 +26,16 @@ fn config(dir: &Path, api: &str, marker: &str) -> (PathBuf, String) {
     (db, text)
 }
 
+/// A fusebox on a config file in a fresh directory with its store there:
+/// the app, the store's path, the config's path and the directory.
+async fn start(tag: &str, api: &str) -> (fusebox::App, PathBuf, PathBuf, PathBuf) {
+    let dir = temp_dir(tag);
+    let (db, text) = config(&dir, api, "v1");
+    let path = dir.join("fusebox.yaml");
+    std::fs::write(&path, &text).unwrap();
+    (fusebox_file(&path).await, db, path, dir)
+}
+
 async fn admin(app: &fusebox::App, method: Method, path: &str, body: Value) -> (StatusCode, Value) {
     let url = format!("http://{}{path}", app.admin_addr());
     let (status, _, text) = call(&body_client(), method, &url, &[], body.to_string()).await;
@@ -57,11 +67,7 @@ fn stored_audit(db: &Path) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_store_files_make_mutations_503_until_a_reload_reopens_the_store() {
     let up = upstream("api").await;
-    let dir = temp_dir("store-deleted");
-    let (db, text) = config(&dir, &up.url(), "v1");
-    let path = dir.join("fusebox.yaml");
-    std::fs::write(&path, &text).unwrap();
-    let app = fusebox_file(&path).await;
+    let (app, db, path, dir) = start("store-deleted", &up.url()).await;
     assert_eq!(force(&app, "forced-open", "drill").await.0, StatusCode::OK);
     assert_eq!(force(&app, "auto", "drill over").await.0, StatusCode::OK);
 
@@ -93,11 +99,7 @@ async fn deleted_store_files_make_mutations_503_until_a_reload_reopens_the_store
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_write_ahead_log_is_noticed() {
     let up = upstream("api").await;
-    let dir = temp_dir("store-wal");
-    let (db, text) = config(&dir, &up.url(), "v1");
-    let path = dir.join("fusebox.yaml");
-    std::fs::write(&path, &text).unwrap();
-    let app = fusebox_file(&path).await;
+    let (app, db, _, dir) = start("store-wal", &up.url()).await;
     assert_eq!(force(&app, "forced-open", "one").await.0, StatusCode::OK);
     let wal = PathBuf::from(format!("{}-wal", db.display()));
     assert!(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) > 0, "a write-ahead log with the entry");
@@ -115,11 +117,8 @@ async fn concurrent_mutations_are_audited_in_the_order_they_are_applied() {
     let up = upstream("api").await;
     // A fresh fusebox per round: 8 mutations is most of a caller's 10 a minute.
     for round in 0..6u32 {
-        let dir = temp_dir("store-order");
-        let (db, text) = config(&dir, &up.url(), "v1");
-        let path = dir.join("fusebox.yaml");
-        std::fs::write(&path, &text).unwrap();
-        let app = std::sync::Arc::new(fusebox_file(&path).await);
+        let (app, db, _, dir) = start("store-order", &up.url()).await;
+        let app = std::sync::Arc::new(app);
         let mut tasks = Vec::new();
         for i in 0..8u32 {
             let app = app.clone();
@@ -145,11 +144,7 @@ async fn concurrent_mutations_are_audited_in_the_order_they_are_applied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_blocked_past_its_deadline_answers_503_and_is_never_committed() {
     let up = upstream("api").await;
-    let dir = temp_dir("store-locked");
-    let (db, text) = config(&dir, &up.url(), "v1");
-    let path = dir.join("fusebox.yaml");
-    std::fs::write(&path, &text).unwrap();
-    let app = fusebox_file(&path).await;
+    let (app, db, _, dir) = start("store-locked", &up.url()).await;
     assert_eq!(force(&app, "forced-open", "before the lock").await.0, StatusCode::OK);
     // Another process's write transaction holds the lock for 7 s, longer
     // than the 5 s a mutation waits for its audit entry.

@@ -333,6 +333,7 @@ mod tests {
             listen: "0.0.0.0:9901".parse().expect("an address"),
             allowed_origins: origins.iter().map(|o| o.to_string()).collect(),
             allowed_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            tls: None,
         }
     }
 

@@ -95,10 +95,12 @@ pub enum AppError {
 /// there is one) locates each problem at its key.
 pub fn preflight(config: &Config, text: &str) -> Vec<ConfigError> {
     let mut problems = Vec::new();
-    if let Some(t) = &config.tls {
-        if let Err(e) = tls::listener(t) {
-            let key = if e.path() == Some(t.key_file.as_path()) { "tls.keyFile" } else { "tls.certFile" };
-            problems.push(ConfigError::located(text, key, e.to_string()));
+    for (at, t) in [("tls", &config.tls), ("admin.tls", &config.admin.tls)] {
+        if let Some(t) = t {
+            if let Err(e) = tls::listener(t) {
+                let key = if e.path() == Some(t.key_file.as_path()) { "keyFile" } else { "certFile" };
+                problems.push(ConfigError::located(text, &format!("{at}.{key}"), e.to_string()));
+            }
         }
     }
     if let Some(path) = &config.store {
@@ -142,6 +144,13 @@ impl App {
             }
             None => None,
         };
+        let admin_tls = match &config.admin.tls {
+            Some(t) => {
+                let (certs, server) = tls::admin_listener(t).map_err(AppError::Tls)?;
+                Some((certs, TlsAcceptor::from(server)))
+            }
+            None => None,
+        };
         let persist = match &config.store {
             Some(file) => Some(Store::open(file)?),
             None => {
@@ -172,13 +181,12 @@ impl App {
         state.ensure_checkers();
         let plane = Arc::new(DataPlane { store: state.store.handle(), scheme: if tls.is_some() { "https" } else { "http" }, workers });
         let mut watchers = Vec::new();
-        if let Some((certs, _)) = &tls {
+        let current = state.store.current();
+        let listeners = [(&tls, current.config.tls.as_ref()), (&admin_tls, current.config.admin.tls.as_ref())];
+        for (certs, t) in listeners.into_iter().filter_map(|(l, t)| Some((l.as_ref()?.0.clone(), t?))) {
             // cert-manager rewrites both files; watch each and re-read the
             // pair. Open connections keep the certificate they started with.
-            for file in [
-                certs.cert_file().to_path_buf(),
-                state.store.current().config.tls.as_ref().map_or_else(Default::default, |t| t.key_file.clone()),
-            ] {
+            for file in [t.cert_file.clone(), t.key_file.clone()] {
                 let certs = certs.clone();
                 match watcher::spawn_watcher(file.clone(), move || match certs.reload() {
                     Ok(()) => tracing::info!("TLS certificate reloaded"),
@@ -191,6 +199,7 @@ impl App {
                 }
             }
         }
+        drop(current);
 
         let (stop_data, mut stop_data_rx) = watch::channel(false);
         let acceptor = tls.map(|(_, acceptor)| acceptor);
@@ -217,7 +226,7 @@ impl App {
                 let _ = stop_admin_rx.changed().await;
             },
             Duration::from_secs(1),
-            None,
+            admin_tls.map(|(_, acceptor)| acceptor),
             {
                 let generations = state.store.handle();
                 move || ConnPolicy::admin(&generations.load().config.client)

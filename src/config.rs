@@ -101,6 +101,9 @@ pub struct AdminConfig {
     /// host), that requests may name in `Host` besides the listener's own
     /// address, `localhost` and IP literals (DNS rebinding defence).
     pub allowed_hosts: Vec<String>,
+    /// TLS on the admin listener (`https://`, `wss://`), rotated like the
+    /// data listener's.
+    pub tls: Option<ListenerTls>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -110,6 +110,16 @@ pub fn listener(tls: &ListenerTls) -> Result<(Arc<CertStore>, Arc<ServerConfig>)
     Ok((certs, server))
 }
 
+/// The admin listener's certificate store and config: like the data
+/// listener's, with ALPN http/1.1 only (the state WebSocket is an
+/// HTTP/1.1 upgrade; `wss://` clients offer nothing else).
+pub fn admin_listener(tls: &ListenerTls) -> Result<(Arc<CertStore>, Arc<ServerConfig>), TlsError> {
+    let certs = CertStore::load(&tls.cert_file, &tls.key_file)?;
+    let mut server = (*server_config(certs.clone())?).clone();
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok((certs, Arc::new(server)))
+}
+
 // === impl TlsError ===
 
 impl TlsError {

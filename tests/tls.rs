@@ -268,3 +268,38 @@ fn fusebox_check_reports_unreadable_tls_files() {
     }
     assert!(Path::new("/nonexistent").metadata().is_err());
 }
+
+#[tokio::test]
+async fn the_admin_listener_serves_https_and_wss_with_admin_tls() {
+    use futures_util::StreamExt;
+    let ca = Ca::new("fusebox admin test CA");
+    let leaf = ca.leaf(&["localhost"]);
+    let dir = TempDir::new("admin");
+    let cert = dir.write("admin.crt", &leaf.cert_pem);
+    let key = dir.write("admin.key", &leaf.key_pem);
+    let up = upstream("api").await;
+    let app = support::fusebox(&format!(
+        "admin: {{ listen: 127.0.0.1:0, tls: {{ certFile: {cert}, keyFile: {key} }} }}\nupstreams:\n  api:\n    endpoints: [{}]\nroutes:\n  - {{ match: {{ pathPrefix: / }}, upstream: api }}\n",
+        up.url()
+    ))
+    .await;
+    let port = app.admin_addr().port();
+    // https:// for the health and metrics endpoints.
+    let resp = tls_client(&ca, false).get(format!("https://localhost:{port}/livez").parse().unwrap()).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // Plain HTTP is not served on it.
+    let plain = tokio::time::timeout(Duration::from_secs(3), client().get(format!("http://127.0.0.1:{port}/livez").parse().unwrap())).await;
+    assert!(!matches!(plain, Ok(Ok(ref r)) if r.status() == 200), "plain HTTP refused on a TLS admin listener");
+    // wss:// for the state WebSocket (the integration guide's clients).
+    let mut config = rustls::ClientConfig::builder().with_root_certificates(ca.roots()).with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(app.admin_addr()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("TLS handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]), "the admin listener speaks http/1.1 for WebSockets");
+    let url = format!("wss://localhost:{port}/api/v2/ws/circuit-breaker");
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tls).await.expect("wss handshake");
+    let first = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("a first message").expect("open").expect("ok");
+    let text = first.into_text().unwrap();
+    assert!(text.contains("\"type\""), "{text}");
+}

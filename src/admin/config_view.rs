@@ -42,7 +42,12 @@ pub fn render(generation: &Generation, overrides: &HashMap<String, RuntimeOverri
         "tls": c.tls.as_ref().map(|t| json!({ "certFile": t.cert_file, "keyFile": t.key_file })),
         "shutdown": { "drainDelay": human(c.shutdown.drain_delay), "gracePeriod": human(c.shutdown.grace_period) },
         "store": c.store.as_ref().map(|p| json!({ "path": p })),
-        "admin": { "listen": c.admin.listen.to_string(), "allowedOrigins": c.admin.allowed_origins, "allowedHosts": c.admin.allowed_hosts },
+        "admin": {
+            "listen": c.admin.listen.to_string(),
+            "allowedOrigins": c.admin.allowed_origins,
+            "allowedHosts": c.admin.allowed_hosts,
+            "tls": c.admin.tls.as_ref().map(|t| json!({ "certFile": t.cert_file, "keyFile": t.key_file })),
+        },
         "auth": auth(&c.auth),
         "client": {
             "headerTimeout": human(c.client.header_timeout),

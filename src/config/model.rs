@@ -102,6 +102,8 @@ pub struct RawAdmin {
     /// Host names (optional `:port`, or `*`) the admin listener answers
     /// for besides its own address, `localhost` and IP literals.
     pub allowed_hosts: Option<Vec<String>>,
+    /// TLS on the admin listener (`https://`, `wss://`).
+    pub tls: Option<RawListenerTls>,
 }
 
 /// `auth: none` or `auth: { jwt: {...} }`.

@@ -21,8 +21,8 @@ use super::defaults::{self, Section, Written};
 use super::keys::suggest;
 use super::locate::locate;
 use super::model::{
-    RawAuth, RawBreaker, RawClient, RawConfig, RawDefaults, RawHealthCheck, RawJwt, RawOutlierDetection, RawRetry, RawTimeouts,
-    RawUpstream, StatusSpec,
+    RawAuth, RawBreaker, RawClient, RawConfig, RawDefaults, RawHealthCheck, RawJwt, RawListenerTls, RawOutlierDetection, RawRetry,
+    RawTimeouts, RawUpstream, StatusSpec,
 };
 use super::{
     read_small_file, AdminConfig, AuthConfig, ClientConfig, Config, ConfigError, Endpoint, Fallback, HealthCheck, JwtConfig, JwtKey,
@@ -70,6 +70,25 @@ impl Validator<'_> {
         self.errors.push(ConfigError { path: path.to_string(), line, column, message: message.into() });
     }
 
+    /// A listener's `tls` (`tls` or `admin.tls` at `at`): both files named
+    /// and present (their contents are checked by `app::preflight`).
+    fn listener_tls(&mut self, at: &str, t: RawListenerTls) -> Option<ListenerTls> {
+        match (t.cert_file, t.key_file) {
+            (Some(c), Some(k)) => {
+                for (key, f) in [("certFile", &c), ("keyFile", &k)] {
+                    if let Err(e) = std::fs::metadata(f) {
+                        self.error(&format!("{at}.{key}"), format!("cannot read `{f}`: {e}"));
+                    }
+                }
+                Some(ListenerTls { cert_file: c.into(), key_file: k.into() })
+            }
+            _ => {
+                self.error(at, "needs both certFile and keyFile");
+                None
+            }
+        }
+    }
+
     fn config(&mut self, raw: RawConfig) -> Config {
         let listen = self.addr("listen", raw.listen.as_deref(), defaults::LISTEN);
         let admin_raw = raw.admin.unwrap_or_default();
@@ -89,10 +108,12 @@ impl Validator<'_> {
                 Err(why) => self.error(&format!("admin.allowedHosts[{i}]"), format!("`{h}` {why}")),
             }
         }
+        let admin_tls = admin_raw.tls.and_then(|t| self.listener_tls("admin.tls", t));
         let admin = AdminConfig {
             listen: self.addr("admin.listen", admin_raw.listen.as_deref(), defaults::ADMIN_LISTEN),
             allowed_origins,
             allowed_hosts,
+            tls: admin_tls,
         };
         if listen == admin.listen && listen.port() != 0 {
             self.error("admin.listen", "the admin listener must not share the data port");
@@ -101,20 +122,7 @@ impl Validator<'_> {
         if workers > 1024 {
             self.error("workers", format!("{workers} is not between 0 (one per core) and 1024"));
         }
-        let tls = raw.tls.and_then(|t| match (t.cert_file, t.key_file) {
-            (Some(c), Some(k)) => {
-                for (key, f) in [("tls.certFile", &c), ("tls.keyFile", &k)] {
-                    if let Err(e) = std::fs::metadata(f) {
-                        self.error(key, format!("cannot read `{f}`: {e}"));
-                    }
-                }
-                Some(ListenerTls { cert_file: c.into(), key_file: k.into() })
-            }
-            _ => {
-                self.error("tls", "needs both certFile and keyFile");
-                None
-            }
-        });
+        let tls = raw.tls.and_then(|t| self.listener_tls("tls", t));
         let sd = raw.shutdown.unwrap_or_default();
         let builtin = ShutdownConfig::default();
         let shutdown = ShutdownConfig {

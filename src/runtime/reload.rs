@@ -189,11 +189,13 @@ fn keep_restart_only_settings(next: &mut Config, running: &Config) -> Vec<String
     keep("admin.listen", next.admin.listen != running.admin.listen);
     keep("workers", next.workers != running.workers);
     keep("tls", next.tls != running.tls);
+    keep("admin.tls", next.admin.tls != running.admin.tls);
     keep("store.path", next.store != running.store);
     next.listen = running.listen;
     next.admin.listen = running.admin.listen;
     next.workers = running.workers;
     next.tls = running.tls.clone();
+    next.admin.tls = running.admin.tls.clone();
     next.store = running.store.clone();
     msgs
 }

@@ -510,8 +510,12 @@ async fn shutdown_closes_clients_with_1001() {
     let mut ws = connect(&app).await;
     next_of(&mut ws, "services:state").await;
     let stopping = tokio::spawn(app.shutdown());
-    let (frame, _) = until_close(&mut ws).await;
+    let (frame, seen) = until_close(&mut ws).await;
     assert_eq!(u16::from(frame.expect("close frame").code), 1001);
+    // Said first, in the protocol's words (SPEC 6).
+    let last = seen.last().expect("a message before the close");
+    assert_eq!((last["type"].as_str(), last["status"].as_str()), (Some("connection:status"), Some("disconnected")), "{seen:?}");
+    assert!(last["reason"].as_str().is_some_and(|r| !r.is_empty()), "{last}");
     timeout(WAIT, stopping).await.expect("shutdown finishes").unwrap();
 }
 

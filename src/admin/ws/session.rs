@@ -143,6 +143,17 @@ async fn finish(
         End::Close(frame) => (frame, false),
         End::TooBig => (close_frame(1009, "message larger than 16 KiB"), true),
     };
+    let mut session = session;
+    if u16::from(frame.code) == 1001 {
+        // Going away (shutdown, drain, a silent client): said first, in
+        // the protocol's own words.
+        session.send(json!({
+            "type": "connection:status",
+            "status": "disconnected",
+            "reason": frame.reason.to_string(),
+            "timestamp": clock::timestamp(),
+        }));
+    }
     let epoch = session.epoch.load(Ordering::Acquire);
     if let Err(TrySendError::Full(item)) = session.out.try_send(Outgoing { epoch, message: Message::Close(Some(frame)), counted: false }) {
         // Behind anyway: drop the backlog and close past it.
@@ -460,7 +471,10 @@ impl Session {
     // --- sending ---
 
     fn send_snapshot(&mut self) {
-        if self.out.capacity() == 0 {
+        // Behind: the client gets every service as a `service:update` (the
+        // form all three seed clients read) before the snapshot.
+        let resync = self.need_snapshot;
+        if self.out.capacity() < if resync { 2 } else { 1 } {
             // Still full: retry shortly rather than build a snapshot (and
             // lock every circuit) only to drop it.
             if !self.need_snapshot {
@@ -469,6 +483,9 @@ impl Session {
             }
             self.snapshot_retry = Instant::now() + BATCH;
             return;
+        }
+        if resync {
+            self.send_all_services();
         }
         let generation = self.state.live.store.current();
         let text = self.state.ws.snapshot_text(generation.number, || {

@@ -568,3 +568,98 @@ impl Drop for EndpointLease {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The set's ejection rules with explicit instants (no sockets, no
+    //! sleeps): what one result does to one endpoint.
+    use std::time::Duration;
+
+    use super::*;
+    use crate::runtime::fault::{ClientFault, UpstreamFault};
+    use crate::telemetry::metrics::Metrics;
+
+    fn set(endpoints: &[&str]) -> Arc<EndpointSet> {
+        let yaml = format!(
+            "upstreams:\n  api:\n    endpoints: [{}]\n    outlierDetection: {{ consecutiveFailures: 3, baseEjectionTime: 30s }}\nroutes:\n  - {{ match: {{ pathPrefix: / }}, upstream: api }}\n",
+            endpoints.join(", ")
+        );
+        let config = crate::config::parse(&yaml).expect("a valid config");
+        EndpointSet::new(&config.upstreams[0], None, false, Metrics::new().upstream("api"))
+    }
+
+    fn lease_of(set: &EndpointSet, label: &str, now: Instant) -> EndpointLease {
+        for _ in 0..8 {
+            let lease = set.pick(None, now).expect("an endpoint");
+            if &*lease.member.label == label {
+                return lease;
+            }
+        }
+        panic!("{label} never picked");
+    }
+
+    fn state(set: &EndpointSet, label: &str, now: Instant) -> &'static str {
+        set.view(now).into_iter().find(|v| v.address == label).map_or("?", |v| v.state)
+    }
+
+    const A: &str = "127.0.0.1:1";
+    const B: &str = "127.0.0.1:2";
+
+    #[test]
+    fn a_connect_failure_ejects_at_once_while_another_endpoint_serves() {
+        let now = clock::now();
+        let s = set(&["http://127.0.0.1:1", "http://127.0.0.1:2"]);
+        let mut lease = lease_of(&s, A, now);
+        assert!(s.record(&mut lease, Some(Fault::Upstream(UpstreamFault::Connect)), now), "ejected by one connect failure");
+        assert_eq!(state(&s, A, now), "ejected");
+        // maxEjectionPercent (50 of 2: one): the other stays in.
+        let mut other = lease_of(&s, B, now);
+        assert!(!s.record(&mut other, Some(Fault::Upstream(UpstreamFault::Connect)), now), "never both");
+        assert_eq!(state(&s, B, now), "active");
+    }
+
+    #[test]
+    fn a_lone_endpoint_is_never_ejected() {
+        let now = clock::now();
+        let s = set(&["http://127.0.0.1:1"]);
+        for _ in 0..10 {
+            let mut lease = s.pick(None, now).expect("the endpoint");
+            assert!(!s.record(&mut lease, Some(Fault::Upstream(UpstreamFault::Connect)), now));
+        }
+        assert_eq!(state(&s, A, now), "active");
+    }
+
+    #[test]
+    fn other_faults_eject_after_consecutive_failures_and_a_success_resets_the_count() {
+        let now = clock::now();
+        let s = set(&["http://127.0.0.1:1", "http://127.0.0.1:2"]);
+        let cut = Some(Fault::Upstream(UpstreamFault::BodyBroken));
+        for _ in 0..2 {
+            assert!(!s.record(&mut lease_of(&s, A, now), cut, now));
+        }
+        assert!(!s.record(&mut lease_of(&s, A, now), None, now), "a success");
+        for _ in 0..2 {
+            assert!(!s.record(&mut lease_of(&s, A, now), cut, now));
+        }
+        assert!(s.record(&mut lease_of(&s, A, now), cut, now), "the third in a row ejects");
+        // Its probation comes at the end of the ejection.
+        let later = now + Duration::from_secs(31);
+        assert_eq!(state(&s, A, later), "probation");
+    }
+
+    #[test]
+    fn faults_that_are_nobodys_count_for_nothing() {
+        let now = clock::now();
+        let s = set(&["http://127.0.0.1:1", "http://127.0.0.1:2"]);
+        for f in [
+            Fault::Upstream(UpstreamFault::Starting),
+            Fault::Upstream(UpstreamFault::KeepAliveRace),
+            Fault::Client(ClientFault::MalformedBody),
+        ] {
+            for _ in 0..5 {
+                assert!(!s.record(&mut lease_of(&s, A, now), Some(f), now), "{f:?}");
+            }
+        }
+        assert_eq!(state(&s, A, now), "active");
+    }
+}

@@ -1075,3 +1075,23 @@ async fn a_name_that_resolves_to_nothing_is_no_endpoint_not_overloaded() {
     assert_eq!(metric(&m, "fusebox_rejected_total", &[("upstream", "api"), ("reason", "overloaded")]), 0.0, "{m}");
     assert_clean(&circuit(&c, &app, "api").await);
 }
+
+#[tokio::test]
+async fn a_small_body_is_read_whole_before_any_upstream_is_contacted() {
+    let _s = SOCKETS.read().await;
+    let up = upstream("api").await;
+    let app = fusebox(&api(&[up.url()], &["timeouts: { connect: 500ms, request: 1s, idle: 300ms }"])).await;
+    // 10 of 100 announced bytes, then nothing: the client's stall, answered
+    // 408 without the upstream ever seeing the request.
+    let mut s = TcpStream::connect(app.data_addr()).await.unwrap();
+    s.write_all(b"POST /orders HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789").await.unwrap();
+    let got = timeout(BOUND, read_to_end(&mut s)).await.expect("answered");
+    assert!(got.starts_with(b"HTTP/1.1 408"), "{:?}", String::from_utf8_lossy(&got));
+    assert_eq!(up.connections(), 0, "the upstream was never contacted");
+    // A whole one goes through.
+    let mut s = TcpStream::connect(app.data_addr()).await.unwrap();
+    s.write_all(b"POST /orders HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello").await.unwrap();
+    let got = timeout(BOUND, read_to_end(&mut s)).await.expect("answered");
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&got));
+    assert_clean(&settled(&client(), &app).await);
+}

@@ -190,6 +190,23 @@ async fn proxy(
     // may be sent again even after it left.
     let (mut head, body) = out.into_parts();
     let replayable = bodyless && idempotent && !upgrade;
+    // A small body of known length is read whole before the first attempt
+    // (as nginx buffers request bodies), so that a pooled connection lost
+    // to the keep-alive race before it took a byte can carry it again on a
+    // fresh one. Its client faults are answered here, before any upstream.
+    let (body, replay) = match (upload.as_deref(), content_length(&head.headers)) {
+        (Some(up_load), Some(n)) if n <= REPLAY_LIMIT && !upgrade => match body.collect().await {
+            Ok(whole) => {
+                let bytes = whole.to_bytes();
+                (crate::http::full(bytes.clone()), Some(bytes))
+            }
+            Err(e) => {
+                let fault = Fault::Client(up_load.client_fault().unwrap_or(ClientFault::MalformedBody));
+                return finish_with_fault(&up, guard, exchange, fault, &e.to_string());
+            }
+        },
+        _ => (body, None),
+    };
     if !up.endpoints.is_resolved() {
         up.endpoints.ensure_resolved().await;
     }
@@ -211,7 +228,7 @@ async fn proxy(
             // (Unreachable: a retry of a request with a body needs its body back.)
             None => return finish_with_fault(&up, guard, exchange, Fault::Local(LocalFault::Resources), "request body lost"),
         };
-        let result = attempt(&up, &lease, &mut head, body, upload.as_deref(), now).await;
+        let result = attempt(&up, &lease, &mut head, (body, replay.as_ref()), upload.as_deref(), now).await;
         let now = clock::now();
         let failed = match result {
             Ok(resp) => {
@@ -380,20 +397,21 @@ fn finish_with_fault(up: &Upstream, mut guard: CallGuard, exchange: &mut Exchang
 }
 
 /// One attempt on one endpoint, within `timeouts.request` counted from the
-/// end of the upload. (A bodyless request that a reused keep-alive
-/// connection lost goes once more on a new connection inside the pool:
-/// that is not the endpoint's fault.)
+/// end of the upload. (A request that a reused keep-alive connection lost
+/// goes once more on a new connection inside the pool when it may: a
+/// bodyless idempotent one, or one whose buffered body, `replay`, was not
+/// taken; that is not the endpoint's fault.)
 async fn attempt(
     up: &Upstream,
     lease: &EndpointLease,
     head: &mut http::request::Parts,
-    body: ProxyBody,
+    (body, replay): (ProxyBody, Option<&bytes::Bytes>),
     upload: Option<&Upload>,
     now: Instant,
 ) -> Result<Response<UpstreamBody>, Failed> {
     let pool = lease.member.pool();
     let timeout = up.config.timeouts.request;
-    match within(timeout, upload, pool.send(head, body, now)).await {
+    match within(timeout, upload, pool.send(head, body, replay, now)).await {
         None => Err(Failed {
             fault: Fault::Upstream(UpstreamFault::Timeout),
             unsent: false,
@@ -423,6 +441,21 @@ async fn attempt(
             Err(Failed { fault, unsent: false, refused: false, body: None, detail: describe(&*error) })
         }
     }
+}
+
+/// Largest request body read whole before sending, so it can be sent again
+/// after the keep-alive race (nginx's `client_body_buffer_size` is 8-16 KiB;
+/// a little more room costs nothing).
+const REPLAY_LIMIT: u64 = 64 * 1024;
+
+/// The request's `Content-Length`, when it has exactly one valid one.
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let first = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    first.to_str().ok()?.trim().parse().ok()
 }
 
 /// Whether the codec says a pooled connection was closed under the request

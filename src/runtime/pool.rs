@@ -251,7 +251,15 @@ impl EndpointPool {
     /// as [`SendError::NotSent`], with its body where it was not consumed.
     /// `now` is the request's instant: idle connections are aged and
     /// stamped with it (no clock read of the pool's own).
-    pub async fn send(self: &Arc<Self>, head: &mut Parts, body: ProxyBody, now: Instant) -> Result<Response<UpstreamBody>, SendError> {
+    /// `replay`: the whole body, when the caller buffered it: a request
+    /// lost before a byte of it was taken goes once more with it.
+    pub async fn send(
+        self: &Arc<Self>,
+        head: &mut Parts,
+        body: ProxyBody,
+        replay: Option<&Bytes>,
+        now: Instant,
+    ) -> Result<Response<UpstreamBody>, SendError> {
         if let Some(h2) = &self.h2 {
             return self.send_h2(h2, head, body).await;
         }
@@ -275,19 +283,24 @@ impl EndpointPool {
             Err(e) if reused && bodyless && again_on_fresh(&e, &head.method) => {
                 tracing::debug!(endpoint = %self.endpoint, error = %e, "pooled connection closed under the request: sending it again on a new one");
                 // Boxed: the rare path keeps its state out of every request's.
-                Box::pin(self.fresh(head, now)).await
+                Box::pin(self.fresh(head, crate::http::empty(), now)).await
+            }
+            Err(e) if reused && e.kind() == h1::ErrorKind::NotSent && replay.is_some() => {
+                tracing::debug!(endpoint = %self.endpoint, error = %e, "pooled connection closed before the request: sending it and its buffered body on a new one");
+                let body = crate::http::full(replay.cloned().unwrap_or_default());
+                Box::pin(self.fresh(head, body, now)).await
             }
             Err(e) => Err(send_error(e, reused)),
         }
     }
 
-    /// A bodyless request on a new connection (never a pooled one).
-    async fn fresh(self: &Arc<Self>, head: &Parts, now: Instant) -> Result<Response<UpstreamBody>, SendError> {
+    /// A request sent again on a new connection (never a pooled one).
+    async fn fresh(self: &Arc<Self>, head: &Parts, body: ProxyBody, now: Instant) -> Result<Response<UpstreamBody>, SendError> {
         let conn = match self.connect().await {
             Ok(conn) => conn,
             Err(error) => return Err(SendError::NotSent { error: Box::new(error), body: None }),
         };
-        match conn.send(head, crate::http::empty(), Recycler(self.clone(), now)).await {
+        match conn.send(head, body, Recycler(self.clone(), now)).await {
             Ok(resp) => Ok(resp.map(UpstreamBody::H1)),
             Err(e) => Err(send_error(e, false)),
         }

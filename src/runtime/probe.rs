@@ -75,7 +75,7 @@ async fn probe_one(up: &Upstream, member: &Arc<Member>) -> bool {
     };
     let (mut head, body) = req.into_parts();
     // The probe's connection is not pooled again: its body is not read.
-    match tokio::time::timeout(timeout, member.pool().send(&mut head, body, clock::now())).await {
+    match tokio::time::timeout(timeout, member.pool().send(&mut head, body, None, clock::now())).await {
         Ok(Ok(resp)) => {
             member.answered();
             up.circuit.answered();

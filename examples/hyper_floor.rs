@@ -42,7 +42,7 @@ fn main() -> anyhow::Result<()> {
                     let pool = pool.clone();
                     async move {
                         let (mut head, body) = req.into_parts();
-                        let resp = match pool.send(&mut head, body.map_err(Into::into).boxed_unsync(), fusebox::clock::now()).await {
+                        let resp = match pool.send(&mut head, body.map_err(Into::into).boxed_unsync(), None, fusebox::clock::now()).await {
                             Ok(resp) => resp.map(|b| b.boxed_unsync()),
                             Err(e) => http::Response::builder()
                                 .status(502)

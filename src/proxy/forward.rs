@@ -234,6 +234,11 @@ async fn proxy(
             Ok(resp) => {
                 lease.member.answered();
                 up.circuit.answered();
+                if resp.extensions().get::<crate::runtime::pool::SentAgain>().is_some() {
+                    // The pool's resend after the keep-alive race: one
+                    // retry metric for every second send.
+                    up.circuit.metrics.retry("keep-alive-race", "success");
+                }
                 let status = resp.status().as_u16();
                 let failure = up.config.breaker.failure_statuses.contains(status);
                 // A failure status is the endpoint's failure now; a success

@@ -138,6 +138,12 @@ pub enum UpstreamBody {
     H2(Incoming),
 }
 
+/// In a response's extensions: its request went a second time, on a fresh
+/// connection, after a pooled one was lost to the keep-alive race (the
+/// caller counts it with its retries).
+#[derive(Debug, Clone, Copy)]
+pub struct SentAgain;
+
 /// Why a request got no response head.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -301,7 +307,10 @@ impl EndpointPool {
             Err(error) => return Err(SendError::NotSent { error: Box::new(error), body: None }),
         };
         match conn.send(head, body, Recycler(self.clone(), now)).await {
-            Ok(resp) => Ok(resp.map(UpstreamBody::H1)),
+            Ok(mut resp) => {
+                resp.extensions_mut().insert(SentAgain);
+                Ok(resp.map(UpstreamBody::H1))
+            }
             Err(e) => Err(send_error(e, false)),
         }
     }

@@ -71,8 +71,7 @@ pub async fn handle(
     let generation = plane.store.load_full();
     let request_id = request_id(req.headers());
     let access = generation.config.access_log;
-    let log =
-        (access || tracing::enabled!(tracing::Level::DEBUG)).then(|| (clock::now(), req.method().clone(), req.uri().path().to_owned()));
+    let log = (access || tracing::enabled!(tracing::Level::DEBUG)).then(|| AccessLine::of(&req));
     let mut exchange = Exchange::default();
     let (upstream, mut resp) = match check(&req) {
         Err(fault) => {
@@ -95,20 +94,85 @@ pub async fn handle(
             }
         },
     };
-    if let Some((started, method, path)) = log {
-        let name = upstream.as_ref().map_or("-", |u| u.config.name.as_str());
-        let ms = clock::now().saturating_duration_since(started).as_secs_f64() * 1e3;
-        let endpoint = exchange.endpoint.as_deref().unwrap_or("-");
-        let status = resp.status().as_u16();
-        let client = peer.0.to_str().unwrap_or("-");
-        if access {
-            tracing::info!(target: "fusebox::access", request_id = ?request_id, client, %method, path = ?path, upstream = name, operation = exchange.operation.as_deref().unwrap_or("-"), endpoint, status, outcome = exchange.outcome, retries = exchange.retries, duration_ms = ms, "{method} {path:?} {status}");
-        } else {
-            tracing::debug!(request_id = ?request_id, %method, path = ?path, upstream = name, endpoint, status, outcome = exchange.outcome, retries = exchange.retries, ms, "request");
-        }
+    if let Some(line) = log {
+        line.write(access, &request_id, &peer, upstream.as_deref(), &exchange, &resp);
     }
     resp.headers_mut().entry(REQUEST_ID).or_insert(request_id);
     Ok(resp)
+}
+
+/// What the access log says of a request, taken from its head before the
+/// request is consumed (only when a line will be written).
+struct AccessLine {
+    started: Instant,
+    method: Method,
+    path: String,
+    host: String,
+    protocol: &'static str,
+    user_agent: String,
+    bytes_in: u64,
+}
+
+impl AccessLine {
+    fn of(req: &Request<Incoming>) -> AccessLine {
+        let text = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
+        AccessLine {
+            started: clock::now(),
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            host: req.uri().authority().map_or_else(|| text(header::HOST), |a| a.to_string()),
+            protocol: match req.version() {
+                Version::HTTP_2 => "HTTP/2",
+                Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            user_agent: text(header::USER_AGENT),
+            bytes_in: req.body().size_hint().exact().unwrap_or(0),
+        }
+    }
+
+    /// One line: on target `fusebox::access` at info (the access log), or
+    /// at debug. Strings are logged as they are (the JSON formatter quotes
+    /// them once; the text formatter escapes control characters); the
+    /// duration is whole microseconds, shown in ms with three decimals;
+    /// `bytes_out` is the response body's length when known at its head
+    /// (-1: streamed).
+    fn write(
+        self,
+        access: bool,
+        request_id: &HeaderValue,
+        peer: &PeerIp,
+        upstream: Option<&Upstream>,
+        exchange: &Exchange,
+        resp: &Response<ProxyBody>,
+    ) {
+        let us = u64::try_from(clock::now().saturating_duration_since(self.started).as_micros()).unwrap_or(u64::MAX);
+        let duration_ms = us as f64 / 1000.0;
+        let (method, path, status) = (self.method.as_str(), self.path.as_str(), resp.status().as_u16());
+        let request_id = request_id.to_str().unwrap_or("-");
+        let upstream = upstream.map_or("-", |u| u.config.name.as_str());
+        let operation = exchange.operation.as_deref().unwrap_or("-");
+        let endpoint = exchange.endpoint.as_deref().unwrap_or("-");
+        let client = peer.0.to_str().unwrap_or("-");
+        let bytes_out = resp.body().size_hint().exact().and_then(|n| i64::try_from(n).ok()).unwrap_or(-1);
+        let attempts = exchange.retries + u32::from(exchange.endpoint.is_some());
+        if access {
+            tracing::info!(target: "fusebox::access", request_id, client, method, host = self.host.as_str(), path, protocol = self.protocol, status, duration_ms, bytes_in = self.bytes_in, bytes_out, upstream, operation, endpoint, outcome = exchange.outcome, attempts, retries = exchange.retries, user_agent = self.user_agent.as_str(), "{method} {path} {status}");
+        } else {
+            tracing::debug!(
+                request_id,
+                method,
+                path,
+                upstream,
+                endpoint,
+                status,
+                outcome = exchange.outcome,
+                retries = exchange.retries,
+                duration_ms,
+                "request"
+            );
+        }
+    }
 }
 
 /// Phase 0: what makes a request malformed before routing (RFC 9112 3.2):

@@ -28,7 +28,9 @@ pub fn init(format: LogFormat) {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(colour);
     let _ = match format {
         LogFormat::Text => builder.fmt_fields(OneLineFields::default()).try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        // Every JSON line names its target (`fusebox::access` for access
+        // lines), so a pipeline can route them.
+        LogFormat::Json => builder.with_target(true).json().flatten_event(true).try_init(),
     };
 }
 

@@ -286,6 +286,10 @@ async fn label_values_come_only_from_config_names() {
     assert_eq!(requests(&m, "success", "2xx"), n_routed as f64);
 
     let endpoint = up.addr.to_string();
+    // The build's target triple, as fusebox reports it.
+    let build = m.text.lines().find(|l| l.starts_with("fusebox_build_info{")).unwrap_or("").to_string();
+    let target = build.split("target=\"").nth(1).and_then(|t| t.split('"').next()).unwrap_or("").to_string();
+    assert!(!target.is_empty(), "fusebox_build_info carries its target: {build}");
     let allowed: HashMap<&str, Vec<&str>> = HashMap::from([
         ("upstream", vec!["api"]),
         // The endpoint's address, from the config.
@@ -315,6 +319,10 @@ async fn label_values_come_only_from_config_names() {
             ],
         ),
         ("result", vec!["success", "failure"]),
+        // fusebox_build_info: what was built, never request data.
+        ("version", vec![env!("CARGO_PKG_VERSION")]),
+        ("commit", vec![option_env!("FUSEBOX_GIT_COMMIT").unwrap_or("unknown")]),
+        ("target", vec![target.as_str()]),
     ]);
     assert!(!m.scrape.samples.is_empty());
     for s in &m.scrape.samples {

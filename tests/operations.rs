@@ -155,3 +155,24 @@ fn a_route_breaker_needs_an_operation() {
         "upstreams:\n  a:\n    endpoints: [http://127.0.0.1:1]\nroutes:\n  - match: { pathPrefix: /, methods: [] }\n    upstream: a\n";
     assert!(fusebox::config::parse(text).is_err());
 }
+
+#[tokio::test]
+async fn every_client_response_is_counted_once_at_upstream_level_operation_rejections_included() {
+    let (addr, _) = catalog().await;
+    let app = fusebox(&config(addr)).await;
+    let c = client();
+    // 40 searches: 3 failures open the operation's circuit, 37 fast 503s.
+    for i in 0..40 {
+        get(&c, &format!("http://{}/search?q={i}", app.data_addr())).await;
+    }
+    let (_, _, text) = get(&c, &format!("http://{}/metrics", app.admin_addr())).await;
+    let sum = |prefix: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix) && l.contains("upstream=\"catalog\""))
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+            .sum()
+    };
+    assert_eq!(sum("fusebox_requests_total{"), 40.0, "{text}");
+    assert!(sum("fusebox_rejected_total{") >= 37.0, "{text}");
+    assert!(text.lines().any(|l| l.starts_with("fusebox_build_info{") && l.ends_with(" 1")), "{text}");
+}

@@ -28,7 +28,7 @@ use crate::runtime::endpoint::EndpointLease;
 use crate::runtime::fault::{describe, is_connection_refused, is_resource_exhaustion, ClientFault, Fault, LocalFault, UpstreamFault};
 use crate::runtime::pool::{SendError, Stream, UpstreamBody};
 use crate::runtime::route::request_host;
-use crate::runtime::upstream::{CallGuard, Upstream};
+use crate::runtime::upstream::{CallGuard, Refusal, Upstream};
 use crate::runtime::Generation;
 
 /// What every request handler shares.
@@ -226,6 +226,13 @@ async fn proxy(
         Some(o) => match o.circuit.admit(o.config.max_concurrent_requests, refused_status, now) {
             Ok(g) => Some(g),
             Err(refusal) => {
+                // Counted at upstream level too (SPEC 7): every client
+                // response once there, whichever circuit answered it, so
+                // the upstream's series and alerts see its operations'.
+                match &refusal {
+                    Refusal::Overloaded { .. } => up.circuit.metrics.rejected(None, 503),
+                    Refusal::Circuit(rej) => up.circuit.metrics.rejected(Some(rej.reason), refused_status),
+                }
                 exchange.outcome = "rejected";
                 return respond::refused(o, &refusal);
             }

@@ -113,6 +113,12 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let reg = |c: Box<dyn prometheus::core::Collector>| must(registry.register(c));
+        let build_info = must(IntGaugeVec::new(
+            Opts::new("fusebox_build_info", "The running build: always 1, its version, commit and target as labels."),
+            &["version", "commit", "target"],
+        ));
+        build_info.with_label_values(&[crate::build::VERSION, crate::build::COMMIT.unwrap_or("unknown"), crate::build::TARGET]).set(1);
+        reg(Box::new(build_info));
         let circuit_state = must(IntGaugeVec::new(
             Opts::new("fusebox_circuit_state", "Circuit state per upstream: 1 for the current state, 0 for the others."),
             &["upstream", "state"],

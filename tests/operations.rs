@@ -175,4 +175,8 @@ async fn every_client_response_is_counted_once_at_upstream_level_operation_rejec
     assert_eq!(sum("fusebox_requests_total{"), 40.0, "{text}");
     assert!(sum("fusebox_rejected_total{") >= 37.0, "{text}");
     assert!(text.lines().any(|l| l.starts_with("fusebox_build_info{") && l.ends_with(" 1")), "{text}");
+    #[cfg(target_os = "linux")]
+    for series in ["process_resident_memory_bytes ", "process_open_fds ", "process_cpu_seconds_total "] {
+        assert!(text.lines().any(|l| l.starts_with(series)), "{series}in {text}");
+    }
 }

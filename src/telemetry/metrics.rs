@@ -119,6 +119,10 @@ impl Metrics {
         ));
         build_info.with_label_values(&[crate::build::VERSION, crate::build::COMMIT.unwrap_or("unknown"), crate::build::TARGET]).set(1);
         reg(Box::new(build_info));
+        // process_cpu_seconds_total, process_resident_memory_bytes,
+        // process_open_fds, process_start_time_seconds, ... (Linux).
+        #[cfg(target_os = "linux")]
+        reg(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
         let circuit_state = must(IntGaugeVec::new(
             Opts::new("fusebox_circuit_state", "Circuit state per upstream: 1 for the current state, 0 for the others."),
             &["upstream", "state"],

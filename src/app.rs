@@ -70,7 +70,8 @@ pub struct App {
     data_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
     ticker: JoinHandle<()>,
-    /// The store's transition recorder and snapshot timer.
+    /// The store's transition recorder and snapshot timer, and the watch
+    /// on the auth key file.
     persist_tasks: Vec<JoinHandle<()>>,
     /// Config and certificate file watchers, alive as long as the app.
     _watchers: Vec<notify::RecommendedWatcher>,
@@ -169,7 +170,7 @@ impl App {
         });
         let state = Arc::new(Live::new(ConfigStore::new(config, path, shared)));
         let admin_state = Arc::new(AdminState::new(state.clone(), admin_addr));
-        let persist_tasks = match persist {
+        let mut persist_tasks = match persist {
             Some((store, restored)) => {
                 restore_circuits(&state, &restored);
                 restore_audit(&admin_state, restored.audit);
@@ -279,6 +280,7 @@ impl App {
             None => None,
         };
 
+        persist_tasks.push(tokio::spawn(watch_key_file(Arc::downgrade(&state))));
         state.ready.store(true, Ordering::Release);
         tracing::info!(data = %data_addr, admin = %admin_addr, workers, "fusebox is ready");
         watchers.extend(config_watcher);
@@ -522,4 +524,48 @@ pub async fn until_signal(app: &App) {
         tracing::warn!("second stop signal: exiting now");
         std::process::exit(130);
     });
+}
+
+/// Re-reads `auth.jwt`'s key file when it changes, like TLS certificates
+/// (a Kubernetes Secret volume swaps the file on rotation): a change reloads
+/// the config, which reads the key again, so tokens signed with the new key
+/// pass and a bad new key keeps the old config with its error. The watch
+/// follows the file the current config names, checked once a second.
+async fn watch_key_file(live: std::sync::Weak<Live>) {
+    let mut watched: Option<(PathBuf, Option<notify::RecommendedWatcher>)> = None;
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(state) = live.upgrade() else { return };
+        let current = state.store.current();
+        let want = match &current.config.auth {
+            AuthConfig::Jwt(jwt) => jwt.key.file().map(std::path::Path::to_path_buf),
+            AuthConfig::None => None,
+        };
+        drop(current);
+        drop(state);
+        if watched.as_ref().map(|(path, _)| path) == want.as_ref() {
+            continue;
+        }
+        watched = None;
+        let Some(path) = want else { continue };
+        let on_change = {
+            let live = live.clone();
+            move || {
+                if let Some(state) = live.upgrade() {
+                    tracing::info!("auth key file changed: reloading");
+                    state.reload_in_background("key file change");
+                }
+            }
+        };
+        let watcher = match watcher::spawn_watcher(path.clone(), on_change).await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot watch the auth key file; rotations need a reload");
+                None
+            }
+        };
+        watched = Some((path, watcher));
+    }
 }

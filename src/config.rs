@@ -12,6 +12,7 @@
 //! builds no runtime object and owns no runtime state: what a config
 //! becomes while fusebox runs, and swapping it live, is `runtime`'s job.
 
+mod collect;
 mod defaults;
 mod env;
 mod keys;
@@ -130,8 +131,16 @@ pub struct JwtConfig {
 /// and never printed (see the `Debug` impl).
 #[derive(Clone, PartialEq, Eq)]
 pub enum JwtKey {
-    Hs256 { source: String, secret: Vec<u8> },
-    PublicKey { file: PathBuf, pem: Vec<u8> },
+    /// `file` is set when the secret came from `hs256SecretFile`.
+    Hs256 {
+        source: String,
+        file: Option<PathBuf>,
+        secret: Vec<u8>,
+    },
+    PublicKey {
+        file: PathBuf,
+        pem: Vec<u8>,
+    },
 }
 
 /// One upstream with every default already applied.
@@ -311,7 +320,18 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
     let raw: model::RawConfig = match serde_path_to_error::deserialize(de) {
         Ok(raw) => raw,
         Err(e) => {
-            errors.push(keys::structural_error(e));
+            // Every other structural error too, and the value errors of
+            // what is left once the bad keys are taken out.
+            let holes = !errors.is_empty();
+            let collected = collect::after_first(&expanded, e);
+            errors.extend(collected.errors);
+            if let (Some(pruned), false) = (collected.pruned, holes) {
+                if let Err(more) = validate::config(pruned, &expanded) {
+                    let consequence = |e: &ConfigError| collected.removed.iter().any(|r| e.path.starts_with(r.as_str()));
+                    errors.extend(more.into_iter().filter(|e| !consequence(e)));
+                }
+            }
+            errors.sort_by_key(|e| (e.line.is_none(), e.line, e.column));
             return Err(ConfigErrors { file: None, errors });
         }
     };
@@ -414,6 +434,17 @@ impl fmt::Debug for JwtConfig {
             .field("role_claim", &self.role_claim)
             .field("require_for_reads", &self.require_for_reads)
             .finish()
+    }
+}
+
+impl JwtKey {
+    /// The file the key was read from, watched for rotations (a Secret
+    /// volume rewritten by Kubernetes); None for an environment variable.
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            JwtKey::Hs256 { file, .. } => file.as_deref(),
+            JwtKey::PublicKey { file, .. } => Some(file),
+        }
     }
 }
 

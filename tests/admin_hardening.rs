@@ -413,3 +413,58 @@ async fn cr_lf_in_a_reason_a_subject_and_a_yaml_key_forge_no_log_line() {
     assert!(stderr.contains("FORGED-KEY") && !stderr.lines().any(|l| l.starts_with("FORGED-KEY")) && !stderr.contains('\r'), "{stderr:?}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+// --- SPEC 9a: a rotated secret file is read again, like a certificate ---
+
+#[tokio::test]
+async fn a_rotated_hs256_secret_file_is_read_again_without_a_restart() {
+    const NEW_SECRET: &str = "fusebox-rotated-secret-after-the-rotation-77d2";
+    let dir = temp_dir("key-rotation");
+    let up = upstream("api").await;
+    // From a file: a reload reads the file again.
+    let config = dir.join("fusebox.yaml");
+    let yaml = format!("listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\n{}{}", auth_yaml(&dir), upstreams(&up.url()));
+    std::fs::write(&config, yaml).unwrap();
+    let app = support::fusebox_file(&config).await;
+    let url = format!("http://{}/api/admin/circuit-breaker/api/force", app.admin_addr());
+    let with = |secret: &str| {
+        let claims = json!({ "sub": "rotation", "role": "admin", "exp": unix_now() + 600 });
+        format!("Bearer {}", encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap())
+    };
+    // Accepted is 200 (or 409 once the circuit is already forced open).
+    let force = |bearer: String| {
+        let url = url.clone();
+        async move {
+            let (s, _, _) =
+                call(&body_client(), Method::POST, &url, &[("authorization", bearer.as_str())], force_body("forced-open")).await;
+            if s == StatusCode::CONFLICT {
+                StatusCode::OK
+            } else {
+                s
+            }
+        }
+    };
+    assert_eq!(force(with(SECRET)).await, StatusCode::OK, "the first secret signs");
+    assert_eq!(force(with(NEW_SECRET)).await, StatusCode::UNAUTHORIZED, "not yet the new one");
+
+    // A Secret volume swaps the file: written aside, renamed into place.
+    let path = dir.join("jwt.secret");
+    std::fs::write(dir.join("jwt.secret.new"), NEW_SECRET).unwrap();
+    std::fs::rename(dir.join("jwt.secret.new"), &path).unwrap();
+    support::eventually(Duration::from_secs(15), "tokens signed with the rotated secret pass", || async {
+        (force(with(NEW_SECRET)).await != StatusCode::UNAUTHORIZED).then_some(())
+    })
+    .await;
+    assert_eq!(force(with(SECRET)).await, StatusCode::UNAUTHORIZED, "the old secret no longer signs");
+
+    // A bad rotation (too short) keeps the last good key, with the error.
+    std::fs::write(&path, "short").unwrap();
+    support::eventually(Duration::from_secs(15), "the failed reload is reported", || async {
+        let (_, _, body) = call(&body_client(), Method::GET, &format!("http://{}/health/detailed", app.admin_addr()), &[], "").await;
+        body.contains("hs256SecretFile").then_some(())
+    })
+    .await;
+    assert_eq!(force(with(NEW_SECRET)).await, StatusCode::OK, "the last good key stays in force");
+    app.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

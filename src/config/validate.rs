@@ -401,7 +401,7 @@ impl Validator<'_> {
                         self.error("auth.jwt.hs256SecretEnv", format!("environment variable `{var}` {why}"));
                         return AuthConfig::None;
                     }
-                    JwtKey::Hs256 { source: format!("env {var}"), secret: secret.into_bytes() }
+                    JwtKey::Hs256 { source: format!("env {var}"), file: None, secret: secret.into_bytes() }
                 }
                 Ok(secret) if !secret.trim().is_empty() => {
                     self.error("auth.jwt.hs256SecretEnv", format!("environment variable `{var}` {}", short(secret.trim().len())));
@@ -423,7 +423,7 @@ impl Validator<'_> {
                         self.error("auth.jwt.hs256SecretFile", format!("`{file}` {why}"));
                         return AuthConfig::None;
                     }
-                    JwtKey::Hs256 { source: format!("file {file}"), secret }
+                    JwtKey::Hs256 { source: format!("file {file}"), file: Some(file.into()), secret }
                 }
                 Err(e) => {
                     self.error("auth.jwt.hs256SecretFile", format!("cannot read `{file}`: {e}"));

@@ -180,7 +180,12 @@ impl App {
             None => Vec::new(),
         };
         state.ensure_checkers();
-        let plane = Arc::new(DataPlane { store: state.store.handle(), scheme: if tls.is_some() { "https" } else { "http" }, workers });
+        let plane = Arc::new(DataPlane {
+            store: state.store.handle(),
+            scheme: if tls.is_some() { "https" } else { "http" },
+            workers,
+            open_connections: state.store.shared.metrics.open_connections("data"),
+        });
         let mut watchers = Vec::new();
         let current = state.store.current();
         let listeners = [(&tls, current.config.tls.as_ref()), (&admin_tls, current.config.admin.tls.as_ref())];
@@ -230,7 +235,7 @@ impl App {
             admin_tls.map(|(_, acceptor)| acceptor),
             {
                 let generations = state.store.handle();
-                move || ConnPolicy::admin(&generations.load().config.client)
+                (move || ConnPolicy::admin(&generations.load().config.client), state.store.shared.metrics.open_connections("admin"))
             },
             move |_peer, conn| {
                 let st = admin_handle.clone();

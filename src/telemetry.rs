@@ -8,4 +8,4 @@
 pub mod logging;
 pub mod metrics;
 
-pub use metrics::{Metrics, UpstreamMetrics};
+pub use metrics::{EndpointMetrics, Metrics, Outcome, UpstreamMetrics};

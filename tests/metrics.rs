@@ -420,3 +420,55 @@ async fn metrics_only_would_be_trips_are_not_counted_as_real_trips() {
     assert_eq!(m.one("fusebox_circuit_shadow_transitions_total", &shadow), 1.0, "{}", m.text);
     m.assert_documented();
 }
+
+/// SPEC 7: open downstream connections per listener, bytes in and out per
+/// upstream, and each endpoint's attempts and their durations.
+#[tokio::test]
+async fn connections_bytes_and_endpoint_series_follow_real_traffic() {
+    let a = upstream("a").await;
+    let b = upstream("b").await;
+    let app = fusebox(&format!(
+        "upstreams:\n  api:\n    endpoints: [{}, {}]\nroutes:\n  - {{ match: {{ pathPrefix: / }}, upstream: api }}\n",
+        a.url(),
+        b.url()
+    ))
+    .await;
+    let c = body_client();
+    let url = format!("http://{}/orders", app.data_addr());
+    let mut received = 0usize;
+    for i in 0..10 {
+        let (s, _, body) = call(&c, Method::POST, &url, &[], "x".repeat(100)).await;
+        assert_eq!(s, StatusCode::OK, "request {i}: {body}");
+        received += body.len();
+    }
+    assert!(received > 0);
+    let m = scrape(&client(), &app).await;
+    assert_eq!(m.one("fusebox_request_bytes_total", &[("upstream", "api")]), 1000.0, "10 bodies of 100 bytes went up");
+    assert_eq!(m.one("fusebox_response_bytes_total", &[("upstream", "api")]), received as f64, "every response byte came down");
+
+    let label = |u: &support::TestUpstream| u.url().trim_start_matches("http://").trim_end_matches('/').to_string();
+    let (la, lb) = (label(&a), label(&b));
+    let ok = |e: &str| m.one("fusebox_endpoint_requests_total", &[("upstream", "api"), ("endpoint", e), ("outcome", "success")]);
+    assert_eq!(ok(&la) + ok(&lb), 10.0, "each attempt counted once, on its endpoint");
+    assert_eq!(ok(&la), a.hits() as f64, "endpoint a's count is what a served");
+    assert_eq!(ok(&lb), b.hits() as f64, "endpoint b's count is what b served");
+    for e in [&la, &lb] {
+        assert_eq!(m.one("fusebox_endpoint_requests_total", &[("endpoint", e), ("outcome", "failure")]), 0.0, "exported at zero");
+        let count = m.one("fusebox_endpoint_request_duration_seconds_count", &[("upstream", "api"), ("endpoint", e)]);
+        assert_eq!(count, ok(e), "one duration per attempt of {e}");
+    }
+
+    // The client's keep-alive connection to the data listener, and the
+    // scrape's own to the admin listener, are open.
+    assert!(m.one("fusebox_open_connections", &[("listener", "data")]) >= 1.0, "{}", m.text);
+    assert!(m.one("fusebox_open_connections", &[("listener", "admin")]) >= 1.0, "{}", m.text);
+    drop(c);
+    // Once the client has gone, its connection is counted out.
+    let admin = client();
+    support::eventually(Duration::from_secs(10), "the data connection is counted out", || async {
+        (scrape(&admin, &app).await.one("fusebox_open_connections", &[("listener", "data")]) == 0.0).then_some(())
+    })
+    .await;
+    m.assert_documented();
+    app.shutdown().await;
+}

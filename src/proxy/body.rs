@@ -28,6 +28,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use prometheus::IntCounter;
 use tokio::sync::Notify;
 use tokio::time::Sleep;
 
@@ -89,12 +90,29 @@ pub struct ClientBody {
     inner: Incoming,
     upload: Arc<Upload>,
     idle: IdleDeadline,
+    /// Bytes passed on so far, added to `sent` when the body goes.
+    bytes: u64,
+    sent: IntCounter,
 }
 
 impl ClientBody {
-    pub fn new(inner: Incoming, upload: Arc<Upload>, idle: Duration) -> ClientBody {
-        ClientBody { inner, upload, idle: IdleDeadline::new(idle) }
+    /// `sent`: the upstream's request-bytes counter.
+    pub fn new(inner: Incoming, upload: Arc<Upload>, idle: Duration, sent: IntCounter) -> ClientBody {
+        ClientBody { inner, upload, idle: IdleDeadline::new(idle), bytes: 0, sent }
     }
+}
+
+impl Drop for ClientBody {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.sent.inc_by(self.bytes);
+        }
+    }
+}
+
+/// The length of a data frame (0 for trailers).
+fn data_len(frame: &Frame<Bytes>) -> u64 {
+    frame.data_ref().map_or(0, |d| d.len() as u64)
 }
 
 /// `timeouts.idle` on one body: the timer is armed only when the body
@@ -134,6 +152,7 @@ impl Body for ClientBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.idle.progress();
+                this.bytes += data_len(&frame);
                 if this.inner.is_end_stream() {
                     this.upload.set(ENDED);
                 }
@@ -182,6 +201,9 @@ pub struct TrackedBody {
     /// The response's status while the exchange's outcome waits for the
     /// body's end; None when it was recorded at the response head.
     pending: Option<u16>,
+    /// Bytes passed on so far, added to `received` when the body goes.
+    bytes: u64,
+    received: IntCounter,
 }
 
 impl TrackedBody {
@@ -195,8 +217,11 @@ impl TrackedBody {
         in_flight: InFlight,
         pending: Option<u16>,
     ) -> Self {
+        let received = guard.circuit().metrics.response_bytes.clone();
         TrackedBody {
             inner,
+            bytes: 0,
+            received,
             guard: Some(guard),
             endpoint: Some(endpoint),
             idle: IdleDeadline::new(idle),
@@ -249,6 +274,7 @@ impl Body for TrackedBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.idle.progress();
+                this.bytes += data_len(&frame);
                 // hyper stops polling once the body says it is at its end.
                 if this.inner.is_end_stream() {
                     this.ended();
@@ -289,6 +315,9 @@ impl Drop for TrackedBody {
         // its permit back uncounted).
         if self.pending.is_some() && self.inner.is_end_stream() {
             self.ended();
+        }
+        if self.bytes > 0 {
+            self.received.inc_by(self.bytes);
         }
     }
 }

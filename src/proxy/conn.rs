@@ -21,6 +21,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response, Version};
+use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
@@ -243,12 +244,33 @@ pub struct ConnIo<T> {
     /// When the current run of pending writes began.
     stalled_since: Option<Instant>,
     sleep: Option<Pin<Box<Sleep>>>,
+    _slot: Slot,
+}
+
+/// A connection's place in its listener: its slot under the connection cap
+/// (if any) and its count in the listener's open-connections gauge, both
+/// given back when the connection is dropped.
+pub struct Slot {
     _permit: Option<OwnedSemaphorePermit>,
+    open: IntGauge,
+}
+
+impl Slot {
+    pub fn new(permit: Option<OwnedSemaphorePermit>, open: IntGauge) -> Slot {
+        open.inc();
+        Slot { _permit: permit, open }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
 }
 
 impl<T> ConnIo<T> {
-    pub fn new(inner: T, ctl: ConnControl, permit: Option<OwnedSemaphorePermit>) -> ConnIo<T> {
-        ConnIo { inner, ctl, stalled_since: None, sleep: None, _permit: permit }
+    pub fn new(inner: T, ctl: ConnControl, slot: Slot) -> ConnIo<T> {
+        ConnIo { inner, ctl, stalled_since: None, sleep: None, _slot: slot }
     }
 
     /// Passes a ready write through; a pending one fails once it has been

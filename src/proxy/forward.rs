@@ -38,6 +38,8 @@ pub struct DataPlane {
     pub scheme: &'static str,
     /// How many data-path workers share the listener address.
     pub workers: usize,
+    /// `fusebox_open_connections{listener="data"}`, shared by the workers.
+    pub open_connections: prometheus::IntGauge,
 }
 
 /// The client's IP as a header value, made once per connection.
@@ -599,7 +601,7 @@ fn rewrite(
         return (Request::from_parts(parts, body), None);
     }
     let upload = Arc::new(Upload::default());
-    let body = ClientBody::new(body, upload.clone(), up.config.timeouts.idle).boxed_unsync();
+    let body = ClientBody::new(body, upload.clone(), up.config.timeouts.idle, up.circuit.metrics.request_bytes.clone()).boxed_unsync();
     (Request::from_parts(parts, body), Some(upload))
 }
 

@@ -38,12 +38,13 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use prometheus::IntGauge;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use super::conn::{later, ConnControl, ConnIo, Expiry, Timeouts};
+use super::conn::{later, ConnControl, ConnIo, Expiry, Slot, Timeouts};
 use super::forward::{self, DataPlane};
 use crate::config::ClientConfig;
 
@@ -177,7 +178,8 @@ pub async fn serve(
     let generations = plane.store.clone();
     let workers = plane.workers;
     let policy = move || ConnPolicy::data(&generations.load().config.client, workers);
-    accept_loop(listener, stop, grace, tls, policy, move |peer, ctl| {
+    let open = plane.open_connections.clone();
+    accept_loop(listener, stop, grace, tls, (policy, open), move |peer, ctl| {
         let plane = plane.clone();
         let peer_ip = forward::PeerIp::new(peer);
         let ctl = ctl.clone();
@@ -217,7 +219,7 @@ pub async fn accept_loop<F, S, B, P>(
     stop: impl Future<Output = ()>,
     grace: Duration,
     tls: Option<TlsAcceptor>,
-    policy: P,
+    (policy, open): (P, IntGauge),
     make_service: F,
 ) where
     P: Fn() -> ConnPolicy,
@@ -294,7 +296,7 @@ pub async fn accept_loop<F, S, B, P>(
         };
         let _ = stream.set_nodelay(true);
         let ctl = ConnControl::new(accepted, policy.stall_timeout);
-        let io = ConnIo::new(stream, ctl.clone(), permit);
+        let io = ConnIo::new(stream, ctl.clone(), Slot::new(permit, open.clone()));
         // The service counts its requests in flight on `ctl` (the data
         // path in its own response body; others wrap with `conn::Tracked`).
         let svc = make_service(peer, &ctl);

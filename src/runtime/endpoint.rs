@@ -26,7 +26,7 @@ use super::fault::{Fault, UpstreamFault};
 use super::pool::{EndpointPool, Transport};
 use crate::clock;
 use crate::config::{Endpoint, LoadBalancing, OutlierDetection, UpstreamConfig};
-use crate::telemetry::UpstreamMetrics;
+use crate::telemetry::{EndpointMetrics, Outcome, UpstreamMetrics};
 
 /// How long one DNS lookup may take before the old addresses are kept.
 const DNS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -79,6 +79,8 @@ pub struct Member {
     /// The one probation request is in flight.
     probing: AtomicBool,
     gauge: IntGauge,
+    /// Its attempts by outcome and their durations.
+    series: EndpointMetrics,
     outlier: Mutex<Outlier>,
     /// When this endpoint appeared (fusebox started, or a reload or a DNS
     /// answer added it): its startup grace runs from here.
@@ -99,6 +101,8 @@ pub struct EndpointLease {
     pub member: Arc<Member>,
     /// This attempt is the probation request of an ejected endpoint.
     probing: bool,
+    /// When the attempt started (its duration ends at its outcome).
+    started: Instant,
 }
 
 /// The state of one endpoint, for the status API and the WebSocket.
@@ -209,7 +213,7 @@ impl EndpointSet {
         let members = self.members.load();
         let n = members.len();
         if n == 1 {
-            return Some(EndpointLease::new(members[0].clone(), false));
+            return Some(EndpointLease::new(members[0].clone(), false, now));
         }
         let now_ms = clock::ms(now).saturating_add(1);
         let excluded = |m: &Member| exclude.is_some_and(|x| std::ptr::eq(x, m));
@@ -218,7 +222,7 @@ impl EndpointSet {
         for i in 0..n {
             let m = &members[(start + i) % n];
             if !excluded(m) && m.probation_due(now_ms) && m.claim_probation() {
-                return Some(EndpointLease::new(m.clone(), true));
+                return Some(EndpointLease::new(m.clone(), true, now));
             }
         }
         let in_rotation = |m: &&Arc<Member>| !excluded(m) && m.ejected_until.load(Ordering::Acquire) == 0;
@@ -230,14 +234,14 @@ impl EndpointSet {
             }
         };
         if let Some(m) = chosen {
-            return Some(EndpointLease::new(m.clone(), false));
+            return Some(EndpointLease::new(m.clone(), false, now));
         }
         // Nothing else in rotation: the excluded one if it is, else the
         // ejected endpoint that returns first (never refuse for this).
         if let Some(x) = members.iter().find(|m| excluded(m) && m.ejected_until.load(Ordering::Acquire) == 0) {
-            return Some(EndpointLease::new(x.clone(), false));
+            return Some(EndpointLease::new(x.clone(), false, now));
         }
-        members.iter().min_by_key(|m| m.ejected_until.load(Ordering::Acquire)).map(|m| EndpointLease::new(m.clone(), false))
+        members.iter().min_by_key(|m| m.ejected_until.load(Ordering::Acquire)).map(|m| EndpointLease::new(m.clone(), false, now))
     }
 
     /// Whether another endpoint than `member` is in rotation.
@@ -251,8 +255,10 @@ impl EndpointSet {
     /// Returns whether this result ejected the endpoint.
     pub fn record(&self, lease: &mut EndpointLease, fault: Option<Fault>, now: Instant) -> bool {
         let m = lease.member.clone();
+        let seconds = now.saturating_duration_since(lease.started).as_secs_f64();
         match fault {
             None => {
+                m.series.attempt(Outcome::Success, seconds);
                 if m.consecutive.load(Ordering::Relaxed) != 0 {
                     m.consecutive.store(0, Ordering::Relaxed);
                 }
@@ -263,6 +269,8 @@ impl EndpointSet {
                 false
             }
             Some(f) if f.counts() => {
+                let timed_out = matches!(f, Fault::Upstream(UpstreamFault::Timeout | UpstreamFault::BodyStalled));
+                m.series.attempt(if timed_out { Outcome::Timeout } else { Outcome::Failure }, seconds);
                 let in_a_row = m.consecutive.fetch_add(1, Ordering::Relaxed).saturating_add(1);
                 if lease.probing {
                     lease.probing = false;
@@ -441,6 +449,7 @@ fn take_or_make(old: &[Arc<Member>], e: &Endpoint, addr: SocketAddr, transport: 
     let label: Arc<str> = Arc::from(addr.to_string());
     let gauge = gauges.endpoint_gauge(&label);
     gauge.set(0);
+    let series = gauges.endpoint_series(&label);
     Arc::new(Member {
         endpoint: e.clone(),
         address: addr,
@@ -453,6 +462,7 @@ fn take_or_make(old: &[Arc<Member>], e: &Endpoint, addr: SocketAddr, transport: 
         out: AtomicBool::new(false),
         probing: AtomicBool::new(false),
         gauge,
+        series,
         outlier: Mutex::new(Outlier::default()),
         born: clock::now(),
         answered: AtomicBool::new(false),
@@ -553,9 +563,9 @@ impl Member {
 // === impl EndpointLease ===
 
 impl EndpointLease {
-    fn new(member: Arc<Member>, probing: bool) -> EndpointLease {
+    fn new(member: Arc<Member>, probing: bool, started: Instant) -> EndpointLease {
         member.load.fetch_add(1, Ordering::Relaxed);
-        EndpointLease { member, probing }
+        EndpointLease { member, probing, started }
     }
 }
 

@@ -22,6 +22,7 @@ pub enum Outcome {
 
 const OUTCOMES: [&str; 4] = ["success", "failure", "rejected", "timeout"];
 const CODE_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+const ENDPOINT_OUTCOMES: [&str; 3] = ["success", "failure", "timeout"];
 const REJECT_REASONS: [&str; 6] = ["circuit_open", "half_open_full", "overloaded", "recovery_ramp", "upstream_starting", "no_endpoint"];
 
 /// Every series fusebox exports.
@@ -52,6 +53,11 @@ pub struct Metrics {
     pub websocket_drops: IntCounter,
     /// Store commits that failed (full disk, I/O error): store.rs counts.
     pub store_write_errors: IntCounter,
+    open_connections: IntGaugeVec,
+    request_bytes: IntCounterVec,
+    response_bytes: IntCounterVec,
+    endpoint_requests: IntCounterVec,
+    endpoint_duration: HistogramVec,
     /// Per-request recording on/off (`metrics.requests`), read per request.
     recording: Arc<AtomicBool>,
 }
@@ -91,7 +97,26 @@ pub struct UpstreamMetrics {
     retries: IntCounterVec,
     client_errors: IntCounterVec,
     recording: Arc<AtomicBool>,
+    /// Request body bytes sent to the upstream (its operations' too).
+    pub request_bytes: IntCounter,
+    /// Response body bytes received from the upstream and passed on.
+    pub response_bytes: IntCounter,
+    endpoint_requests: IntCounterVec,
+    endpoint_duration: HistogramVec,
 }
+
+/// Handles for one endpoint of an upstream, resolved when the endpoint
+/// appears: attempts by outcome, and their durations.
+#[derive(Clone)]
+pub struct EndpointMetrics {
+    /// success, failure, timeout
+    requests: [IntCounter; 3],
+    duration: Histogram,
+    recording: Arc<AtomicBool>,
+}
+
+/// Buckets of the duration histograms, in seconds.
+const DURATION_BUCKETS: [f64; 15] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// Index into `CODE_CLASSES`: 1xx..5xx, or `none` for no response.
 fn code_class(status: Option<u16>) -> usize {
@@ -147,8 +172,11 @@ impl Metrics {
             &["upstream", "reason"],
         ));
         let duration = must(HistogramVec::new(
-            HistogramOpts::new("fusebox_request_duration_seconds", "Time from admission to upstream response headers.")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            HistogramOpts::new(
+                "fusebox_request_duration_seconds",
+                "Time from admission to the end of the exchange (response body complete, cut or stalled).",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
             &["upstream"],
         ));
         let in_flight =
@@ -199,9 +227,9 @@ impl Metrics {
             duration: must(HistogramVec::new(
                 HistogramOpts::new(
                     op("fusebox_request_duration_seconds"),
-                    "Time from admission to upstream response headers, per operation.",
+                    "Time from admission to the end of the exchange, per operation.",
                 )
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                .buckets(DURATION_BUCKETS.to_vec()),
                 &["upstream", "operation"],
             )),
             in_flight: must(IntGaugeVec::new(
@@ -251,6 +279,38 @@ impl Metrics {
             "Store commits that failed (full disk, I/O error); their writes are lost and the store reports degraded.",
         ));
         reg(Box::new(store_write_errors.clone()));
+        let open_connections = must(IntGaugeVec::new(
+            Opts::new("fusebox_open_connections", "Open downstream (client) connections per listener: data or admin."),
+            &["listener"],
+        ));
+        let request_bytes = must(IntCounterVec::new(
+            Opts::new("fusebox_request_bytes_total", "Request body bytes sent to the upstream (bytes in from clients)."),
+            &["upstream"],
+        ));
+        let response_bytes = must(IntCounterVec::new(
+            Opts::new("fusebox_response_bytes_total", "Response body bytes received from the upstream and passed to clients (bytes out)."),
+            &["upstream"],
+        ));
+        let endpoint_requests = must(IntCounterVec::new(
+            Opts::new("fusebox_endpoint_requests_total", "Attempts sent to one endpoint, by their outcome for that endpoint."),
+            &["upstream", "endpoint", "outcome"],
+        ));
+        let endpoint_duration = must(HistogramVec::new(
+            HistogramOpts::new(
+                "fusebox_endpoint_request_duration_seconds",
+                "Time of one attempt on one endpoint, from its start to the end of its response body (or its fault).",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["upstream", "endpoint"],
+        ));
+        for listener in ["data", "admin"] {
+            open_connections.with_label_values(&[listener]);
+        }
+        reg(Box::new(open_connections.clone()));
+        reg(Box::new(request_bytes.clone()));
+        reg(Box::new(response_bytes.clone()));
+        reg(Box::new(endpoint_requests.clone()));
+        reg(Box::new(endpoint_duration.clone()));
         for r in ["success", "failure"] {
             reloads.with_label_values(&[r]);
         }
@@ -277,6 +337,11 @@ impl Metrics {
             websocket_messages,
             websocket_drops,
             store_write_errors,
+            open_connections,
+            request_bytes,
+            response_bytes,
+            endpoint_requests,
+            endpoint_duration,
             recording: Arc::new(AtomicBool::new(true)),
         }
     }
@@ -324,6 +389,10 @@ impl Metrics {
             retries: self.retries.clone(),
             client_errors: self.client_errors.clone(),
             recording: self.recording.clone(),
+            request_bytes: self.request_bytes.with_label_values(&[name]),
+            response_bytes: self.response_bytes.with_label_values(&[name]),
+            endpoint_requests: self.endpoint_requests.clone(),
+            endpoint_duration: self.endpoint_duration.clone(),
         };
         for (outcome, class) in
             [(Outcome::Success, 1), (Outcome::Failure, 4), (Outcome::Failure, 5), (Outcome::Rejected, 4), (Outcome::Timeout, 5)]
@@ -361,6 +430,10 @@ impl Metrics {
             retries: self.retries.clone(),
             client_errors: self.client_errors.clone(),
             recording: self.recording.clone(),
+            request_bytes: self.request_bytes.with_label_values(&[upstream]),
+            response_bytes: self.response_bytes.with_label_values(&[upstream]),
+            endpoint_requests: self.endpoint_requests.clone(),
+            endpoint_duration: self.endpoint_duration.clone(),
         };
         m.counter(Outcome::Success, 1);
         m
@@ -402,12 +475,23 @@ impl Metrics {
         }
         let _ = self.duration.remove_label_values(&[name]);
         let _ = self.in_flight.remove_label_values(&[name]);
+        let _ = self.request_bytes.remove_label_values(&[name]);
+        let _ = self.response_bytes.remove_label_values(&[name]);
         // Transition series carry history operators alert on; keep them.
     }
 
-    /// Drops the ejection gauge of an endpoint that is gone.
+    /// Drops the series of an endpoint that is gone.
     pub fn remove_endpoint(&self, upstream: &str, endpoint: &str) {
         let _ = self.endpoint_ejected.remove_label_values(&[upstream, endpoint]);
+        for outcome in ENDPOINT_OUTCOMES {
+            let _ = self.endpoint_requests.remove_label_values(&[upstream, endpoint, outcome]);
+        }
+        let _ = self.endpoint_duration.remove_label_values(&[upstream, endpoint]);
+    }
+
+    /// The open-connections gauge of one listener (`data` or `admin`).
+    pub fn open_connections(&self, listener: &str) -> IntGauge {
+        self.open_connections.with_label_values(&[listener])
     }
 
     /// The Prometheus text exposition.
@@ -526,9 +610,23 @@ impl UpstreamMetrics {
         self.endpoint_ejected.with_label_values(&[&self.name, endpoint])
     }
 
-    /// Drops the ejection gauge of an endpoint that is gone.
+    /// The request series of one endpoint, exported at 0 from the start.
+    pub fn endpoint_series(&self, endpoint: &str) -> EndpointMetrics {
+        let labels = |outcome: &str| self.endpoint_requests.with_label_values(&[&self.name, endpoint, outcome]);
+        EndpointMetrics {
+            requests: [labels(ENDPOINT_OUTCOMES[0]), labels(ENDPOINT_OUTCOMES[1]), labels(ENDPOINT_OUTCOMES[2])],
+            duration: self.endpoint_duration.with_label_values(&[&self.name, endpoint]),
+            recording: self.recording.clone(),
+        }
+    }
+
+    /// Drops the series of an endpoint that is gone.
     pub fn remove_endpoint(&self, endpoint: &str) {
         let _ = self.endpoint_ejected.remove_label_values(&[&self.name, endpoint]);
+        for outcome in ENDPOINT_OUTCOMES {
+            let _ = self.endpoint_requests.remove_label_values(&[&self.name, endpoint, outcome]);
+        }
+        let _ = self.endpoint_duration.remove_label_values(&[&self.name, endpoint]);
     }
 
     pub fn endpoint_ejection(&self, endpoint: &str, reason: &str) {
@@ -548,5 +646,24 @@ impl UpstreamMetrics {
     pub fn health_check(&self, healthy: bool) {
         let result = if healthy { "success" } else { "failure" };
         self.health_checks.with_label_values(&[&self.name, result]).inc();
+    }
+}
+
+// === impl EndpointMetrics ===
+
+impl EndpointMetrics {
+    /// One attempt's outcome for its endpoint (`Rejected` is never one)
+    /// and its duration.
+    pub fn attempt(&self, outcome: Outcome, seconds: f64) {
+        if !self.recording.load(Ordering::Relaxed) {
+            return;
+        }
+        let i = match outcome {
+            Outcome::Success => 0,
+            Outcome::Failure | Outcome::Rejected => 1,
+            Outcome::Timeout => 2,
+        };
+        self.requests[i].inc();
+        self.duration.observe(seconds);
     }
 }

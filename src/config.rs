@@ -65,6 +65,26 @@ pub struct Config {
     pub access_log: bool,
     /// Upstreams that must have answered once before `/readyz` is 200.
     pub readiness_upstreams: Vec<String>,
+    /// Trace context and span export (`tracing:`); None: off.
+    pub tracing: Option<TracingConfig>,
+}
+
+/// `tracing:` with the `OTEL_*` variables applied: on when an OTLP
+/// endpoint is known (from the file or the environment).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingConfig {
+    /// Share of requests without trace context that start a trace.
+    pub sample_rate: f64,
+    pub service_name: String,
+    pub otlp: OtlpConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpConfig {
+    /// The full URL spans are POSTed to (`.../v1/traces`).
+    pub endpoint: http::Uri,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub timeout: Duration,
 }
 
 /// Deadlines and limits of the data listener's connections.

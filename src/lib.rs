@@ -14,19 +14,21 @@
 //! 3. `history` (a circuit's operation buckets and health periods);
 //! 4. `config` (YAML -> checked `Config`: parse and validate, no runtime
 //!    objects);
-//! 5. `tls` (certificates and rustls configs), `telemetry` (metrics and
-//!    logging), `store` (the SQLite file that keeps history, audit,
-//!    overrides and circuit phases across restarts);
-//! 6. `runtime` (what a config becomes while fusebox runs: circuits,
+//! 5. `tls` (certificates and rustls configs);
+//! 6. `telemetry` (metrics, logging, and traces with their OTLP export,
+//!    which dials collectors with `tls`'s client configs), `store` (the
+//!    SQLite file that keeps history, audit, overrides and circuit phases
+//!    across restarts);
+//! 7. `runtime` (what a config becomes while fusebox runs: circuits,
 //!    endpoints, pools, generations, overrides, the live config store and
 //!    reloads);
-//! 7. `proxy` (the data path) and `admin` (health, metrics, admin API and
+//! 8. `proxy` (the data path) and `admin` (health, metrics, admin API and
 //!    state WebSocket on their own listener), side by side;
-//! 8. `app` (wiring, listeners, shutdown);
-//! 9. `demo` (built-in upstreams and traffic for `fusebox demo`), `watch`
-//!    (the terminal client of the state WebSocket, `fusebox watch`),
-//!    `healthcheck` (the one-GET probe of `fusebox healthcheck`); the
-//!    binary (`main.rs`) on top.
+//! 9. `app` (wiring, listeners, shutdown);
+//! 10. `demo` (built-in upstreams and traffic for `fusebox demo`), `watch`
+//!     (the terminal client of the state WebSocket, `fusebox watch`),
+//!     `healthcheck` (the one-GET probe of `fusebox healthcheck`); the
+//!     binary (`main.rs`) on top.
 
 #![forbid(unsafe_code)]
 

@@ -99,6 +99,11 @@ const KNOWN_KEYS: &[&str] = &[
     "enabled",
     "metrics",
     "requests",
+    "tracing",
+    "sampleRate",
+    "serviceName",
+    "otlp",
+    "endpoint",
 ];
 
 /// Names the seed documents use for keys that are spelled otherwise here.

@@ -28,6 +28,7 @@ pub struct RawConfig {
     pub client: Option<RawClient>,
     pub access_log: Option<RawAccessLog>,
     pub readiness: Option<RawReadiness>,
+    pub tracing: Option<RawTracing>,
     #[serde(default)]
     pub upstreams: UniqueMap<RawUpstream>,
     #[serde(default)]
@@ -84,6 +85,30 @@ pub struct RawClient {
     pub header_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub max_connections: Option<usize>,
+}
+
+/// Trace context and OTLP export (docs/configuration.md: Tracing).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawTracing {
+    /// Share of requests without trace context that start a trace (0-1).
+    pub sample_rate: Option<f64>,
+    /// `service.name` of the exported spans (default `OTEL_SERVICE_NAME`, else `fusebox`).
+    pub service_name: Option<String>,
+    pub otlp: Option<RawOtlp>,
+}
+
+/// OTLP over HTTP/protobuf.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawOtlp {
+    /// `http(s)://host:port` (then `/v1/traces`) or the full traces URL.
+    pub endpoint: Option<String>,
+    /// Extra request headers (e.g. an authorization for the collector).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Longest one export may take.
+    pub timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

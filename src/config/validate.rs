@@ -22,12 +22,12 @@ use super::keys::suggest;
 use super::locate::locate;
 use super::model::{
     RawAuth, RawBreaker, RawClient, RawConfig, RawDefaults, RawHealthCheck, RawJwt, RawListenerTls, RawOutlierDetection, RawRetry,
-    RawTimeouts, RawUpstream, StatusSpec,
+    RawTimeouts, RawTracing, RawUpstream, StatusSpec,
 };
 use super::{
     read_small_file, AdminConfig, AuthConfig, ClientConfig, Config, ConfigError, Endpoint, Fallback, HealthCheck, JwtConfig, JwtKey,
-    ListenerTls, LoadBalancing, OutlierDetection, Protocol, RetryOn, RetryPolicy, RouteConfig, ShutdownConfig, Timeouts, UpstreamConfig,
-    UpstreamTls, MAX_FILE_BYTES,
+    ListenerTls, LoadBalancing, OtlpConfig, OutlierDetection, Protocol, RetryOn, RetryPolicy, RouteConfig, ShutdownConfig, Timeouts,
+    TracingConfig, UpstreamConfig, UpstreamTls, MAX_FILE_BYTES,
 };
 use crate::breaker::{Policy, StatusSet};
 
@@ -219,6 +219,7 @@ impl Validator<'_> {
         let request_metrics = raw.metrics.and_then(|m| m.requests).unwrap_or(defaults::REQUEST_METRICS);
         let client = self.client(raw.client.unwrap_or_default());
         let access_log = raw.access_log.and_then(|a| a.enabled).unwrap_or(defaults::ACCESS_LOG);
+        let tracing = self.tracing(raw.tracing.unwrap_or_default());
         let mut readiness_upstreams = Vec::new();
         for (i, name) in raw.readiness.map(|r| r.upstreams).unwrap_or_default().into_iter().enumerate() {
             if !upstreams.iter().any(|u| u.name == name) {
@@ -241,7 +242,61 @@ impl Validator<'_> {
             client,
             access_log,
             readiness_upstreams,
+            tracing,
         }
+    }
+
+    /// `tracing:`, with the standard `OTEL_EXPORTER_OTLP_*` variables for
+    /// what the file leaves out. Off (None) without an endpoint.
+    fn tracing(&mut self, raw: RawTracing) -> Option<TracingConfig> {
+        let env = |name: &str| std::env::var(name).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let sample_rate = raw.sample_rate.unwrap_or(0.0);
+        if !(0.0..=1.0).contains(&sample_rate) || sample_rate.is_nan() {
+            self.error("tracing.sampleRate", format!("`{sample_rate}` must be between 0 and 1"));
+        }
+        let otlp = raw.otlp.unwrap_or_default();
+        // The file's endpoint, else the traces variable (a full URL), else
+        // the base variable (plus /v1/traces).
+        let (source, text) = match (otlp.endpoint, env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"), env("OTEL_EXPORTER_OTLP_ENDPOINT")) {
+            (Some(e), _, _) => ("tracing.otlp.endpoint", e),
+            (None, Some(e), _) => ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", e),
+            (None, None, Some(e)) => ("OTEL_EXPORTER_OTLP_ENDPOINT", e),
+            (None, None, None) => return None,
+        };
+        let endpoint = match text.trim().parse::<http::Uri>() {
+            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() => {
+                if matches!(u.path(), "" | "/") {
+                    let base = text.trim().trim_end_matches('/');
+                    format!("{base}/v1/traces").parse::<http::Uri>().unwrap_or(u)
+                } else {
+                    u
+                }
+            }
+            _ => {
+                self.error(source, format!("`{text}` is not an http:// or https:// URL"));
+                return None;
+            }
+        };
+        let mut headers = Vec::new();
+        let from_env = env("OTEL_EXPORTER_OTLP_TRACES_HEADERS").or_else(|| env("OTEL_EXPORTER_OTLP_HEADERS")).unwrap_or_default();
+        let env_pairs = from_env.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, v)| {
+            let v = percent_encoding::percent_decode_str(v.trim()).decode_utf8_lossy().into_owned();
+            (k.trim().to_string(), v)
+        });
+        for (k, v) in env_pairs.chain(otlp.headers) {
+            match (http::HeaderName::from_bytes(k.as_bytes()), http::HeaderValue::from_str(&v)) {
+                (Ok(name), Ok(value)) => {
+                    headers.retain(|(n, _): &(http::HeaderName, http::HeaderValue)| *n != name);
+                    headers.push((name, value));
+                }
+                _ => self.error("tracing.otlp.headers", format!("`{k}` is not a valid header name and value")),
+            }
+        }
+        let default_timeout =
+            env("OTEL_EXPORTER_OTLP_TIMEOUT").and_then(|ms| ms.parse::<u64>().ok()).map_or(Duration::from_secs(10), Duration::from_millis);
+        let timeout = self.duration("tracing.otlp.timeout", otlp.timeout.as_deref(), default_timeout);
+        let service_name = raw.service_name.or_else(|| env("OTEL_SERVICE_NAME")).unwrap_or_else(|| "fusebox".to_string());
+        Some(TracingConfig { sample_rate: sample_rate.clamp(0.0, 1.0), service_name, otlp: OtlpConfig { endpoint, headers, timeout } })
     }
 
     fn client(&mut self, raw: RawClient) -> ClientConfig {

@@ -59,13 +59,19 @@ struct Exchange {
     operation: Option<String>,
     outcome: &'static str,
     retries: u32,
+    /// The fault that ended the request, if one did (its label).
+    fault: Option<&'static str>,
+    /// Why a circuit refused it: (reason code, the trip's rule).
+    rejection: Option<(&'static str, Option<&'static str>)>,
+    /// The fault behind each retry, in order (a trace's span events).
+    retry_reasons: Vec<&'static str>,
 }
 
 /// Entry point for one request on the data listener.
 /// `conn` is the client connection's control block and `in_flight` this
 /// request's count on it, held until the response body ends.
 pub async fn handle(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     plane: Arc<DataPlane>,
     peer: PeerIp,
     (conn, in_flight): (ConnControl, InFlight),
@@ -75,6 +81,11 @@ pub async fn handle(
     let access = generation.config.access_log;
     let log = (access || tracing::enabled!(tracing::Level::DEBUG)).then(|| AccessLine::of(&req));
     let mut exchange = Exchange::default();
+    // Sampled: a span of its own, named upstream as the new parent.
+    let span = generation.tracer.as_ref().and_then(|t| {
+        let name = req.method().as_str().to_string();
+        t.begin(req.headers_mut(), name)
+    });
     let (upstream, mut resp) = match check(&req) {
         Err(fault) => {
             exchange.outcome = "client_error";
@@ -91,16 +102,62 @@ pub async fn handle(
                 // large, and a temporary in the `.await` statement would be
                 // kept in this future's state as well (rustc is conservative).
                 let exchanged = Box::pin(proxy(up.clone(), op, req, (&peer, &conn, in_flight), &request_id, plane.scheme, &mut exchange));
-                let resp = exchanged.await;
+                let resp = match &span {
+                    // Its answers (a fast 503's `traceId`) and logs name the trace.
+                    Some(s) => crate::http::TRACE_ID.scope(s.trace_id_hex(), exchanged).await,
+                    None => exchanged.await,
+                };
                 (Some(up), resp)
             }
         },
     };
+    let trace_id = span.as_ref().map(|s| s.trace_id_hex());
     if let Some(line) = log {
-        line.write(access, &request_id, &peer, upstream.as_deref(), &exchange, &resp);
+        line.write(access, (&request_id, trace_id.as_deref()), &peer, upstream.as_deref(), &exchange, &resp);
     }
     resp.headers_mut().entry(REQUEST_ID).or_insert(request_id);
+    if let Some(span) = span {
+        resp = traced(span, resp, upstream.as_deref(), &exchange);
+    }
     Ok(resp)
+}
+
+/// Fills in a traced request's span from its exchange and hands it to
+/// the response body, which ends it when the body ends (SPEC 11: from
+/// admission to the end of the response body).
+fn traced(
+    mut span: Box<crate::telemetry::trace::ActiveSpan>,
+    resp: Response<ProxyBody>,
+    upstream: Option<&Upstream>,
+    exchange: &Exchange,
+) -> Response<ProxyBody> {
+    let status = resp.status().as_u16();
+    span.int_attribute("http.response.status_code", i64::from(status));
+    if let Some(up) = upstream {
+        span.attribute("fusebox.upstream", up.config.name.clone());
+        span.attribute("fusebox.circuit.state", up.circuit.snapshot(clock::now()).state.as_str());
+    }
+    if let Some(op) = &exchange.operation {
+        span.attribute("fusebox.operation", op.clone());
+    }
+    if let Some(e) = &exchange.endpoint {
+        span.attribute("fusebox.endpoint", e.to_string());
+    }
+    span.attribute("fusebox.outcome", exchange.outcome);
+    if let Some(fault) = exchange.fault {
+        span.attribute("fusebox.fault", fault);
+    }
+    span.int_attribute("fusebox.attempts", i64::from(exchange.retries + u32::from(exchange.endpoint.is_some())));
+    span.int_attribute("fusebox.retries", i64::from(exchange.retries));
+    for (i, reason) in exchange.retry_reasons.iter().enumerate() {
+        let attempt = (i + 2).to_string();
+        span.event("retry", &[("fusebox.retry.reason", reason), ("fusebox.attempt", &attempt)]);
+    }
+    if let Some((reason, rule)) = exchange.rejection {
+        span.event("rejected", &[("fusebox.rejection.reason", reason), ("fusebox.rejection.rule", rule.unwrap_or("none"))]);
+    }
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(parts, crate::telemetry::trace::TracedBody::new(body, span, status).boxed_unsync())
 }
 
 /// What the access log says of a request, taken from its head before the
@@ -142,7 +199,7 @@ impl AccessLine {
     fn write(
         self,
         access: bool,
-        request_id: &HeaderValue,
+        (request_id, trace_id): (&HeaderValue, Option<&str>),
         peer: &PeerIp,
         upstream: Option<&Upstream>,
         exchange: &Exchange,
@@ -158,11 +215,13 @@ impl AccessLine {
         let client = peer.0.to_str().unwrap_or("-");
         let bytes_out = resp.body().size_hint().exact().and_then(|n| i64::try_from(n).ok()).unwrap_or(-1);
         let attempts = exchange.retries + u32::from(exchange.endpoint.is_some());
+        let trace_id = trace_id.unwrap_or("-");
         if access {
-            tracing::info!(target: "fusebox::access", request_id, client, method, host = self.host.as_str(), path, protocol = self.protocol, status, duration_ms, bytes_in = self.bytes_in, bytes_out, upstream, operation, endpoint, outcome = exchange.outcome, attempts, retries = exchange.retries, user_agent = self.user_agent.as_str(), "{method} {path} {status}");
+            tracing::info!(target: "fusebox::access", request_id, trace_id, client, method, host = self.host.as_str(), path, protocol = self.protocol, status, duration_ms, bytes_in = self.bytes_in, bytes_out, upstream, operation, endpoint, outcome = exchange.outcome, attempts, retries = exchange.retries, user_agent = self.user_agent.as_str(), "{method} {path} {status}");
         } else {
             tracing::debug!(
                 request_id,
+                trace_id,
                 method,
                 path,
                 upstream,
@@ -236,6 +295,7 @@ async fn proxy(
                     Refusal::Circuit(rej) => up.circuit.metrics.rejected(Some(rej.reason), refused_status),
                 }
                 exchange.outcome = "rejected";
+                exchange.rejection = Some(rejection(&refusal));
                 return respond::refused(o, &refusal);
             }
         },
@@ -247,6 +307,7 @@ async fn proxy(
         },
         Err(refusal) => {
             exchange.outcome = "rejected";
+            exchange.rejection = Some(rejection(&refusal));
             return respond::refused(&up, &refusal);
         }
     };
@@ -415,7 +476,16 @@ fn may_retry(up: &Upstream, exchange: &mut Exchange, reason: &'static str, _leas
         return false;
     }
     exchange.retries += 1;
+    exchange.retry_reasons.push(reason);
     true
+}
+
+/// A refusal for the trace: its reason code and the rule that tripped.
+fn rejection(refusal: &Refusal) -> (&'static str, Option<&'static str>) {
+    match refusal {
+        Refusal::Overloaded { .. } => ("overloaded", None),
+        Refusal::Circuit(rej) => (rej.reason.as_str(), rej.trip.as_ref().map(|t| t.rule())),
+    }
 }
 
 /// Before the circuit counts a client request's outcome: when its endpoint
@@ -441,6 +511,7 @@ fn status_reason(status: u16) -> &'static str {
 
 /// Records a failed client request once and answers it.
 fn finish_with_fault(up: &Upstream, mut guard: CallGuard, exchange: &mut Exchange, fault: Fault, detail: &str) -> Response<ProxyBody> {
+    exchange.fault = Some(fault.label());
     match fault {
         // Excused: the permit is given back uncounted.
         Fault::Upstream(UpstreamFault::Starting) => {

@@ -20,6 +20,7 @@ use tokio::sync::broadcast;
 use super::route::Router;
 use super::upstream::{Circuit, CircuitEvent, Upstream};
 use crate::config::{render, Config, UpstreamConfig};
+use crate::telemetry::trace::Tracer;
 use crate::telemetry::Metrics;
 
 /// One published config with everything the data path needs, built once
@@ -29,6 +30,8 @@ pub struct Generation {
     pub config: Arc<Config>,
     pub upstreams: HashMap<String, Arc<Upstream>>,
     pub router: Router,
+    /// Trace context and span export, when `tracing:` is on.
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 /// The pieces a generation is built from that outlive generations.
@@ -215,7 +218,12 @@ impl Generation {
             upstreams.insert(name, Arc::new(Upstream::operation(&parent, op, policy.clone(), circuit)));
         }
         let router = Router::new(&config.routes, &upstreams);
-        Generation { number, config: Arc::new(config), upstreams, router }
+        // The exporter (and its queue) stays while `tracing:` does.
+        let tracer = config.tracing.as_ref().map(|t| match previous.and_then(|g| g.tracer.as_ref()).filter(|p| p.config == *t) {
+            Some(same) => same.clone(),
+            None => Tracer::new(t.clone(), shared.metrics.trace.clone()),
+        });
+        Generation { number, config: Arc::new(config), upstreams, router, tracer }
     }
 
     /// Starts this generation, just before it is published in place of
@@ -225,6 +233,9 @@ impl Generation {
     /// that are gone. Needs a runtime for the resolvers (without one, names
     /// are resolved on first use).
     pub fn start(&self, previous: Option<&Generation>, shared: &Shared) {
+        if let Some(t) = &self.tracer {
+            t.start_exporter();
+        }
         {
             let mut overrides = shared.overrides.lock();
             overrides.retain(|name, o| {

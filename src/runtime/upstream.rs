@@ -203,9 +203,10 @@ impl Circuit {
                 self.metrics.transition(t.from, t.to, t.reason.rule());
             }
             if t.shadow {
-                tracing::info!(upstream = %self.name, from = %t.from, to = %t.to, rule = t.reason.rule(), "circuit {} would go {} -> {} (metrics-only): {}", self.name, t.from, t.to, t.reason);
+                tracing::info!(upstream = %self.name, from = %t.from, to = %t.to, rule = t.reason.rule(), trace_id = crate::http::trace_id().as_deref(), "circuit {} would go {} -> {} (metrics-only): {}", self.name, t.from, t.to, t.reason);
             } else {
-                tracing::info!(upstream = %self.name, from = %t.from, to = %t.to, rule = t.reason.rule(), "circuit {}: {} -> {}: {}", self.name, t.from, t.to, t.reason);
+                // The trace of the request that caused it, when traced.
+                tracing::info!(upstream = %self.name, from = %t.from, to = %t.to, rule = t.reason.rule(), trace_id = crate::http::trace_id().as_deref(), "circuit {}: {} -> {}: {}", self.name, t.from, t.to, t.reason);
             }
             // No receivers is fine: nobody is watching.
             let _ = self.events.send(CircuitEvent { upstream: self.name.clone(), transition: t });

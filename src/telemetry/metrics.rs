@@ -53,6 +53,8 @@ pub struct Metrics {
     pub websocket_drops: IntCounter,
     /// Store commits that failed (full disk, I/O error): store.rs counts.
     pub store_write_errors: IntCounter,
+    /// The trace pipeline's counters (telemetry/trace.rs).
+    pub trace: super::trace::TraceMetrics,
     open_connections: IntGaugeVec,
     request_bytes: IntCounterVec,
     response_bytes: IntCounterVec,
@@ -303,6 +305,20 @@ impl Metrics {
             .buckets(DURATION_BUCKETS.to_vec()),
             &["upstream", "endpoint"],
         ));
+        let trace = super::trace::TraceMetrics {
+            dropped: must(IntCounter::new(
+                "fusebox_trace_spans_dropped_total",
+                "Finished spans dropped because the export queue was full (a slow or dead collector).",
+            )),
+            exported: must(IntCounter::new("fusebox_trace_spans_exported_total", "Spans the OTLP collector accepted.")),
+            export_failures: must(IntCounter::new(
+                "fusebox_trace_export_failures_total",
+                "OTLP export requests that failed or timed out (their spans are dropped).",
+            )),
+        };
+        reg(Box::new(trace.dropped.clone()));
+        reg(Box::new(trace.exported.clone()));
+        reg(Box::new(trace.export_failures.clone()));
         for listener in ["data", "admin"] {
             open_connections.with_label_values(&[listener]);
         }
@@ -337,6 +353,7 @@ impl Metrics {
             websocket_messages,
             websocket_drops,
             store_write_errors,
+            trace,
             open_connections,
             request_bytes,
             response_bytes,

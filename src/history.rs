@@ -1,6 +1,7 @@
 //! Per-upstream history kept in memory: operation buckets (per minute for
-//! the last hour, per hour for 30 days) with a latency histogram for
-//! p95/p99, and health periods (status changes, 7-day retention). Memory is
+//! the last hour, per hour for 30 days) with a latency sketch for p95/p99
+//! within 1% of the recorded latencies (`sketch`, never a bucket bound),
+//! and health periods (status changes, 7-day retention). Memory is
 //! bounded whatever the traffic: at most `MINUTES + HOURS` buckets and
 //! `MAX_PERIODS` periods per upstream. Pure data: time is passed in as Unix
 //! seconds; no clock, lock or I/O here. [`History::to_json`] and
@@ -11,16 +12,15 @@ use std::time::Duration;
 
 use crate::breaker::Status;
 
+mod sketch;
+pub use sketch::Sketch;
+
 const MINUTES: usize = 60;
 const HOURS: usize = 30 * 24;
 const MAX_PERIODS: usize = 5_000;
 const PERIOD_RETENTION_SECS: u64 = 7 * 24 * 3600;
 
-/// Upper bounds (ms) of the latency histogram buckets; the last is +inf.
-const BOUNDS_MS: [f64; 15] =
-    [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 30000.0, f64::INFINITY];
-
-#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Bucket {
     /// Start of the bucket, Unix seconds.
     start: u64,
@@ -28,7 +28,10 @@ struct Bucket {
     successes: u64,
     failures: u64,
     duration_us: u64,
-    latency: [u32; BOUNDS_MS.len()],
+    /// The latencies (files saved before the sketch have none: their
+    /// buckets count but give no percentile).
+    #[serde(default)]
+    sketch: Sketch,
 }
 
 /// A stretch of time with one status.
@@ -70,8 +73,8 @@ impl History {
     /// The history as JSON, for the store.
     pub fn to_json(&self) -> String {
         let saved = Saved {
-            minutes: self.minutes.iter().copied().collect(),
-            hours: self.hours.iter().copied().collect(),
+            minutes: self.minutes.iter().cloned().collect(),
+            hours: self.hours.iter().cloned().collect(),
             periods: self.periods.iter().map(|p| (p.start, p.status.to_string(), p.incidents)).collect(),
         };
         serde_json::to_string(&saved).unwrap_or_default()
@@ -103,8 +106,6 @@ impl History {
     /// Records one finished call at Unix second `t`.
     pub fn record(&mut self, t: u64, failure: bool, duration: Duration) {
         let us = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
-        let ms = duration.as_secs_f64() * 1e3;
-        let slot = BOUNDS_MS.iter().position(|b| ms <= *b).unwrap_or(BOUNDS_MS.len() - 1);
         for (ring, width, cap) in [(&mut self.minutes, 60, MINUTES), (&mut self.hours, 3600, HOURS)] {
             let start = t - t % width;
             if ring.back().is_none_or(|b| b.start != start) {
@@ -121,7 +122,7 @@ impl History {
                     b.successes += 1;
                 }
                 b.duration_us = b.duration_us.saturating_add(us);
-                b.latency[slot] += 1;
+                b.sketch.add(duration);
             }
         }
     }
@@ -166,25 +167,10 @@ impl History {
             total.successes += b.successes;
             total.failures += b.failures;
             total.duration_us = total.duration_us.saturating_add(b.duration_us);
-            for (t, x) in total.latency.iter_mut().zip(b.latency) {
-                *t += x;
-            }
+            total.sketch.merge(&b.sketch);
         }
-        let pct = |q: f64| -> f64 {
-            if total.requests == 0 {
-                return 0.0;
-            }
-            let want = (q * total.requests as f64).ceil() as u64;
-            let mut seen = 0u64;
-            for (i, c) in total.latency.iter().enumerate() {
-                seen += u64::from(*c);
-                if seen >= want {
-                    // The bucket's upper bound; the open last bucket reports its lower one.
-                    return if BOUNDS_MS[i].is_finite() { BOUNDS_MS[i] } else { BOUNDS_MS[i - 1] };
-                }
-            }
-            0.0
-        };
+        // Nearest rank, within 1% of the recorded latency.
+        let pct = |q: f64| -> f64 { (total.sketch.quantile_ms(q) * 1e3).round() / 1e3 };
         OperationMetrics {
             request_count: total.requests,
             success_count: total.successes,
@@ -211,8 +197,9 @@ mod tests {
         let m = h.operations(t + 100, 3600);
         assert_eq!(m.request_count, 100);
         assert_eq!(m.failure_count, 10);
-        assert_eq!(m.p95_response_ms, 5.0);
-        assert_eq!(m.p99_response_ms, 1000.0);
+        // Within 1% of the recorded latencies, not a bucket's bound.
+        assert!((m.p95_response_ms - 3.0).abs() <= 0.03, "{}", m.p95_response_ms);
+        assert!((m.p99_response_ms - 700.0).abs() <= 7.0, "{}", m.p99_response_ms);
         assert!((m.avg_response_ms - (95.0 * 3.0 + 5.0 * 700.0) / 100.0).abs() < 1e-6);
         // Older than the hour: not in 1h, still in 24h.
         assert_eq!(h.operations(t + 7200, 3600).request_count, 0);

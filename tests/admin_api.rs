@@ -792,6 +792,38 @@ async fn history_shows_the_failed_period_and_counts_traffic() {
     assert_error(s, &v, StatusCode::NOT_FOUND, "unknown_service");
 }
 
+/// SPEC 8: the history records every status change, not only transitions:
+/// one failure in the window (no trip) is a degraded period, and the
+/// window clearing is a healthy one again, each within a tick.
+#[tokio::test]
+async fn history_records_status_changes_that_are_not_transitions() {
+    let up = upstream("api").await;
+    let env = Env::start(&upstreams_yaml(&up.url(), "failureThreshold: 5, resetTimeout: 60s, monitoringWindow: 1s", None), "").await;
+    send_n(&env, "/x", 2, StatusCode::OK).await;
+    up.set_status(500);
+    let (s, _, _) = env.data("/x").await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+    up.set_status(200);
+    let path = "/api/admin/circuit-breaker/api/history?timeframe=1h";
+    let statuses = |v: &Value| -> Vec<String> {
+        v["history"].as_array().map(|a| a.iter().filter_map(|e| e["status"].as_str().map(str::to_string)).collect()).unwrap_or_default()
+    };
+    let v = support::eventually(Duration::from_secs(10), "a degraded period", || async {
+        let (_, _, v) = env.api(Method::GET, path, None, None).await;
+        statuses(&v).contains(&"degraded".to_string()).then_some(v)
+    })
+    .await;
+    assert!(!statuses(&v).contains(&"failed".to_string()), "no trip, no failed period: {v}");
+    // The one-second window clears: healthy again, in the history too.
+    support::eventually(Duration::from_secs(10), "healthy again after the window", || async {
+        let (_, _, v) = env.api(Method::GET, path, None, None).await;
+        let list = statuses(&v);
+        let degraded_at = list.iter().position(|s| s == "degraded")?;
+        (list.last().map(String::as_str) == Some("healthy") && list.len() > degraded_at + 1).then_some(())
+    })
+    .await;
+}
+
 // --- auth and errors ---
 
 #[tokio::test]

@@ -321,6 +321,8 @@ async fn label_values_come_only_from_config_names() {
             ],
         ),
         ("result", vec!["success", "failure"]),
+        // fusebox_open_connections: the two listeners.
+        ("listener", vec!["data", "admin"]),
         // fusebox_build_info: what was built, never request data.
         ("version", vec![env!("CARGO_PKG_VERSION")]),
         ("commit", vec![option_env!("FUSEBOX_GIT_COMMIT").unwrap_or("unknown")]),

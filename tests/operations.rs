@@ -96,6 +96,7 @@ async fn a_failing_operation_opens_while_another_keeps_serving() {
     let stats = get_json(&c, &admin("/api/admin/circuit-breaker/catalog/operations/search")).await;
     assert_eq!(stats["state"], "OPEN", "{stats}");
     assert_eq!(stats["failureCount"], 3, "{stats}");
+    assert_eq!(stats["consecutiveFailures"], 3, "the consecutive count is its own field: {stats}");
     assert_eq!(stats["successCount"], 0, "{stats}");
     assert_eq!(stats["totalRequests"], 3, "{stats}");
     assert_eq!(stats["failureRate"], 1.0, "{stats}");
@@ -179,4 +180,53 @@ async fn every_client_response_is_counted_once_at_upstream_level_operation_rejec
     for series in ["process_resident_memory_bytes ", "process_open_fds ", "process_cpu_seconds_total "] {
         assert!(text.lines().any(|l| l.starts_with(series)), "{series}in {text}");
     }
+}
+
+/// SPEC 3b, with the usage guide's own numbers (threshold 3 on the
+/// upstream and on its operations): failure statuses of one operation open
+/// that operation only; a dead upstream opens the upstream for all.
+#[tokio::test]
+async fn blame_goes_to_the_narrowest_part_that_explains_it() {
+    let (addr, _) = catalog().await;
+    let yaml = |endpoint: String| {
+        format!(
+            "upstreams:\n  dynamodb:\n    endpoints: [{endpoint}]\n    startupGrace: 0s\n    breaker: {{ jitter: 0, failureThreshold: 3, resetTimeout: 60s }}\n\
+             routes:\n\
+             \x20 - {{ match: {{ pathPrefix: /search }}, upstream: dynamodb, operation: storeUserMessage, breaker: {{ failureThreshold: 3 }} }}\n\
+             \x20 - {{ match: {{ pathPrefix: /items }}, upstream: dynamodb, operation: storeBotMessage, breaker: {{ failureThreshold: 3 }} }}\n"
+        )
+    };
+    let app = fusebox(&yaml(format!("http://{addr}"))).await;
+    let c = client();
+    let data = |p: &str| format!("http://{}{p}", app.data_addr());
+    for _ in 0..3 {
+        assert_eq!(get(&c, &data("/search")).await.0, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    assert_eq!(circuit(&c, &app, "dynamodb/storeUserMessage").await["state"], "open");
+    assert_eq!(circuit(&c, &app, "dynamodb").await["state"], "closed", "failure statuses of one operation are that operation's");
+    for _ in 0..5 {
+        assert_eq!(get(&c, &data("/items/1")).await.0, StatusCode::OK, "its sibling keeps serving");
+    }
+    // The upstream's metrics still count every client response as it was.
+    let (_, _, text) = get(&c, &format!("http://{}/metrics", app.admin_addr())).await;
+    let failures: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("fusebox_requests_total{") && l.contains("upstream=\"dynamodb\"") && l.contains("outcome=\"failure\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(failures, 3.0, "{text}");
+    app.shutdown().await;
+
+    // A dead dynamodb: transport failures count on both, so the upstream
+    // opens for every operation.
+    let app = fusebox(&yaml(format!("http://127.0.0.1:{}", closed_port()))).await;
+    let data = |p: &str| format!("http://{}{p}", app.data_addr());
+    for _ in 0..3 {
+        assert_eq!(get(&c, &data("/items/1")).await.0, StatusCode::BAD_GATEWAY);
+    }
+    assert_eq!(circuit(&c, &app, "dynamodb").await["state"], "open", "a dead upstream opens for all");
+    let (s, h, body) = get(&c, &data("/search")).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(h["x-fusebox-circuit"], "open");
+    app.shutdown().await;
 }

@@ -307,7 +307,10 @@ fn operation_stats(state: &AdminState, service: &str, operation: &str) -> Resp {
             "service": up.config.name,
             "operation": operation,
             "state": state_name,
-            "failureCount": s.failure_count,
+            // The seed's "total number of failures" (in the window, like
+            // totalRequests); the consecutive count is its own field.
+            "failureCount": s.failed,
+            "consecutiveFailures": s.failure_count,
             "successCount": s.successful,
             "totalRequests": s.total,
             "lastFailureTime": stamp(s.last_failure),

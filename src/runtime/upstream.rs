@@ -289,9 +289,14 @@ impl Circuit {
     /// Time-driven changes (open -> half-open, TTLs), and a status change
     /// that came without a transition, published to `status_changes`.
     pub fn tick(&self, now: Instant) {
-        let status = self.with(|b| {
+        let status = self.with_core(|b, h| {
             b.tick(now);
-            b.status(now)
+            let status = b.status(now);
+            // Every status change goes into the history (SPEC 8), not
+            // only transitions: healthy -> degraded after a failure,
+            // degraded -> healthy when the window clears (no-op if same).
+            h.status(unix_secs(now), status, false);
+            status
         });
         let before = self.status.swap(status as u8, Ordering::Relaxed);
         if before != status as u8 {
@@ -370,21 +375,28 @@ impl CallGuard {
     /// `verdict` is what the breaker classifies (None: failed), `shown`
     /// what the metrics label it with; `unreachable`: it could not connect.
     fn record(&mut self, verdict: Option<u16>, shown: Option<u16>, timed_out: bool, unreachable: bool, now: Instant) -> CallOutcome {
-        if let Some(op) = self.operation.as_mut() {
-            op.record(verdict, shown, timed_out, unreachable, now);
-        }
+        let operation = self.operation.as_mut().map(|op| op.record(verdict, shown, timed_out, unreachable, now));
         let elapsed = now.saturating_duration_since(self.started);
         let permit = self.permit.take();
         let outcome = self.circuit.with_core(|b, h| {
             let outcome = b.policy().classify(verdict, elapsed);
-            if outcome.failure {
+            // Narrowest blame (SPEC 3b): on an operation's route, an answer
+            // (a failure status, a slow call) is that operation's alone; the
+            // upstream answered. Transport failures (no answer) count on
+            // both: a dead upstream still opens for every operation.
+            let effect = match (&operation, verdict) {
+                (Some(_), Some(_)) => CallOutcome { failure: false, slow: false },
+                _ => outcome,
+            };
+            if effect.failure {
                 self.circuit.transport_failure.store(unreachable, Ordering::Relaxed);
             }
             if let Some(p) = permit {
-                b.on_result(p, outcome, elapsed, now);
+                b.on_result(p, effect, elapsed, now);
             }
-            h.record(unix_secs(now), outcome.failure, elapsed);
-            outcome
+            h.record(unix_secs(now), effect.failure, elapsed);
+            // The request's own outcome: the operation's verdict on its route.
+            operation.unwrap_or(outcome)
         });
         let label = match (timed_out, outcome.failure) {
             (true, _) => Outcome::Timeout,

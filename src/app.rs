@@ -35,7 +35,7 @@ use crate::proxy::forward::DataPlane;
 use crate::proxy::server::{self, bind, ConnPolicy};
 use crate::runtime::pool::REAP_EVERY;
 use crate::runtime::reload::ConfigStore;
-use crate::runtime::upstream::CircuitEvent;
+use crate::runtime::upstream::{CircuitEvent, SavedCounters};
 use crate::runtime::watcher;
 use crate::runtime::{Live, RuntimeOverride, Shared};
 use crate::store::{Restored, Store, StoredTransition};
@@ -407,23 +407,38 @@ fn restore_circuits(state: &Live, restored: &Restored) {
     let generation = state.store.current();
     let now = clock::now();
     let now_ms = crate::store::unix_ms(SystemTime::now());
+    let ms = |v: i64| Duration::from_millis(u64::try_from(v).unwrap_or(0));
+    // A wall-clock time of before the restart, on this process's clock.
+    let instant = |wall_ms: Option<i64>| wall_ms.and_then(|t| now.checked_sub(ms(now_ms.saturating_sub(t))));
     for (name, saved) in &restored.phases {
         let Some(up) = generation.upstreams.get(name) else { continue };
+        let counters: Option<SavedCounters> = saved.counters.as_deref().and_then(|c| match serde_json::from_str(c) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(upstream = %name, error = %e, "stored counters unreadable: they start at zero");
+                None
+            }
+        });
         let remaining_ms = match (saved.phase.as_str(), saved.open_until_ms) {
-            ("open", Some(until)) if until > now_ms => until - now_ms,
-            ("open", Some(_)) | ("half-open", _) => 0,
-            _ => continue,
+            ("open", Some(until)) if until > now_ms => Some(until - now_ms),
+            ("open", Some(_)) | ("half-open", _) => Some(0),
+            _ => None,
         };
-        let ms = |v: i64| Duration::from_millis(u64::try_from(v).unwrap_or(0));
-        let remaining = ms(remaining_ms);
-        let opened_for = ms(now_ms.saturating_sub(saved.saved_ms));
-        up.circuit.with(|b| b.restore_open(opened_for, remaining, saved.recovery_attempts, saved.total_incidents, now));
-        tracing::info!(
-            upstream = %name,
-            remaining_ms,
-            recovery_attempts = saved.recovery_attempts,
-            "open circuit restored from the store: it stays open for the rest of its wait"
-        );
+        if let Some(remaining_ms) = remaining_ms {
+            let waits = (ms(now_ms.saturating_sub(saved.saved_ms)), ms(remaining_ms));
+            let trip = counters.as_ref().and_then(|c| c.trip.clone());
+            up.circuit.with(|b| b.restore_open(waits, (saved.recovery_attempts, saved.total_incidents), trip, now));
+            tracing::info!(
+                upstream = %name,
+                remaining_ms,
+                recovery_attempts = saved.recovery_attempts,
+                "open circuit restored from the store: it stays open for the rest of its wait"
+            );
+        }
+        if let Some(c) = counters {
+            let last = (instant(c.last_failure_ms), instant(c.last_success_ms));
+            up.circuit.with(|b| b.restore_counters((c.total, c.successful, c.failed, c.rejected), last));
+        }
     }
     for (name, saved) in &restored.circuits {
         let Some(up) = generation.upstreams.get(name) else { continue };

@@ -89,9 +89,32 @@ CREATE TABLE IF NOT EXISTS circuit_phases (
     phase TEXT NOT NULL,
     open_until_ms INTEGER,
     recovery_attempts INTEGER NOT NULL,
-    total_incidents INTEGER NOT NULL
+    total_incidents INTEGER NOT NULL,
+    counters TEXT
 );
 ";
+
+/// The layout [`SCHEMA`] and [`migrate`] give a file (`PRAGMA
+/// user_version`). 0: the first layout (no saved counters); 1: counters
+/// and the trip reason of each circuit (`circuit_phases.counters`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Brings a file of an older layout forward, in place, and stamps it.
+/// A file of a newer layout (a downgrade) is used as it is, with a
+/// warning: the columns this version knows are all there.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        tracing::warn!(version, known = SCHEMA_VERSION, "the store file was written by a newer fusebox; using the columns this one knows");
+        return Ok(());
+    }
+    let has_counters = conn.prepare("SELECT counters FROM circuit_phases LIMIT 0").is_ok();
+    if !has_counters {
+        conn.execute_batch("ALTER TABLE circuit_phases ADD COLUMN counters TEXT")?;
+        tracing::info!(from = version, to = SCHEMA_VERSION, "store file migrated: circuits keep their counters and trip reason");
+    }
+    conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+}
 
 /// One circuit transition, as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,6 +149,9 @@ pub struct SavedPhase {
     pub open_until_ms: Option<i64>,
     pub recovery_attempts: u32,
     pub total_incidents: u64,
+    /// The circuit's counters, times and trip reason (JSON of
+    /// `runtime::upstream::SavedCounters`); None in files of layout 0.
+    pub counters: Option<String>,
 }
 
 /// What the store held at startup.
@@ -221,6 +247,7 @@ impl Store {
         let conn = Connection::open(path).map_err(|e| fail(&e))?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(|e| fail(&e))?;
         conn.execute_batch(SCHEMA).map_err(|e| fail(&e))?;
+        migrate(&conn).map_err(|e| fail(&e))?;
         let restored = read_all(&conn).map_err(|e| fail(&e))?;
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let health = Arc::new(WriteHealth::default());
@@ -457,7 +484,7 @@ fn read_all(conn: &Connection) -> rusqlite::Result<Restored> {
         restored.circuits.push(row?);
     }
     let mut stmt = conn.prepare(
-        "SELECT upstream, saved_ms, phase, open_until_ms, recovery_attempts, total_incidents FROM circuit_phases ORDER BY upstream",
+        "SELECT upstream, saved_ms, phase, open_until_ms, recovery_attempts, total_incidents, counters FROM circuit_phases ORDER BY upstream",
     )?;
     for row in stmt.query_map([], |r| {
         Ok((
@@ -468,6 +495,7 @@ fn read_all(conn: &Connection) -> rusqlite::Result<Restored> {
                 open_until_ms: r.get(3)?,
                 recovery_attempts: u32::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
                 total_incidents: u64::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
+                counters: r.get(6)?,
             },
         ))
     })? {
@@ -574,6 +602,7 @@ impl Writer {
         let conn = Connection::open(&self.path).map_err(|e| e.to_string())?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| e.to_string())?;
         conn.execute_batch(SCHEMA).map_err(|e| e.to_string())?;
+        migrate(&conn).map_err(|e| e.to_string())?;
         self.conn = conn;
         self.file = FileIdentity::of(&self.path);
         Ok(())
@@ -769,10 +798,10 @@ fn write_batch(conn: &mut Connection, batch: Vec<Op>, deadline: Option<std::time
             }
             Op::Phase(name, p) => {
                 tx.prepare_cached(
-                    "INSERT INTO circuit_phases (upstream, saved_ms, phase, open_until_ms, recovery_attempts, total_incidents)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                    "INSERT INTO circuit_phases (upstream, saved_ms, phase, open_until_ms, recovery_attempts, total_incidents, counters)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                      ON CONFLICT (upstream) DO UPDATE SET saved_ms = ?2, phase = ?3, open_until_ms = ?4,
-                         recovery_attempts = ?5, total_incidents = ?6",
+                         recovery_attempts = ?5, total_incidents = ?6, counters = ?7",
                 )?
                 .execute(params![
                     name,
@@ -780,7 +809,8 @@ fn write_batch(conn: &mut Connection, batch: Vec<Op>, deadline: Option<std::time
                     p.phase,
                     p.open_until_ms,
                     i64::from(p.recovery_attempts),
-                    i64::try_from(p.total_incidents).unwrap_or(i64::MAX)
+                    i64::try_from(p.total_incidents).unwrap_or(i64::MAX),
+                    p.counters
                 ])?;
             }
             // Taken out above.

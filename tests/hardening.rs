@@ -664,6 +664,20 @@ async fn an_open_circuit_stays_open_across_a_restart_and_the_upstream_sees_nothi
     assert_eq!(after["state"], "open", "open across the restart: {after}");
     assert_eq!(after["totalIncidents"], before["totalIncidents"], "{after}");
     assert_eq!(after["recoveryAttempts"], before["recoveryAttempts"], "{after}");
+    // SPEC 8: not only the state: counts, times and the original trip
+    // reason come back ("restored" is a flag beside it, not the reason).
+    assert_eq!(before["trip"]["rule"], "consecutive", "{before}");
+    assert_eq!(after["trip"]["rule"], before["trip"]["rule"], "{after}");
+    assert_eq!(after["trip"]["detail"], before["trip"]["detail"], "{after}");
+    assert_eq!(after["trip"]["restored"], true, "{after}");
+    assert_eq!(before["trip"]["restored"], false, "{before}");
+    for key in ["total", "failed", "successful"] {
+        assert_eq!(after[key], before[key], "{key}: {before} vs {after}");
+    }
+    assert_eq!(after["failed"], 2, "{after}");
+    let at = |v: &Value| humantime::parse_rfc3339(v["lastFailure"].as_str().unwrap_or_else(|| panic!("lastFailure: {v}"))).unwrap();
+    let moved = at(&after).duration_since(at(&before)).unwrap_or_else(|e| e.duration());
+    assert!(moved < Duration::from_secs(1), "the last failure's time is kept: {before} vs {after}");
     let until = |v: &Value| humantime::parse_rfc3339(v["openUntil"].as_str().unwrap_or_else(|| panic!("openUntil: {v}"))).unwrap();
     let drift = until(&after).duration_since(until(&before)).unwrap_or_else(|e| e.duration());
     assert!(drift < Duration::from_secs(1), "the remaining wait is kept, not restarted: {before} vs {after}");

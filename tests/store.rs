@@ -200,3 +200,41 @@ async fn an_override_stored_with_the_old_debug_key_is_restored_and_rewritten_wit
     assert_eq!(stored_base(&db), stable, "and the store now holds the stable key");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// SPEC 8: the store has a schema version and migrates older files forward.
+/// A file of the first layout (no saved counters, `user_version` 0) with an
+/// open circuit in it: the new fusebox opens it, adds the column, stamps
+/// the version, and keeps the circuit open.
+#[tokio::test]
+async fn a_store_file_of_the_first_layout_is_migrated_forward() {
+    let dir = temp_dir("store-migrate");
+    let db = dir.join("fusebox.db");
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE circuit_phases (upstream TEXT PRIMARY KEY, saved_ms INTEGER NOT NULL, phase TEXT NOT NULL,
+                 open_until_ms INTEGER, recovery_attempts INTEGER NOT NULL, total_incidents INTEGER NOT NULL);",
+        )
+        .unwrap();
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        conn.execute("INSERT INTO circuit_phases VALUES ('api', ?1, 'open', ?2, 1, 3)", rusqlite::params![now_ms - 1_000, now_ms + 60_000])
+            .unwrap();
+        let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, 0);
+    }
+    let api = upstream("api").await;
+    let ok = upstream("ok").await;
+    let app = fusebox(&config(&db, &api.url(), &ok.url(), "failureThreshold: 5")).await;
+    let c = support::circuit(&client(), &app, "api").await;
+    assert_eq!(c["state"], "open", "the old file's open circuit is kept: {c}");
+    assert_eq!(c["totalIncidents"], 3, "{c}");
+    assert_eq!(get(&client(), &format!("http://{}/api/x", app.data_addr())).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    app.shutdown().await;
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(v, fusebox::store::SCHEMA_VERSION, "stamped with the current layout");
+    let counters: Option<String> = conn.query_row("SELECT counters FROM circuit_phases WHERE upstream = 'api'", [], |r| r.get(0)).unwrap();
+    let counters: Value = serde_json::from_str(&counters.expect("written at shutdown")).unwrap();
+    assert!(counters["trip"].is_object() || counters["trip"].is_null(), "{counters}");
+    let _ = std::fs::remove_dir_all(dir);
+}

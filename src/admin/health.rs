@@ -136,7 +136,12 @@ pub fn circuit_breakers(state: &AdminState) -> Response<ProxyBody> {
                 "inFlight": u.circuit.in_flight(),
                 "endpoints": u.endpoints.view(now),
                 "openUntil": s.open_until.map(|t| clock::rfc3339(clock::wall(t))),
-                "trip": s.trip.as_ref().map(|r| json!({ "rule": r.rule(), "detail": r.to_string() })),
+                "trip": s.trip.as_ref().map(|r| json!({ "rule": r.rule(), "detail": r.to_string(), "restored": s.restored })),
+                "total": s.total,
+                "successful": s.successful,
+                "failed": s.failed,
+                "lastFailure": s.last_failure.map(|t| clock::rfc3339(clock::wall(t))),
+                "lastSuccess": s.last_success.map(|t| clock::rfc3339(clock::wall(t))),
                 "lastTransition": s.last_transition.as_ref().map(|t| json!({
                     "from": t.from.as_str(), "to": t.to.as_str(), "reason": t.reason.to_string(), "rule": t.reason.rule(),
                     "detail": t.reason.to_string(), "shadow": t.shadow, "at": clock::rfc3339(clock::wall(t.at)),

@@ -66,6 +66,10 @@ pub struct CircuitView {
 pub struct TripView {
     pub rule: String,
     pub detail: String,
+    /// The open phase came back from the store after a restart; `rule`
+    /// and `detail` are still the original trip's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restored: bool,
 }
 
 /// One transition: `reason` is the readable text, `rule` the rule's name.
@@ -147,7 +151,7 @@ impl ServiceEntry {
                 total_incidents: s.total_incidents,
                 rejected: s.rejected,
                 in_flight: u.circuit.in_flight() as u64,
-                trip: s.trip.as_ref().map(|r| TripView { rule: r.rule().to_string(), detail: r.to_string() }),
+                trip: s.trip.as_ref().map(|r| TripView { rule: r.rule().to_string(), detail: r.to_string(), restored: s.restored }),
                 last_transition: s.last_transition.as_ref().map(TransitionView::of),
             },
             operations: OperationsView {

@@ -38,8 +38,10 @@ pub enum Status {
     Unknown,
 }
 
-/// Why a transition happened, with the figures that fired it.
-#[derive(Debug, Clone, PartialEq)]
+/// Why a transition happened, with the figures that fired it. Serialized
+/// (tagged by `rule`) when the store keeps an open circuit's trip reason.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "rule", rename_all = "kebab-case")]
 pub enum Reason {
     Consecutive {
         failures: u32,
@@ -157,6 +159,9 @@ pub struct Snapshot {
     /// When an open circuit goes half-open.
     pub open_until: Option<Instant>,
     pub trip: Option<Reason>,
+    /// The open phase was put back from the store after a restart (the
+    /// trip is still the original one).
+    pub restored: bool,
     pub state_since: Instant,
     pub last_transition: Option<Transition>,
 }
@@ -224,6 +229,9 @@ pub struct Breaker {
     probed: bool,
     last_transition: Option<Transition>,
     events: Vec<Transition>,
+    /// The epoch of an open phase put back from the store: while it lasts
+    /// the snapshot says `restored` (the trip reason stays the original).
+    restored_epoch: Option<u64>,
 }
 
 // === impl Breaker ===
@@ -256,7 +264,26 @@ impl Breaker {
             probed: false,
             last_transition: None,
             events: Vec::new(),
+            restored_epoch: None,
         }
+    }
+
+    /// Puts back the counters and times a restart would lose (SPEC 8):
+    /// totals, rejections and the last failure and success. Only a circuit
+    /// that has not seen a call yet takes them.
+    pub fn restore_counters(
+        &mut self,
+        (total, successful, failed, rejected): (u64, u64, u64, u64),
+        last: (Option<Instant>, Option<Instant>),
+    ) {
+        if self.total > 0 {
+            return;
+        }
+        self.total = total;
+        self.successful = successful;
+        self.failed = failed;
+        self.rejected = self.rejected.max(rejected);
+        (self.last_failure, self.last_success) = last;
     }
 
     pub fn policy(&self) -> &Policy {
@@ -606,7 +633,15 @@ impl Breaker {
     /// the next open period keeps its backoff. `opened_for` is how long it
     /// had already been open. Only a closed, automatic circuit that has not
     /// seen a call yet (a fresh one) is changed; it reports `closed -> open`.
-    pub fn restore_open(&mut self, opened_for: Duration, remaining: Duration, recovery_attempts: u32, total_incidents: u64, now: Instant) {
+    /// `trip` is the reason it opened (the snapshot keeps reporting it,
+    /// flagged `restored`); without one, the restore is the reason.
+    pub fn restore_open(
+        &mut self,
+        (opened_for, remaining): (Duration, Duration),
+        (recovery_attempts, total_incidents): (u32, u64),
+        trip: Option<Reason>,
+        now: Instant,
+    ) {
         if !matches!(self.phase, Phase::Closed { consecutive: 0, .. }) || self.total > 0 {
             return;
         }
@@ -615,8 +650,10 @@ impl Breaker {
         let from = self.phase_state();
         let opened_at = now.checked_sub(opened_for).unwrap_or(now);
         let action = "restored from the store after a restart".to_string();
-        self.phase = Phase::Open { opened_at, until: now + remaining, trip: Reason::Operator { action: action.clone() } };
+        let trip = trip.unwrap_or_else(|| Reason::Operator { action: action.clone() });
+        self.phase = Phase::Open { opened_at, until: now + remaining, trip };
         self.epoch += 1;
+        self.restored_epoch = Some(self.epoch);
         self.emit_phase(from, Reason::Operator { action }, now, self.effective_mode() == Mode::MetricsOnly);
     }
 
@@ -772,6 +809,7 @@ impl Breaker {
             average_duration: (self.total > 0).then(|| self.duration_sum / u32::try_from(self.total).unwrap_or(u32::MAX)),
             open_until,
             trip,
+            restored: self.restored_epoch == Some(self.epoch),
             state_since: self.state_since,
             last_transition: self.last_transition.clone(),
         }

@@ -21,6 +21,21 @@ use crate::telemetry::UpstreamMetrics;
 use super::endpoint::EndpointSet;
 use super::retry::RetryBudget;
 
+/// What a restart keeps of a circuit besides its phase (SPEC 8): counts,
+/// rejections, the last failure and success (wall-clock ms) and the reason
+/// it opened, as the JSON of `circuit_phases.counters`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SavedCounters {
+    pub total: u64,
+    pub successful: u64,
+    pub failed: u64,
+    pub rejected: u64,
+    pub last_failure_ms: Option<i64>,
+    pub last_success_ms: Option<i64>,
+    pub trip: Option<crate::breaker::Reason>,
+}
+
 /// A transition of one circuit, as published to watchers (WebSocket,
 /// history). Cloned per receiver by the channel, not per client socket.
 #[derive(Debug, Clone)]
@@ -119,6 +134,16 @@ impl Circuit {
         let now = clock::now();
         store.circuit(&self.name, self.saved(now));
         let snap = self.snapshot(now);
+        let wall_ms = |t: Option<Instant>| t.map(|t| crate::store::unix_ms(clock::wall(t)));
+        let counters = SavedCounters {
+            total: snap.total,
+            successful: snap.successful,
+            failed: snap.failed,
+            rejected: snap.rejected,
+            last_failure_ms: wall_ms(snap.last_failure),
+            last_success_ms: wall_ms(snap.last_success),
+            trip: snap.trip.clone(),
+        };
         let phase = match (snap.open_until, snap.state) {
             (Some(_), _) => "open",
             (None, crate::breaker::CircuitState::HalfOpen) => "half-open",
@@ -132,6 +157,7 @@ impl Circuit {
                 open_until_ms: snap.open_until.map(|t| crate::store::unix_ms(clock::wall(t))),
                 recovery_attempts: snap.recovery_attempts,
                 total_incidents: snap.total_incidents,
+                counters: serde_json::to_string(&counters).ok(),
             },
         );
     }

@@ -305,6 +305,8 @@ pub struct RouteConfig {
     pub operation: Option<String>,
     /// That operation's policy: the route's keys over its upstream's.
     pub breaker: Option<Policy>,
+    /// What that operation's open circuit answers (else its upstream's).
+    pub fallback: Option<Fallback>,
 }
 
 impl RouteConfig {

@@ -230,3 +230,35 @@ async fn blame_goes_to_the_narrowest_part_that_explains_it() {
     assert_eq!(h["x-fusebox-circuit"], "open");
     app.shutdown().await;
 }
+
+/// SPEC 3b: a route may carry its own `fallback`, answered while its
+/// operation's circuit is open; the upstream's answers for the others.
+#[tokio::test]
+async fn an_operation_route_answers_with_its_own_fallback() {
+    let (addr, _) = catalog().await;
+    let app = fusebox(&format!(
+        "upstreams:\n  catalog:\n    endpoints: [http://{addr}]\n    breaker: {{ jitter: 0, failureThreshold: 10 }}\n    fallback: {{ status: 503, body: upstream-fallback }}\n\
+         routes:\n\
+         \x20 - match: {{ pathPrefix: /search }}\n    upstream: catalog\n    operation: search\n    breaker: {{ failureThreshold: 2 }}\n    fallback: {{ status: 200, headers: {{ content-type: application/json }}, body: '{{\"results\":[],\"degraded\":true}}' }}\n\
+         \x20 - {{ match: {{ pathPrefix: / }}, upstream: catalog }}\n"
+    ))
+    .await;
+    let c = client();
+    let data = |p: &str| format!("http://{}{p}", app.data_addr());
+    for _ in 0..2 {
+        assert_eq!(get(&c, &data("/search")).await.0, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    let (s, h, body) = get(&c, &data("/search")).await;
+    assert_eq!(s, StatusCode::OK, "the route's fallback: {body}");
+    assert_eq!(body, r#"{"results":[],"degraded":true}"#);
+    assert_eq!(h["content-type"], "application/json");
+    assert_eq!(h["x-fusebox-circuit"], "open");
+    app.shutdown().await;
+
+    // A route fallback without an operation is refused, with its key.
+    let err = fusebox::config::parse(&format!(
+        "upstreams: {{ a: {{ endpoints: [http://{addr}] }} }}\nroutes:\n  - {{ match: {{ pathPrefix: / }}, upstream: a, fallback: {{ status: 200 }} }}\n"
+    ))
+    .expect_err("no operation");
+    assert!(err.errors.iter().any(|e| e.path == "routes[0].fallback"), "{err}");
+}

@@ -292,6 +292,8 @@ pub struct RawRoute {
     pub operation: Option<String>,
     /// That operation's breaker keys, over its upstream's.
     pub breaker: Option<RawBreaker>,
+    /// What that operation's open circuit answers (over its upstream's).
+    pub fallback: Option<RawFallback>,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

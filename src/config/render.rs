@@ -29,11 +29,7 @@ pub fn upstream(u: &UpstreamConfig) -> Value {
         "healthCheck": u.health_check.as_ref().map(|h| json!({ "path": h.path, "interval": human(h.interval), "timeout": human(h.timeout) })),
         "timeouts": { "connect": human(u.timeouts.connect), "request": human(u.timeouts.request), "idle": human(u.timeouts.idle) },
         "maxConcurrentRequests": u.max_concurrent_requests,
-        "fallback": u.fallback.as_ref().map(|f| json!({
-            "status": f.status.as_u16(),
-            "headers": f.headers.iter().map(|(k, v)| (k.to_string(), Value::from(v.to_str().unwrap_or("<binary>")))).collect::<serde_json::Map<_, _>>(),
-            "bodyBytes": f.body.len(),
-        })),
+        "fallback": u.fallback.as_ref().map(fallback),
         "tls": {
             "caFile": u.tls.ca_file,
             "serverName": u.tls.server_name,
@@ -86,6 +82,16 @@ pub fn route(r: &RouteConfig) -> Value {
         "upstream": r.upstream,
         "operation": r.operation,
         "breaker": r.breaker.as_ref().map(breaker),
+        "fallback": r.fallback.as_ref().map(fallback),
+    })
+}
+
+/// A fallback, its body as a length.
+fn fallback(f: &crate::config::Fallback) -> Value {
+    json!({
+        "status": f.status.as_u16(),
+        "headers": f.headers.iter().map(|(k, v)| (k.to_string(), Value::from(v.to_str().unwrap_or("<binary>")))).collect::<serde_json::Map<_, _>>(),
+        "bodyBytes": f.body.len(),
     })
 }
 

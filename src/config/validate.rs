@@ -21,8 +21,8 @@ use super::defaults::{self, Section, Written};
 use super::keys::suggest;
 use super::locate::locate;
 use super::model::{
-    RawAuth, RawBreaker, RawClient, RawConfig, RawDefaults, RawHealthCheck, RawJwt, RawListenerTls, RawOutlierDetection, RawRetry,
-    RawTimeouts, RawTracing, RawUpstream, StatusSpec,
+    RawAuth, RawBreaker, RawClient, RawConfig, RawDefaults, RawFallback, RawHealthCheck, RawJwt, RawListenerTls, RawOutlierDetection,
+    RawRetry, RawTimeouts, RawTracing, RawUpstream, StatusSpec,
 };
 use super::{
     read_small_file, AdminConfig, AuthConfig, ClientConfig, Config, ConfigError, Endpoint, Fallback, HealthCheck, JwtConfig, JwtKey,
@@ -207,7 +207,19 @@ impl Validator<'_> {
                     );
                 }
             }
+            let fallback = match (r.fallback, &operation) {
+                (Some(_), None) => {
+                    self.error(
+                        &format!("{path}.fallback"),
+                        "a route's fallback answers for its operation's circuit: name one with `operation:`",
+                    );
+                    None
+                }
+                (Some(f), Some(_)) => Some(self.fallback(&format!("{path}.fallback"), f)),
+                (None, _) => None,
+            };
             routes.push(RouteConfig {
+                fallback,
                 host: m.host.map(|h| h.to_ascii_lowercase()),
                 path_prefix: m.path_prefix,
                 methods,
@@ -297,6 +309,29 @@ impl Validator<'_> {
         let timeout = self.duration("tracing.otlp.timeout", otlp.timeout.as_deref(), default_timeout);
         let service_name = raw.service_name.or_else(|| env("OTEL_SERVICE_NAME")).unwrap_or_else(|| "fusebox".to_string());
         Some(TracingConfig { sample_rate: sample_rate.clamp(0.0, 1.0), service_name, otlp: OtlpConfig { endpoint, headers, timeout } })
+    }
+
+    /// An upstream's or a route's `fallback`.
+    fn fallback(&mut self, path: &str, f: RawFallback) -> Fallback {
+        let status = match f.status.map_or(Ok(defaults::FALLBACK_STATUS), http::StatusCode::from_u16) {
+            Ok(s) => s,
+            Err(_) => {
+                self.error(&format!("{path}.status"), "is not an HTTP status");
+                defaults::FALLBACK_STATUS
+            }
+        };
+        let mut headers = Vec::new();
+        for (k, v) in &f.headers {
+            match (http::HeaderName::try_from(k.as_str()), http::HeaderValue::try_from(v.as_str())) {
+                (Ok(k), Ok(v)) => headers.push((k, v)),
+                _ => self.error(&format!("{path}.headers.{k}"), "is not a valid header"),
+            }
+        }
+        let body = f.body.unwrap_or_default();
+        if body.len() > MAX_FILE_BYTES {
+            self.error(&format!("{path}.body"), format!("is {} bytes, more than the 1 MiB allowed", body.len()));
+        }
+        Fallback { status, headers, body: bytes::Bytes::from(body) }
     }
 
     fn client(&mut self, raw: RawClient) -> ClientConfig {
@@ -590,27 +625,7 @@ impl Validator<'_> {
             }
             *w.value
         });
-        let fallback = raw.fallback.map(|f| {
-            let status = match f.status.map_or(Ok(defaults::FALLBACK_STATUS), http::StatusCode::from_u16) {
-                Ok(s) => s,
-                Err(_) => {
-                    self.error(&format!("{path}.fallback.status"), "is not an HTTP status");
-                    defaults::FALLBACK_STATUS
-                }
-            };
-            let mut headers = Vec::new();
-            for (k, v) in &f.headers {
-                match (http::HeaderName::try_from(k.as_str()), http::HeaderValue::try_from(v.as_str())) {
-                    (Ok(k), Ok(v)) => headers.push((k, v)),
-                    _ => self.error(&format!("{path}.fallback.headers.{k}"), "is not a valid header"),
-                }
-            }
-            let body = f.body.unwrap_or_default();
-            if body.len() > MAX_FILE_BYTES {
-                self.error(&format!("{path}.fallback.body"), format!("is {} bytes, more than the 1 MiB allowed", body.len()));
-            }
-            Fallback { status, headers, body: bytes::Bytes::from(body) }
-        });
+        let fallback = raw.fallback.map(|f| self.fallback(&format!("{path}.fallback"), f));
         let tls = match raw.tls {
             None => UpstreamTls::default(),
             Some(t) => {

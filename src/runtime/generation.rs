@@ -215,7 +215,7 @@ impl Generation {
                     now,
                 )),
             };
-            upstreams.insert(name, Arc::new(Upstream::operation(&parent, op, policy.clone(), circuit)));
+            upstreams.insert(name, Arc::new(Upstream::operation(&parent, op, (policy.clone(), route.fallback.clone()), circuit)));
         }
         let router = Router::new(&config.routes, &upstreams);
         // The exporter (and its queue) stays while `tracing:` does.

@@ -494,10 +494,19 @@ impl Upstream {
     /// The circuit of operation `operation` of `parent`: named
     /// `upstream/operation`, with its own breaker policy, sharing the
     /// upstream's endpoints and retry budget. It is never probed itself.
-    pub fn operation(parent: &Upstream, operation: &str, breaker: crate::breaker::Policy, circuit: Arc<Circuit>) -> Upstream {
+    /// `fallback`: the route's own, else the upstream's is used.
+    pub fn operation(
+        parent: &Upstream,
+        operation: &str,
+        (breaker, fallback): (crate::breaker::Policy, Option<crate::config::Fallback>),
+        circuit: Arc<Circuit>,
+    ) -> Upstream {
         let mut config = parent.config.clone();
         config.name = format!("{}/{operation}", parent.config.name);
         config.breaker = breaker;
+        if fallback.is_some() {
+            config.fallback = fallback;
+        }
         config.health_check = None;
         Upstream {
             config,

@@ -1189,7 +1189,10 @@ async fn audit_lists_every_mutation_with_who_what_and_why() {
 #[tokio::test]
 async fn put_config_takes_the_architecture_seeds_whole_body() {
     let up = upstream("api").await;
-    let env = Env::start(&upstreams_yaml(&up.url(), "failureThreshold: 10", None), "").await;
+    // healthCheckIntervalMs times a health check: the upstream has one.
+    let yaml = upstreams_yaml(&up.url(), "failureThreshold: 10", None)
+        .replace("    breaker: {", "    healthCheck: { path: /health, interval: 10s }\n    breaker: {");
+    let env = Env::start(&yaml, "").await;
     let t = admin_token("ops");
     let body = json!({
         "enabled": false, "failureThreshold": 2, "resetTimeoutMs": 60000, "minHealthyPeriodMs": 120000,
@@ -1207,7 +1210,18 @@ async fn put_config_takes_the_architecture_seeds_whole_body() {
         let (s, _, _) = env.data("/x").await;
         assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
     }
-    assert_eq!(up.hits(), 5);
+    assert!(up.hits() >= 5);
+    let (_, _, v) = env.api(Method::GET, "/api/admin/config", Some(&t), None).await;
+    assert_eq!(v["upstreams"]["api"]["healthCheck"]["interval"], "30s", "the interval is applied: {v}");
+
+    // Without a health check the interval would time nothing: refused,
+    // never accepted and ignored.
+    let plain = upstream("plain").await;
+    let env = Env::start(&upstreams_yaml(&plain.url(), "failureThreshold: 10", None), "").await;
+    let body = json!({ "failureThreshold": 2, "resetTimeoutMs": 60000, "minHealthyPeriodMs": 0, "healthCheckIntervalMs": 30000 });
+    let (s, _, v) = env.api(Method::PUT, API_CONFIG, Some(&t), Some(body)).await;
+    assert_error(s, &v, StatusCode::BAD_REQUEST, "invalid_config");
+    assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("healthCheck")), "{v}");
 }
 
 /// `GET /api/admin/config`: the effective config with defaults applied,
@@ -1253,7 +1267,11 @@ async fn forced_open_refusals_carry_the_operators_reason() {
     let env = Env::start(&upstreams_yaml(&up.url(), "failureThreshold: 5", None), "").await;
     let t = admin_token("ops");
     let a = env.service("api").await;
-    assert!(a["operations"].get("lastOperation").is_none(), "omitted before the first call: {a}");
+    assert_eq!(
+        a["operations"].get("lastOperation"),
+        Some(&Value::Null),
+        "present (the seed's field is not optional), null before the first call: {a}"
+    );
     let (s, _, v) = env
         .api(
             Method::POST,

@@ -482,6 +482,10 @@ async fn put_config(state: &Arc<AdminState>, who: &Principal, service: &str, bod
     if body.health_check_interval_ms.is_some_and(|i| !(100..=86_400_000).contains(&i)) {
         problems.push("healthCheckIntervalMs must be between 100 and 86400000");
     }
+    // Never accepted and ignored: an interval needs a health check to time.
+    if body.health_check_interval_ms.is_some() && up.config.health_check.is_none() {
+        problems.push("healthCheckIntervalMs needs a healthCheck on this upstream (configure one in the YAML first)");
+    }
     if !problems.is_empty() {
         return error_response(StatusCode::BAD_REQUEST, "invalid_config", problems.join("; "));
     }
@@ -531,8 +535,8 @@ async fn put_config(state: &Arc<AdminState>, who: &Principal, service: &str, bod
         "failureThreshold": body.failure_threshold,
         "resetTimeoutMs": body.reset_timeout_ms,
         "minHealthyPeriodMs": body.min_healthy_period_ms,
-        // Defaulted to what is in effect, never null.
-        "requestLimit": body.request_limit.unwrap_or(up.config.max_concurrent_requests),
+        // Defaulted to what is in effect now (after this change), never null.
+        "requestLimit": body.request_limit.unwrap_or_else(|| find(state, service).map_or(up.config.max_concurrent_requests, |u| u.config.max_concurrent_requests)),
     });
     // The seed's other keys are echoed when the body named them.
     if let Some(v) = body.enabled {

@@ -93,8 +93,8 @@ pub struct OperationsView {
     pub successful: u64,
     pub failed: u64,
     pub success_rate: f64,
-    /// Omitted before the first call.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Always present (the seed's field is not optional): null before
+    /// the first call.
     pub last_operation: Option<String>,
 }
 

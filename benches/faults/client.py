@@ -54,7 +54,10 @@ def main():
     p.add_argument("--trigger-wait-port", type=int, default=0)
     p.add_argument("--trigger-pause", type=float, default=0)
     p.add_argument("--trigger-after-seconds", type=float, default=0)
+    p.add_argument("--interval", type=float, default=0, help="pause between a thread's requests")
+    p.add_argument("--trace", help="append 'unix_time ok' (1 or 0) per answered or failed request")
     a = p.parse_args()
+    trace = open(a.trace, "a", buffering=1) if a.trace else None
 
     u = urllib.parse.urlsplit(a.url)
     host, port, path = u.hostname, u.port or 80, u.path or "/"
@@ -110,6 +113,8 @@ def main():
                         state["ok"] += 1
                     else:
                         statuses[str(resp.status)] = statuses.get(str(resp.status), 0) + 1
+                    if trace:
+                        trace.write("%.3f %d\n" % (time.time(), 1 if 200 <= resp.status < 300 else 0))
                 if resp.will_close:
                     conn.close()
                     conn = None
@@ -117,8 +122,12 @@ def main():
                 kind = "timeout" if isinstance(e, socket.timeout) else type(e).__name__
                 with lock:
                     errors[kind] = errors.get(kind, 0) + 1
+                    if trace:
+                        trace.write("%.3f 0\n" % time.time())
                 conn.close()
                 conn = None
+            if a.interval:
+                time.sleep(a.interval)
             if finished() and conn is not None:
                 # After the pause, a fresh connection: a proxy's client idle
                 # timeout may have closed this one meanwhile (not a fault).
@@ -139,7 +148,9 @@ def main():
             "ok": state["ok"],
             "statuses": dict(sorted(statuses.items())),
             "errors": dict(sorted(errors.items())),
-            "unsent": state["unsent"] + (a.requests - state["next"]),
+            # A paced run (--interval) is time-boxed: what it did not send is no news.
+            "unsent": 0 if a.interval else state["unsent"] + (a.requests - state["next"]),
+            "sent": state["next"] - state["unsent"],
             "connections": state["connections"],
             "wall_s": round(wall, 2),
         }

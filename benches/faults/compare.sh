@@ -24,10 +24,20 @@
 #                    within fusebox's 30s ejection) before the second half.
 #                    Whether a proxy goes back to B shows in the "reached B"
 #                    table; the pause is part of the wall time.
+#   partition        a real network partition: A and B both live in a network
+#                    namespace behind a veth pair; under steady load (a GET
+#                    every PARTITION_INTERVAL s on one connection) the
+#                    namespace's end of the link goes down for
+#                    PARTITION_SECONDS (a true blackhole: the host keeps a
+#                    static neighbour entry, so packets leave and vanish),
+#                    then comes back. Reported: requests served, and the time
+#                    from the heal to the first successful response. Needs
+#                    root with CAP_NET_ADMIN and iproute2 (skipped otherwise);
+#                    the namespace and link are removed afterwards.
 #
 # Environment (all optional):
 #   REQUESTS=200          GETs per scenario and proxy
-#   SCENARIOS="refusing blackholed keepalive-close errors-500 cut-body dead-then-alive"
+#   SCENARIOS="refusing blackholed keepalive-close errors-500 cut-body dead-then-alive partition"
 #   PROXIES="fusebox nginx haproxy"
 #   CONCURRENCY="1"       client threads (each on its own keep-alive
 #                         connection); a list such as "1 4" adds rows
@@ -35,6 +45,8 @@
 #                         DEAD_PAUSE in dead-then-alive); what it did not send
 #                         is reported as "unsent"
 #   DEAD_PAUSE=11         see dead-then-alive
+#   PARTITION_SECONDS=10  see partition (healthy 5 s before, 15 s after)
+#   PARTITION_INTERVAL=0.05
 #   STARTUP_TIMEOUT=10    seconds each server gets to start listening
 #   FUSEBOX_BIN=target/release/fusebox   binary under test (relative to the
 #                         repo root); built with cargo build --release when it
@@ -55,7 +67,7 @@ SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/../.." && pwd)"
 
 REQUESTS="${REQUESTS:-200}"
-SCENARIOS="${SCENARIOS:-refusing blackholed keepalive-close errors-500 cut-body dead-then-alive}"
+SCENARIOS="${SCENARIOS:-refusing blackholed keepalive-close errors-500 cut-body dead-then-alive partition}"
 SCENARIOS="${SCENARIOS//,/ }"
 PROXIES="${PROXIES:-fusebox nginx haproxy}"
 PROXIES="${PROXIES//,/ }"
@@ -63,6 +75,8 @@ CONCURRENCY="${CONCURRENCY:-1}"
 CONCURRENCY="${CONCURRENCY//,/ }"
 MAX_SECONDS="${MAX_SECONDS:-30}"
 DEAD_PAUSE="${DEAD_PAUSE:-11}"
+PARTITION_SECONDS="${PARTITION_SECONDS:-10}"
+PARTITION_INTERVAL="${PARTITION_INTERVAL:-0.05}"
 STARTUP_TIMEOUT="${STARTUP_TIMEOUT:-10}"
 FUSEBOX_BIN="${FUSEBOX_BIN:-target/release/fusebox}"
 FUSEBOX_LOG="${FUSEBOX_LOG:-warn}"
@@ -72,7 +86,7 @@ KEEP_TMP="${KEEP_TMP:-0}"
 CONNECT_TIMEOUT_S=1
 READ_TIMEOUT_S=2
 
-ALL_SCENARIOS="refusing blackholed keepalive-close errors-500 cut-body dead-then-alive"
+ALL_SCENARIOS="refusing blackholed keepalive-close errors-500 cut-body dead-then-alive partition"
 ALL_PROXIES="fusebox nginx haproxy"
 
 log() { printf '==> %s\n' "$*" >&2; }
@@ -123,6 +137,7 @@ cleanup() {
     stop_pid "$CLIENT_PID"
   fi
   stop_all
+  lab_down
   if [[ -n "$TMP" && -d "$TMP" ]]; then
     if [[ "$KEEP_TMP" == 1 ]]; then
       log "kept temp dir $TMP"
@@ -236,13 +251,15 @@ dump_log() {
 
 # ------------------------------------------------------------- the proxies
 
-# Each writer takes: DIR PORT ADMIN_PORT ENDPOINT_PORT...
+# Each writer takes: DIR PORT ADMIN_PORT ENDPOINT...; an endpoint is a port
+# on 127.0.0.1 or HOST:PORT (the partition scenario's namespace).
+ep() { [[ "$1" == *:* ]] && echo "$1" || echo "127.0.0.1:$1"; }
 
 write_fusebox() {
   local dir=$1 port=$2 admin=$3 eps="" p
   shift 3
   for p in "$@"; do
-    eps+="${eps:+, }http://127.0.0.1:$p"
+    eps+="${eps:+, }http://$(ep "$p")"
   done
   # Defaults for everything else (retry, outlierDetection, breaker): the
   # comparison is of defaults, unless FUSEBOX_RETRY_ON asks for a row with
@@ -268,7 +285,7 @@ write_nginx() {
   local dir=$1 port=$2 servers="" p
   shift 3
   for p in "$@"; do
-    servers+="        server 127.0.0.1:$p;"$'\n'
+    servers+="        server $(ep "$p");"$'\n'
   done
   mkdir -p "$dir/logs"
   # worker_processes and master_process come from -g.
@@ -309,7 +326,7 @@ write_haproxy() {
   shift 3
   for p in "$@"; do
     i=$((i + 1))
-    servers+="    server s$i 127.0.0.1:$p"$'\n'
+    servers+="    server s$i $(ep "$p")"$'\n'
   done
   # Defaults: retries 3 (to the same server), no "option redispatch", no
   # health checks (no "check" on the server lines).
@@ -397,6 +414,120 @@ start_proxy() {
   esac
 }
 
+# ------------------------------------------------ the partition's network lab
+
+LAB_NS=""
+LAB_HOST_IF=""
+LAB_NS_IF=""
+
+lab_down() {
+  if [[ -n "$LAB_HOST_IF" ]]; then ip link del "$LAB_HOST_IF" 2>/dev/null || true; fi
+  if [[ -n "$LAB_NS" ]]; then ip netns del "$LAB_NS" 2>/dev/null || true; fi
+  LAB_NS=""
+  LAB_HOST_IF=""
+  LAB_NS_IF=""
+}
+
+# lab_up HOST_ADDR NS_ADDR: a network namespace behind a veth pair (a /30),
+# with a static neighbour entry on the host side, so that with the
+# namespace's end down packets leave and vanish (no ARP failure, no
+# "unreachable"): a true blackhole.
+lab_up() {
+  local host_addr=$1 ns_addr=$2 mac
+  LAB_NS="fbf$$"
+  LAB_HOST_IF="fbfh$$"
+  LAB_NS_IF="fbfn$$"
+  ip netns add "$LAB_NS" || return 1
+  ip link add "$LAB_HOST_IF" type veth peer name "$LAB_NS_IF" || return 1
+  ip link set "$LAB_NS_IF" netns "$LAB_NS" || return 1
+  ip addr add "$host_addr/30" dev "$LAB_HOST_IF" || return 1
+  ip link set "$LAB_HOST_IF" up || return 1
+  ip netns exec "$LAB_NS" ip addr add "$ns_addr/30" dev "$LAB_NS_IF" || return 1
+  ip netns exec "$LAB_NS" ip link set "$LAB_NS_IF" up || return 1
+  ip netns exec "$LAB_NS" ip link set lo up || return 1
+  mac="$(ip netns exec "$LAB_NS" cat "/sys/class/net/$LAB_NS_IF/address")" || return 1
+  ip neigh replace "$ns_addr" lladdr "$mac" dev "$LAB_HOST_IF" nud permanent
+}
+
+declare -A HEAL=() # "partition/conc/proxy" -> "first success after the heal; failures after it"
+
+# run_partition CONC PROXY DIR KEY PORT ADMIN
+run_partition() {
+  local conc=$1 proxy=$2 dir=$3 key=$4 port=$5 admin=$6 a b p octet host_addr ns_addr deadline rc=0
+  RES[$key]=""
+  if [[ "$(id -u)" != 0 ]] || ! have ip; then
+    warn "partition needs root (CAP_NET_ADMIN) and iproute2: skipped"
+    return 0
+  fi
+  octet=$((16 + $$ % 200))
+  host_addr="10.253.$octet.1"
+  ns_addr="10.253.$octet.2"
+  if ! lab_up "$host_addr" "$ns_addr"; then
+    warn "cannot set up the namespace lab: partition skipped"
+    lab_down
+    return 0
+  fi
+  read -r a b <<<"$(pick_ports 2)"
+  for p in $a $b; do
+    start_bg "upstream $ns_addr:$p (ok)" "$dir/u$p.log" ip netns exec "$LAB_NS" python3 "$SCRIPT_DIR/upstream.py" ok --host "$ns_addr" --port "$p"
+  done
+  for p in $a $b; do
+    deadline=$((SECONDS + STARTUP_TIMEOUT))
+    until (: <"/dev/tcp/$ns_addr/$p") 2>/dev/null; do
+      if ((SECONDS >= deadline)); then
+        warn "the upstreams in the namespace did not start"
+        stop_all
+        lab_down
+        return 0
+      fi
+      sleep 0.05
+    done
+  done
+  if ! start_proxy "$proxy" "$dir" "$port" "$admin" "$ns_addr:$a" "$ns_addr:$b"; then
+    warn "$proxy did not start for partition"
+    stop_all
+    lab_down
+    return 0
+  fi
+  log "partition: $proxy, a GET every ${PARTITION_INTERVAL}s; link down at 5 s for ${PARTITION_SECONDS} s"
+  python3 "$SCRIPT_DIR/client.py" --url "http://127.0.0.1:$port/" --requests 1000000 --threads "$conc" \
+    --deadline $((5 + PARTITION_SECONDS + 15)) --timeout 5 --interval "$PARTITION_INTERVAL" --trace "$dir/trace" \
+    >"$dir/client.json" 2>"$dir/client.err" &
+  CLIENT_PID=$!
+  sleep 5
+  ip netns exec "$LAB_NS" ip link set "$LAB_NS_IF" down
+  sleep "$PARTITION_SECONDS"
+  ip netns exec "$LAB_NS" ip link set "$LAB_NS_IF" up
+  date +%s.%N >"$dir/heal"
+  wait "$CLIENT_PID" || rc=$?
+  CLIENT_PID=""
+  if ((rc != 0)) || [[ ! -s "$dir/client.json" ]]; then
+    dump_log "$dir/client.err"
+    warn "client failed for partition/$proxy"
+  else
+    RES[$key]="$(cat "$dir/client.json")"
+    HEAL[$key]="$(python3 - "$dir/trace" "$dir/heal" <<'PY'
+import sys
+heal = float(open(sys.argv[2]).read())
+first, failed = None, 0
+for line in open(sys.argv[1]):
+    t, ok = line.split()
+    t = float(t)
+    if t < heal:
+        continue
+    if ok == "1" and first is None:
+        first = t - heal
+    if ok == "0":
+        failed += 1
+print("%s; %d failed" % ("%.2f s" % first if first is not None else "never", failed))
+PY
+)"
+    log "  $(cat "$dir/client.json"); after the heal: ${HEAL[$key]}"
+  fi
+  stop_all
+  lab_down
+}
+
 # ---------------------------------------------------------------- checks
 
 for s in $SCENARIOS; do
@@ -439,6 +570,10 @@ run_one() {
   mkdir -p "$dir"
   read -r a b port admin <<<"$(pick_ports 4)"
   local eps=("$a" "$b") faulty_stats="$dir/b.stats" client_extra=()
+  if [[ "$sc" == partition ]]; then
+    run_partition "$conc" "$proxy" "$dir" "$key" "$port" "$admin"
+    return 0
+  fi
 
   # A: healthy, except in keepalive-close where it is the only (faulty) endpoint.
   case "$sc" in
@@ -531,6 +666,8 @@ if not raw:
 d = json.loads(raw)
 if name == "ok":
     print(d["ok"])
+elif name == "sent":
+    print(d.get("sent", "-"))
 elif name == "wall":
     print("%.1f" % d["wall_s"])
 elif name == "other":
@@ -558,7 +695,10 @@ cell() {
   elif [[ "$what" == ok ]]; then
     local v
     v="$(field "${RES[$key]:-}" ok)"
-    [[ "$v" == - ]] && echo "failed to start" || echo "$v/$REQUESTS"
+    local n=$REQUESTS
+    # The partition's client sends for a fixed time, not a fixed count.
+    [[ "$key" == partition/* ]] && n="$(field "${RES[$key]:-}" sent)"
+    [[ "$v" == - ]] && echo "failed to start" || echo "$v/$n"
   else
     field "${RES[$key]:-}" "$what"
   fi
@@ -598,6 +738,21 @@ OUT="$TMP/table.md"
     echo "$line |"
   done
   echo
+  if [[ " $SCENARIOS " == *" partition "* ]]; then
+    echo "Partition of both endpoints for ${PARTITION_SECONDS} s (a GET every ${PARTITION_INTERVAL} s): time from the heal to the first successful response; requests that failed after the heal:"
+    echo
+    echo "| scenario | fusebox | nginx | HAProxy |"
+    echo "|---|---|---|---|"
+    for row in "${ROWS[@]}"; do
+      [[ "${row%/*}" == partition ]] || continue
+      line="| $(label partition "${row#*/}")"
+      for proxy in fusebox nginx haproxy; do
+        line+=" | ${HEAL[$row/$proxy]:--}"
+      done
+      echo "$line |"
+    done
+    echo
+  fi
   echo "Requests that reached the faulty endpoint (B; keepalive-close: the single endpoint), as requests seen / TCP connections accepted:"
   echo
   echo "| scenario | fusebox | nginx | HAProxy |"

@@ -140,6 +140,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("mode", choices=["ok", "error500", "close", "blackhole", "cutbody"])
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--stats")
     p.add_argument("--start-when")
     p.add_argument("--lifetime", type=float, default=900)
@@ -160,10 +161,10 @@ def main():
 
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", a.port))
+    srv.bind((a.host, a.port))
     srv.listen(1024)
     srv.settimeout(0.5)
-    print("listening on 127.0.0.1:%d mode=%s" % (a.port, a.mode), flush=True)
+    print("listening on %s:%d mode=%s" % (a.host, a.port, a.mode), flush=True)
     while time.monotonic() < deadline:
         try:
             conn, _ = srv.accept()

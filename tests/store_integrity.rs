@@ -103,6 +103,20 @@ async fn a_truncated_write_ahead_log_is_noticed() {
     assert_eq!(force(&app, "forced-open", "one").await.0, StatusCode::OK);
     let wal = PathBuf::from(format!("{}-wal", db.display()));
     assert!(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) > 0, "a write-ahead log with the entry");
+    // The force's own follow-up writes (its transition, the circuit's
+    // snapshot) land first: a write racing the truncation would hide it
+    // (SQLite writes its frames at the offsets it knows).
+    let len = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    let mut last = (len(), tokio::time::Instant::now());
+    eventually(Duration::from_secs(10), "the write-ahead log settles", || {
+        let now = (len(), tokio::time::Instant::now());
+        let settled = now.0 == last.0 && now.1.duration_since(last.1) >= Duration::from_millis(300);
+        if now.0 != last.0 {
+            last = now;
+        }
+        async move { settled.then_some(()) }
+    })
+    .await;
     std::fs::OpenOptions::new().write(true).open(&wal).unwrap().set_len(0).unwrap();
     let (status, v) = force(&app, "auto", "two").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");

@@ -66,6 +66,8 @@ pub struct AdminState {
     pub audit: Mutex<VecDeque<serde_json::Value>>,
     /// State WebSocket sessions: closed with 1001 at shutdown.
     pub ws: ws::Hub,
+    /// This sidecar's fleet, when `fleet:` is set (set once at start).
+    pub fleet: std::sync::OnceLock<Arc<crate::fleet::Fleet>>,
 }
 
 // === impl AdminState ===
@@ -79,6 +81,7 @@ impl AdminState {
             mutations: RateLimiter::new(MUTATIONS_PER_MINUTE, Duration::from_secs(60)),
             audit: Mutex::new(VecDeque::with_capacity(64)),
             ws: ws::Hub::new(),
+            fleet: std::sync::OnceLock::new(),
         }
     }
 

@@ -286,6 +286,13 @@ impl App {
         };
 
         persist_tasks.push(tokio::spawn(watch_key_file(Arc::downgrade(&state))));
+        // A fleet on Redis (SPEC 10): its own task; never on the request path.
+        if let Some(config) = current_fleet(&state) {
+            let metrics = crate::fleet::FleetMetrics::register(state.store.shared.metrics.registry());
+            let fleet = crate::fleet::Fleet::new(config, metrics);
+            let _ = admin_state.fleet.set(fleet.clone());
+            persist_tasks.push(tokio::spawn(crate::fleet::run(fleet, Arc::downgrade(&state))));
+        }
         state.ready.store(true, Ordering::Release);
         tracing::info!(data = %data_addr, admin = %admin_addr, workers, "fusebox is ready");
         watchers.extend(config_watcher);
@@ -544,6 +551,10 @@ pub async fn until_signal(app: &App) {
         tracing::warn!("second stop signal: exiting now");
         std::process::exit(130);
     });
+}
+
+fn current_fleet(state: &Live) -> Option<crate::config::FleetConfig> {
+    state.store.current().config.fleet.clone()
 }
 
 /// Re-reads `auth.jwt`'s key file when it changes, like TLS certificates

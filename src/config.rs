@@ -67,6 +67,51 @@ pub struct Config {
     pub readiness_upstreams: Vec<String>,
     /// Trace context and span export (`tracing:`); None: off.
     pub tracing: Option<TracingConfig>,
+    /// Shared state with the other sidecars of a fleet (`fleet:`); None: alone.
+    pub fleet: Option<FleetConfig>,
+}
+
+/// `fleet:` (SPEC 10).
+#[derive(Clone, PartialEq)]
+pub struct FleetConfig {
+    /// The Redis URL, password included (never printed: see `Debug`).
+    pub redis: String,
+    pub name: String,
+    pub member: String,
+    pub quorum: Quorum,
+    pub heartbeat: Duration,
+}
+
+impl fmt::Debug for FleetConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FleetConfig")
+            .field("redis", &crate::text::redact_url(&self.redis))
+            .field("name", &self.name)
+            .field("member", &self.member)
+            .field("quorum", &self.quorum)
+            .field("heartbeat", &self.heartbeat)
+            .finish()
+    }
+}
+
+/// How many members make a fleet verdict.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Quorum {
+    Members(u32),
+    /// A share of the live members (percent), never fewer than 2.
+    Percent(f64),
+}
+
+impl Quorum {
+    /// The members needed among `live`: never fewer than 2, so one member
+    /// alone (a sidecar with a broken path of its own) never opens the fleet.
+    pub fn needed(self, live: usize) -> usize {
+        let n = match self {
+            Quorum::Members(n) => n as usize,
+            Quorum::Percent(p) => ((live as f64) * p / 100.0).ceil() as usize,
+        };
+        n.max(2)
+    }
 }
 
 /// `tracing:` with the `OTEL_*` variables applied: on when an OTLP

@@ -22,10 +22,12 @@
 //! 7. `runtime` (what a config becomes while fusebox runs: circuits,
 //!    endpoints, pools, generations, overrides, the live config store and
 //!    reloads);
-//! 8. `proxy` (the data path) and `admin` (health, metrics, admin API and
+//! 8. `fleet` (what the sidecars of a fleet share through Redis:
+//!    members, fleet-wide actions, verdicts and trial leases);
+//! 9. `proxy` (the data path) and `admin` (health, metrics, admin API and
 //!    state WebSocket on their own listener), side by side;
-//! 9. `app` (wiring, listeners, shutdown);
-//! 10. `demo` (built-in upstreams and traffic for `fusebox demo`), `watch`
+//! 10. `app` (wiring, listeners, shutdown);
+//! 11. `demo` (built-in upstreams and traffic for `fusebox demo`), `watch`
 //!     (the terminal client of the state WebSocket, `fusebox watch`),
 //!     `healthcheck` (the one-GET probe of `fusebox healthcheck`); the
 //!     binary (`main.rs`) on top.
@@ -39,6 +41,7 @@ pub mod build;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod fleet;
 pub mod h1;
 pub mod healthcheck;
 pub mod history;

@@ -20,6 +20,7 @@ const LAYERS: &[&[&str]] = &[
     &["tls"],
     &["telemetry", "store"],
     &["runtime"],
+    &["fleet"],
     &["proxy", "admin"],
     &["app"],
     &["demo", "watch", "healthcheck"],

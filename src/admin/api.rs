@@ -91,6 +91,41 @@ struct ForceBody {
     ttl_ms: Option<u64>,
 }
 
+/// `?scope=local`: an operator action that stays on this member.
+fn scope_local(req: &Request<Incoming>) -> bool {
+    req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "scope=local"))
+}
+
+fn fleet_action(
+    service: &str,
+    kind: &str,
+    mode: Option<&str>,
+    ttl_ms: Option<u64>,
+    reason: &str,
+    who: &Principal,
+) -> crate::fleet::codec::Action {
+    crate::fleet::codec::Action {
+        circuit: service.to_string(),
+        kind: kind.to_string(),
+        mode: mode.map(str::to_string),
+        ttl_ms,
+        reason: reason.chars().take(crate::fleet::codec::MAX_TEXT).collect(),
+        by: who.subject.chars().take(crate::fleet::codec::MAX_TEXT).collect(),
+        at_ms: crate::store::unix_ms(SystemTime::now()),
+    }
+}
+
+/// SPEC 10: an operator action that succeeded here applies on every
+/// member of the fleet (unless `?scope=local`); never waits for Redis.
+fn fleet_wide(state: &AdminState, resp: Resp, local: bool, action: crate::fleet::codec::Action) -> Resp {
+    if resp.status() == StatusCode::OK && !local {
+        if let Some(f) = state.fleet.get() {
+            f.publish_action(action);
+        }
+    }
+    resp
+}
+
 /// Routes `/api/admin/...`; `None` when the path is not an API path.
 pub async fn handle(req: Request<Incoming>, state: &Arc<AdminState>) -> Option<Resp> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
@@ -150,18 +185,34 @@ pub async fn handle(req: Request<Incoming>, state: &Arc<AdminState>) -> Option<R
         },
         Route::Reset { service } => {
             let service = service.to_string();
+            let local = scope_local(&req);
             match mutate::<ResetBody>(req, state).await {
-                Ok((p, body)) => reset(state, &p, &service, body).await,
+                Ok((p, body)) => {
+                    let action = fleet_action(&service, "reset", None, None, &body.reason, &p);
+                    let resp = reset(state, &p, &service, body).await;
+                    fleet_wide(state, resp, local, action)
+                }
                 Err(e) => e,
             }
         }
         Route::Force { service } => {
             let service = service.to_string();
+            let local = scope_local(&req);
             match mutate::<ForceBody>(req, state).await {
-                Ok((p, body)) => force(state, &p, &service, body).await,
+                Ok((p, body)) => {
+                    let action = fleet_action(&service, "force", Some(&body.state), body.ttl_ms, &body.reason, &p);
+                    let resp = force(state, &p, &service, body).await;
+                    fleet_wide(state, resp, local, action)
+                }
                 Err(e) => e,
             }
         }
+        Route::Fleet => match read(&req, state) {
+            Ok(_) => {
+                json_response(StatusCode::OK, &state.fleet.get().map_or_else(|| json!({ "enabled": false, "members": [] }), |f| f.view()))
+            }
+            Err(e) => e,
+        },
         Route::Reload => match admin(&req, state) {
             Ok(p) => reload(state, &p).await,
             Err(e) => e,
@@ -183,6 +234,7 @@ enum Route<'a> {
     Reset { service: &'a str },
     Force { service: &'a str },
     Reload,
+    Fleet,
 }
 
 impl<'a> Route<'a> {
@@ -196,6 +248,7 @@ impl<'a> Route<'a> {
             ["circuit-breaker", service, "reset"] => Route::Reset { service },
             ["circuit-breaker", service, "force"] => Route::Force { service },
             ["config"] => Route::Config,
+            ["fleet"] => Route::Fleet,
             ["config", "reload"] => Route::Reload,
             ["audit"] => Route::Audit,
             _ => return None,
@@ -204,7 +257,7 @@ impl<'a> Route<'a> {
 
     fn methods(self) -> &'static [Method] {
         match self {
-            Route::Status | Route::Operation { .. } | Route::History { .. } | Route::Config | Route::Audit => &[Method::GET],
+            Route::Status | Route::Operation { .. } | Route::History { .. } | Route::Config | Route::Audit | Route::Fleet => &[Method::GET],
             Route::BreakerConfig { .. } => &[Method::PUT, Method::DELETE],
             Route::Reset { .. } | Route::Force { .. } | Route::Reload => &[Method::POST],
         }

@@ -72,6 +72,9 @@ pub fn detailed(state: &AdminState) -> Response<ProxyBody> {
     let reload = state.live.store.status();
     let store = state.live.store.shared.persist.as_ref().map(|p| (p.path().display().to_string(), p.health()));
     let store_degraded = store.as_ref().is_some_and(|(_, h)| h.degraded);
+    // `fleet: degraded` with the error while Redis is away (SPEC 10).
+    let fleet = state.fleet.get().map(|f| f.view());
+    let fleet_degraded = fleet.as_ref().is_some_and(|f| f["status"] == "degraded");
     let status = overall(
         services
             .iter()
@@ -80,7 +83,8 @@ pub fn detailed(state: &AdminState) -> Response<ProxyBody> {
                 Some("degraded") => Status::Degraded,
                 _ => Status::Healthy,
             })
-            .chain(store_degraded.then_some(Status::Degraded)),
+            .chain(store_degraded.then_some(Status::Degraded))
+            .chain(fleet_degraded.then_some(Status::Degraded)),
     );
     json_response(
         StatusCode::OK,
@@ -110,6 +114,7 @@ pub fn detailed(state: &AdminState) -> Response<ProxyBody> {
                 "lastError": h.last_error.map(|(at, message)| json!({ "at": clock::rfc3339(at), "message": message })),
                 "droppedWrites": h.dropped_writes,
             })),
+            "fleet": fleet,
             "services": services,
         }),
     )

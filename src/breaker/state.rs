@@ -79,6 +79,11 @@ pub enum Reason {
     },
     /// An operator override expired.
     Ttl,
+    /// The fleet decided (SPEC 10): a quorum of members opened this
+    /// circuit on their own evidence, or the fleet's one trial decided.
+    Fleet {
+        text: String,
+    },
 }
 
 /// One change of state. `shadow` is true for the would-be transitions of a
@@ -232,6 +237,9 @@ pub struct Breaker {
     /// The epoch of an open phase put back from the store: while it lasts
     /// the snapshot says `restored` (the trip reason stays the original).
     restored_epoch: Option<u64>,
+    /// The fleet holds this open phase (its epoch) past its end: another
+    /// member sends the one trial of the recovery (SPEC 10).
+    held_epoch: Option<u64>,
 }
 
 // === impl Breaker ===
@@ -265,6 +273,51 @@ impl Breaker {
             last_transition: None,
             events: Vec::new(),
             restored_epoch: None,
+            held_epoch: None,
+        }
+    }
+
+    /// The fleet's verdict (SPEC 10): a closed, automatic circuit opens
+    /// with reason `text` (rule `fleet`), for its usual open period, held
+    /// past it until the fleet's trial decides. Whether it opened.
+    pub fn fleet_open(&mut self, text: String, now: Instant) -> bool {
+        if self.effective_mode() != Mode::Auto || !matches!(self.phase, Phase::Closed { .. }) {
+            return false;
+        }
+        self.total_incidents += 1;
+        self.open(now, Reason::Fleet { text });
+        self.held_epoch = Some(self.epoch);
+        true
+    }
+
+    /// Holds (or stops holding) the current open phase past its end.
+    pub fn hold_open(&mut self, hold: bool) {
+        self.held_epoch = (hold && matches!(self.phase, Phase::Open { .. })).then_some(self.epoch);
+    }
+
+    /// Whether the fleet holds this circuit open, and the open phase is
+    /// due its trial (its period is over).
+    pub fn held_and_due(&self, now: Instant) -> bool {
+        matches!(&self.phase, Phase::Open { until, .. } if now >= *until) && self.held_epoch == Some(self.epoch)
+    }
+
+    /// The fleet's trial on another member decided: `closed` closes this
+    /// circuit (its recovery ramp follows as after its own trial); else it
+    /// stays open for a new, longer period, still held.
+    pub fn fleet_trial(&mut self, closed: bool, text: String, now: Instant) {
+        if !matches!(self.phase, Phase::Open { .. }) || self.effective_mode() != Mode::Auto {
+            return;
+        }
+        if closed {
+            self.held_epoch = None;
+            self.close(now, Reason::Fleet { text });
+        } else {
+            self.recovery_attempts = self.recovery_attempts.saturating_add(1);
+            let held = self.held_epoch == Some(self.epoch);
+            self.open(now, Reason::Fleet { text });
+            if held {
+                self.held_epoch = Some(self.epoch);
+            }
         }
     }
 
@@ -574,8 +627,9 @@ impl Breaker {
                 self.emit(from, Reason::Ttl, now, false);
             }
         }
+        let held = self.held_epoch == Some(self.epoch);
         match &mut self.phase {
-            Phase::Open { until, opened_at, .. } if now >= *until => {
+            Phase::Open { until, opened_at, .. } if now >= *until && !held => {
                 let waited = now.saturating_duration_since(*opened_at);
                 let from = self.phase_state();
                 self.phase = Phase::HalfOpen { trials: Vec::new(), successes: 0 };
@@ -920,6 +974,7 @@ impl Reason {
             Reason::Probe { .. } => "probe",
             Reason::Operator { .. } => "operator",
             Reason::Ttl => "ttl",
+            Reason::Fleet { .. } => "fleet",
         }
     }
 }
@@ -942,6 +997,7 @@ impl fmt::Display for Reason {
             Reason::Probe { success: false, trials } => write!(f, "trial {trials} failed"),
             Reason::Operator { action } => write!(f, "operator: {action}"),
             Reason::Ttl => f.write_str("operator override expired"),
+            Reason::Fleet { text } => f.write_str(text),
         }
     }
 }

@@ -104,6 +104,13 @@ const KNOWN_KEYS: &[&str] = &[
     "serviceName",
     "otlp",
     "endpoint",
+    "fleet",
+    "redis",
+    "name",
+    "member",
+    "quorum",
+    "heartbeat",
+    "passwordFile",
 ];
 
 /// Names the seed documents use for keys that are spelled otherwise here.

@@ -29,6 +29,7 @@ pub struct RawConfig {
     pub access_log: Option<RawAccessLog>,
     pub readiness: Option<RawReadiness>,
     pub tracing: Option<RawTracing>,
+    pub fleet: Option<RawFleet>,
     #[serde(default)]
     pub upstreams: UniqueMap<RawUpstream>,
     #[serde(default)]
@@ -85,6 +86,32 @@ pub struct RawClient {
     pub header_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub max_connections: Option<usize>,
+}
+
+/// Sidecars that share what they know through Redis (docs/configuration.md: Fleet).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawFleet {
+    /// `redis://[user:pass@]host:port/db` or `rediss://...` (TLS).
+    pub redis: Option<String>,
+    /// Sidecars with the same name share state (keys `fusebox:{name}:...`).
+    pub name: Option<String>,
+    /// This sidecar's id in the fleet (default hostname-pid).
+    pub member: Option<String>,
+    /// Members that must open a circuit on their own evidence before the
+    /// fleet opens it: a count (at least 2) or a share like "25%".
+    pub quorum: Option<RawQuorum>,
+    /// How often a member says it is alive; gone after 3 missed.
+    pub heartbeat: Option<String>,
+    /// A file holding the Redis password (instead of one in the URL).
+    pub password_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawQuorum {
+    Count(u32),
+    Share(String),
 }
 
 /// Trace context and OTLP export (docs/configuration.md: Tracing).

@@ -21,13 +21,13 @@ use super::defaults::{self, Section, Written};
 use super::keys::suggest;
 use super::locate::locate;
 use super::model::{
-    RawAuth, RawBreaker, RawClient, RawConfig, RawDefaults, RawFallback, RawHealthCheck, RawJwt, RawListenerTls, RawOutlierDetection,
-    RawRetry, RawTimeouts, RawTracing, RawUpstream, StatusSpec,
+    RawAuth, RawBreaker, RawClient, RawConfig, RawDefaults, RawFallback, RawFleet, RawHealthCheck, RawJwt, RawListenerTls,
+    RawOutlierDetection, RawQuorum, RawRetry, RawTimeouts, RawTracing, RawUpstream, StatusSpec,
 };
 use super::{
-    read_small_file, AdminConfig, AuthConfig, ClientConfig, Config, ConfigError, Endpoint, Fallback, HealthCheck, JwtConfig, JwtKey,
-    ListenerTls, LoadBalancing, OtlpConfig, OutlierDetection, Protocol, RetryOn, RetryPolicy, RouteConfig, ShutdownConfig, Timeouts,
-    TracingConfig, UpstreamConfig, UpstreamTls, MAX_FILE_BYTES,
+    read_small_file, AdminConfig, AuthConfig, ClientConfig, Config, ConfigError, Endpoint, Fallback, FleetConfig, HealthCheck, JwtConfig,
+    JwtKey, ListenerTls, LoadBalancing, OtlpConfig, OutlierDetection, Protocol, Quorum, RetryOn, RetryPolicy, RouteConfig, ShutdownConfig,
+    Timeouts, TracingConfig, UpstreamConfig, UpstreamTls, MAX_FILE_BYTES,
 };
 use crate::breaker::{Policy, StatusSet};
 
@@ -232,6 +232,7 @@ impl Validator<'_> {
         let client = self.client(raw.client.unwrap_or_default());
         let access_log = raw.access_log.and_then(|a| a.enabled).unwrap_or(defaults::ACCESS_LOG);
         let tracing = self.tracing(raw.tracing.unwrap_or_default());
+        let fleet = raw.fleet.and_then(|f| self.fleet(f));
         let mut readiness_upstreams = Vec::new();
         for (i, name) in raw.readiness.map(|r| r.upstreams).unwrap_or_default().into_iter().enumerate() {
             if !upstreams.iter().any(|u| u.name == name) {
@@ -255,7 +256,71 @@ impl Validator<'_> {
             access_log,
             readiness_upstreams,
             tracing,
+            fleet,
         }
+    }
+
+    /// `fleet:` (SPEC 10): a Redis URL and a fleet name are required.
+    fn fleet(&mut self, raw: RawFleet) -> Option<FleetConfig> {
+        let Some(url) = raw.redis.map(|u| u.trim().to_string()).filter(|u| !u.is_empty()) else {
+            self.error("fleet.redis", "a fleet needs `redis: redis://host:6379/0` (or rediss:// for TLS)");
+            return None;
+        };
+        let mut url = match url.parse::<Uri>() {
+            Ok(u) if matches!(u.scheme_str(), Some("redis" | "rediss")) && u.authority().is_some() => url,
+            _ => {
+                self.error("fleet.redis", format!("`{}` is not a redis:// or rediss:// URL", crate::text::redact_url(&url)));
+                return None;
+            }
+        };
+        if let Some(file) = raw.password_file {
+            match read_small_file(std::path::Path::new(&file)) {
+                Ok(bytes) => {
+                    let password = String::from_utf8_lossy(&bytes).trim().to_string();
+                    let encoded: String = percent_encoding::utf8_percent_encode(&password, percent_encoding::NON_ALPHANUMERIC).to_string();
+                    // redis://[user]:password@host: the file's password replaces the URL's.
+                    if let Some((scheme, rest)) = url.split_once("://") {
+                        let (user, host) = match rest.rsplit_once('@') {
+                            Some((auth, host)) => (auth.split(':').next().unwrap_or_default().to_string(), host.to_string()),
+                            None => (String::new(), rest.to_string()),
+                        };
+                        url = format!("{scheme}://{user}:{encoded}@{host}");
+                    }
+                }
+                Err(e) => self.error("fleet.passwordFile", format!("cannot read `{file}`: {e}")),
+            }
+        }
+        let name = raw.name.unwrap_or_default();
+        if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+            self.error("fleet.name", format!("`{name}` must be 1-64 characters of letters, digits, `-`, `_` or `.`"));
+        }
+        let member = raw.member.map(|m| m.trim().to_string()).filter(|m| !m.is_empty()).unwrap_or_else(default_member);
+        if member.len() > 128 || member.chars().any(|c| c.is_control() || c == ':') {
+            self.error("fleet.member", format!("`{member}` must be at most 128 characters, without `:` or control characters"));
+        }
+        let quorum = match raw.quorum {
+            None => Quorum::Members(2),
+            Some(RawQuorum::Count(n)) if n >= 2 => Quorum::Members(n),
+            Some(RawQuorum::Count(n)) => {
+                self.error("fleet.quorum", format!("{n} is below 2: one member alone never opens the fleet"));
+                Quorum::Members(2)
+            }
+            Some(RawQuorum::Share(text)) => match text.trim().strip_suffix('%').and_then(|p| p.trim().parse::<f64>().ok()) {
+                Some(p) if p > 0.0 && p <= 100.0 => Quorum::Percent(p),
+                _ => match text.trim().parse::<u32>() {
+                    Ok(n) if n >= 2 => Quorum::Members(n),
+                    _ => {
+                        self.error("fleet.quorum", format!("`{text}` is neither a member count (2 or more) nor a share like 25%"));
+                        Quorum::Members(2)
+                    }
+                },
+            },
+        };
+        let heartbeat = self.duration("fleet.heartbeat", raw.heartbeat.as_deref(), Duration::from_secs(2));
+        if heartbeat < Duration::from_millis(100) || heartbeat > Duration::from_secs(60) {
+            self.error("fleet.heartbeat", format!("{heartbeat:?} must be between 100ms and 60s"));
+        }
+        Some(FleetConfig { redis: url, name, member, quorum, heartbeat })
     }
 
     /// `tracing:`, with the standard `OTEL_EXPORTER_OTLP_*` variables for
@@ -841,6 +906,18 @@ fn parse_listen(text: &str) -> Option<SocketAddr> {
         Some(_) => None,
         None => text.parse().ok(),
     }
+}
+
+/// A member id when `fleet.member` is not set: hostname-pid (a pod's name
+/// is its hostname in Kubernetes).
+fn default_member() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "fusebox".to_string());
+    format!("{host}-{}", std::process::id())
 }
 
 #[cfg(test)]

@@ -191,12 +191,14 @@ fn keep_restart_only_settings(next: &mut Config, running: &Config) -> Vec<String
     keep("tls", next.tls != running.tls);
     keep("admin.tls", next.admin.tls != running.admin.tls);
     keep("store.path", next.store != running.store);
+    keep("fleet", next.fleet != running.fleet);
     next.listen = running.listen;
     next.admin.listen = running.admin.listen;
     next.workers = running.workers;
     next.tls = running.tls.clone();
     next.admin.tls = running.admin.tls.clone();
     next.store = running.store.clone();
+    next.fleet = running.fleet.clone();
     msgs
 }
 

@@ -363,6 +363,12 @@ impl Metrics {
         }
     }
 
+    /// The registry every series is on (for series registered later, such
+    /// as the fleet's).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Turns per-request recording on or off (live).
     pub fn set_request_metrics(&self, on: bool) {
         self.recording.store(on, Ordering::Relaxed);

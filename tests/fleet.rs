@@ -268,3 +268,73 @@ async fn without_fleet_the_api_says_so() {
     assert_eq!(v["enabled"], false, "{v}");
     app.shutdown().await;
 }
+
+/// One trial per recovery: when the fleet's circuit is due for half-open,
+/// one member wins the lease and sends the trial; the others keep failing
+/// fast until it publishes the result, then close with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_member_sends_the_trial_of_a_recovery_and_the_others_follow_it() {
+    let Some(redis) = Redis::start() else { return };
+    let up = upstream("payments").await;
+    up.set_status(500);
+    let breaker = "failureThreshold: 2, resetTimeout: 1s, maxResetTimeout: 1s";
+    let apps = [
+        fusebox(&fleet_yaml(&redis, "f4", "pod-a", &up.url(), breaker)).await,
+        fusebox(&fleet_yaml(&redis, "f4", "pod-b", &up.url(), breaker)).await,
+        fusebox(&fleet_yaml(&redis, "f4", "pod-c", &up.url(), breaker)).await,
+    ];
+    for app in &apps {
+        members_seen(app, 3).await;
+    }
+    let client = support::client();
+    for app in &apps[..2] {
+        for _ in 0..2 {
+            assert_eq!(get(&client, &format!("http://{}/pay", app.data_addr())).await.0, StatusCode::INTERNAL_SERVER_ERROR);
+        }
+    }
+    eventually(Duration::from_secs(5), "pod-c opens on the verdict", || async {
+        (state(&apps[2], "payments").await["state"] == "open").then_some(())
+    })
+    .await;
+    // The upstream recovers; steady traffic on every member.
+    up.set_status(200);
+    let before = up.hits();
+    let half_opened = std::sync::Mutex::new(std::collections::HashSet::new());
+    eventually(Duration::from_secs(15), "every member closed again", || async {
+        let mut closed = 0;
+        for (i, app) in apps.iter().enumerate() {
+            let _ = get(&client, &format!("http://{}/pay", app.data_addr())).await;
+            let s = state(app, "payments").await;
+            if s["lastTransition"]["from"] == "half-open" || s["state"] == "half-open" {
+                half_opened.lock().unwrap().insert(i);
+            }
+            if s["state"] == "closed" {
+                closed += 1;
+            }
+        }
+        (closed == 3).then_some(())
+    })
+    .await;
+    assert!(up.hits() > before, "the trial reached the upstream");
+    let mut won = 0.0;
+    let mut followed = 0;
+    for app in &apps {
+        let (_, _, text) = get(&client, &format!("http://{}/metrics", app.admin_addr())).await;
+        won += text
+            .lines()
+            .find(|l| l.starts_with("fusebox_fleet_trial_leases_total{result=\"won\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        let s = state(app, "payments").await;
+        if s["lastTransition"]["rule"] == "fleet" && s["lastTransition"]["from"] == "open" {
+            followed += 1;
+        }
+    }
+    assert_eq!(won, 1.0, "one lease per recovery");
+    let half_opened = half_opened.into_inner().unwrap();
+    assert_eq!(half_opened.len(), 1, "one member went half-open: {half_opened:?}");
+    assert_eq!(followed, 2, "the two others closed on the trial's result");
+    for app in apps {
+        app.shutdown().await;
+    }
+}

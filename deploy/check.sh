@@ -88,13 +88,13 @@ if [[ "$methods" != 1 ]]; then
 fi
 
 step "docker compose file (compose-spec schema)"
-run check-jsonschema --builtin-schema vendor.compose-spec deploy/compose/docker-compose.yml
+run check-jsonschema --builtin-schema vendor.compose-spec deploy/compose/docker-compose.yml deploy/compose-fleet/docker-compose.yml
 
 step "Dockerfile"
 run hadolint deploy/Dockerfile
 
 step "example configs against the config's JSON Schema (docs/fusebox.schema.json)"
-configs=(config/*.yaml deploy/compose/fusebox.yaml deploy/kubernetes/examples/sidecar-component/fusebox.yaml)
+configs=(config/*.yaml deploy/compose/fusebox.yaml deploy/compose-fleet/fusebox.yaml deploy/kubernetes/examples/sidecar-component/fusebox.yaml)
 python3 -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["data"]["fusebox.yaml"], end="")' \
   deploy/kubernetes/configmap.yaml > "$tmp/configmap.fusebox.yaml"
 configs+=("$tmp/configmap.fusebox.yaml")
@@ -109,9 +109,10 @@ fi
 if [[ -n "$bin" ]]; then
   step "fusebox check of the example configs ($bin)"
   export FUSEBOX_JWT_SECRET="${FUSEBOX_JWT_SECRET:-check-only-secret-0123456789abcdef}"
+  export FUSEBOX_REDIS_URL="${FUSEBOX_REDIS_URL:-redis://redis:6379/0}"
   # --skip-file-checks: the TLS and store paths are the container's, not
   # this machine's. The rendered ones are what kustomize puts in the pods.
-  for cfg in deploy/compose/fusebox.yaml "$tmp/configmap.fusebox.yaml" \
+  for cfg in deploy/compose/fusebox.yaml deploy/compose-fleet/fusebox.yaml "$tmp/configmap.fusebox.yaml" \
              deploy/kubernetes/examples/sidecar-component/fusebox.yaml "$tmp"/rendered-configs/*.fusebox.yaml; do
     [[ -f "$cfg" ]] && run "$bin" check --skip-file-checks -c "$cfg"
   done

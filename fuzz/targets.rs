@@ -33,6 +33,19 @@ pub fn config(data: &[u8]) {
     }
 }
 
+/// A message read back from a fleet's Redis (SPEC 10): the one decoder
+/// never panics, and what it accepts is within its bounds and encodes back
+/// to a message it accepts again.
+pub fn fleet_message(data: &[u8]) {
+    use fusebox::fleet::codec::{Envelope, MAX_MESSAGE, MAX_TEXT};
+    if let Ok(e) = Envelope::decode(data) {
+        assert!(data.len() <= MAX_MESSAGE);
+        assert!(!e.member.is_empty() && e.member.len() <= MAX_TEXT);
+        let again = Envelope::decode(&e.encode()).expect("an accepted message encodes to an accepted one");
+        assert_eq!(again, e);
+    }
+}
+
 /// A duration written by the fuzzer, through the config (humantime): never
 /// panics; an accepted one is at most a year.
 pub fn duration(data: &[u8]) {

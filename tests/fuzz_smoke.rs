@@ -203,6 +203,29 @@ fn fuzz_config_loader() {
     run("config", targets::config, YAML_WORDS);
 }
 
+const FLEET_WORDS: &[&str] = &[
+    "{\"v\":1,",
+    "\"member\":\"pod-a\",",
+    "\"type\":\"opened\",",
+    "\"type\":\"action\",",
+    "\"type\":\"trial\",",
+    "\"circuit\":\"payments\",",
+    "\"kind\":\"force\",",
+    "\"mode\":\"forced-open\",",
+    "\"closed\":true,",
+    "\"atMs\":1}",
+    "\"v\":2",
+    "null",
+    "[]",
+    "\\u0000",
+    "}",
+];
+
+#[test]
+fn fuzz_fleet_message_decoder() {
+    run("fleet_message", targets::fleet_message, FLEET_WORDS);
+}
+
 #[test]
 fn fuzz_duration_parser() {
     run("duration", targets::duration, DURATION_WORDS);

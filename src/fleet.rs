@@ -411,11 +411,49 @@ fn apply_action(state: &Live, a: &Action, how: &str) {
         ("reset", _) => {
             up.circuit.reset(&action, now);
         }
+        ("config", _) => apply_config(state, a),
         _ => {}
     }
     if let Some(store) = &state.store.shared.persist {
         up.circuit.save(store);
     }
+}
+
+/// Another member's runtime override (`PUT .../config`, or its removal)
+/// of an upstream this member has with the same YAML.
+fn apply_config(state: &Live, a: &Action) {
+    let generation = state.store.current();
+    let Some(base) = generation.config.upstream(&a.circuit).cloned() else { return };
+    let ms = |key: &str| a.config.as_ref().and_then(|c| c[key].as_u64()).map(Duration::from_millis);
+    match &a.config {
+        Some(c) => {
+            let (Some(threshold), Some(reset), Some(healthy)) =
+                (c["failureThreshold"].as_u64().and_then(|t| u32::try_from(t).ok()), ms("resetTimeoutMs"), ms("minHealthyPeriodMs"))
+            else {
+                tracing::debug!(circuit = %a.circuit, "fleet: config action without its keys dropped");
+                return;
+            };
+            let o = crate::runtime::RuntimeOverride {
+                base,
+                failure_threshold: threshold.max(1),
+                reset_timeout: reset.max(Duration::from_millis(1)),
+                min_healthy_period: healthy,
+                request_limit: c["requestLimit"].as_u64().and_then(|l| usize::try_from(l).ok()).filter(|l| *l > 0),
+                enabled: c["enabled"].as_bool(),
+                monitoring_window: ms("monitoringWindowMs").filter(|w| *w >= Duration::from_secs(1)),
+                health_check_interval: ms("healthCheckIntervalMs").filter(|i| *i >= Duration::from_millis(100)),
+                applied_at: SystemTime::now(),
+                applied_by: format!("{} (fleet)", a.by),
+            };
+            state.store.shared.overrides.lock().insert(a.circuit.clone(), o);
+        }
+        None => {
+            if state.store.shared.overrides.lock().remove(&a.circuit).is_none() {
+                return;
+            }
+        }
+    }
+    state.store.apply((*generation.config).clone(), "fleet config override");
 }
 
 async fn receive(fleet: &Fleet, state: &Live, conn: &mut MultiplexedConnection, e: Envelope) -> Result<(), String> {

@@ -151,6 +151,20 @@ async fn operator_actions_apply_on_every_member_and_late_joiners_take_them() {
     .await;
     assert_eq!(state(&c, "search").await["state"], "closed");
 
+    // A runtime override (PUT .../config) is fleet-wide too.
+    let url = format!("http://{}/api/admin/circuit-breaker/search/config", a.admin_addr());
+    let body = json!({ "failureThreshold": 7, "resetTimeoutMs": 30000, "minHealthyPeriodMs": 1000 }).to_string();
+    let (s, _, text) = call(&body_client(), Method::PUT, &url, &[], body).await;
+    assert_eq!(s, StatusCode::OK, "{text}");
+    for app in [&b, &c] {
+        eventually(Duration::from_secs(5), "the override on every member", || async {
+            let v = get_json(&support::client(), &format!("http://{}/api/admin/circuit-breaker/status", app.admin_addr())).await;
+            let search = v["services"].as_array()?.iter().find(|s| s["service"] == "search")?.clone();
+            (search["config"]["failureThreshold"] == 7).then_some(())
+        })
+        .await;
+    }
+
     // Back to auto everywhere.
     let (s, body) = force(&b, "payments", "auto", "").await;
     assert_eq!(s, StatusCode::OK, "{body}");

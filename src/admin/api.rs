@@ -53,7 +53,7 @@ const AUDIT_COMMIT_LIMIT: Duration = Duration::from_secs(5);
 
 type Resp = Response<ProxyBody>;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct ConfigBody {
     failure_threshold: u32,
@@ -112,6 +112,7 @@ fn fleet_action(
         reason: reason.chars().take(crate::fleet::codec::MAX_TEXT).collect(),
         by: who.subject.chars().take(crate::fleet::codec::MAX_TEXT).collect(),
         at_ms: crate::store::unix_ms(SystemTime::now()),
+        config: None,
     }
 }
 
@@ -174,13 +175,23 @@ pub async fn handle(req: Request<Incoming>, state: &Arc<AdminState>) -> Option<R
         },
         Route::BreakerConfig { service } if method == Method::PUT => {
             let service = service.to_string();
+            let local = scope_local(&req);
             match mutate::<ConfigBody>(req, state).await {
-                Ok((p, body)) => put_config(state, &p, &service, body).await,
+                Ok((p, body)) => {
+                    let mut action = fleet_action(&service, "config", None, None, "runtime override", &p);
+                    action.config = serde_json::to_value(&body).ok();
+                    let resp = put_config(state, &p, &service, body).await;
+                    fleet_wide(state, resp, local, action)
+                }
                 Err(e) => e,
             }
         }
         Route::BreakerConfig { service } => match admin(&req, state) {
-            Ok(p) => delete_config(state, &p, service).await,
+            Ok(p) => {
+                let action = fleet_action(service, "config", None, None, "runtime override removed", &p);
+                let resp = delete_config(state, &p, service).await;
+                fleet_wide(state, resp, scope_local(&req), action)
+            }
             Err(e) => e,
         },
         Route::Reset { service } => {

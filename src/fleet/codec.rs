@@ -53,6 +53,10 @@ pub struct Action {
     /// Who took it (the token's subject).
     pub by: String,
     pub at_ms: i64,
+    /// For `config`: the runtime override's keys (the admin PUT body); none
+    /// removes the override.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<serde_json::Value>,
 }
 
 /// Why a message was dropped.
@@ -129,6 +133,7 @@ mod tests {
                 reason: "incident".into(),
                 by: "ops".into(),
                 at_ms: 1,
+                config: None,
             }),
         );
         assert_eq!(Envelope::decode(&a.encode()), Ok(a));

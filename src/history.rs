@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::breaker::Status;
 
 mod sketch;
-pub use sketch::Sketch;
+pub use sketch::{Bin, Sketch};
 
 const MINUTES: usize = 60;
 const HOURS: usize = 30 * 24;
@@ -106,6 +106,8 @@ impl History {
     /// Records one finished call at Unix second `t`.
     pub fn record(&mut self, t: u64, failure: bool, duration: Duration) {
         let us = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+        // One logarithm per call, for both rings.
+        let bin = Bin::of(duration);
         for (ring, width, cap) in [(&mut self.minutes, 60, MINUTES), (&mut self.hours, 3600, HOURS)] {
             let start = t - t % width;
             if ring.back().is_none_or(|b| b.start != start) {
@@ -122,7 +124,7 @@ impl History {
                     b.successes += 1;
                 }
                 b.duration_us = b.duration_us.saturating_add(us);
-                b.sketch.add(duration);
+                b.sketch.add_bin(bin);
             }
         }
     }

@@ -44,9 +44,24 @@ fn value(i: i32) -> f64 {
     2.0 * g.powi(i) / (g + 1.0)
 }
 
+/// The bin of a duration, computed once and added to several sketches
+/// (a call goes into its minute and its hour).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bin(i32);
+
+impl Bin {
+    pub fn of(d: Duration) -> Bin {
+        Bin(index(d.as_secs_f64() * 1e6))
+    }
+}
+
 impl Sketch {
     pub fn add(&mut self, d: Duration) {
-        self.add_n(index(d.as_secs_f64() * 1e6), 1);
+        self.add_bin(Bin::of(d));
+    }
+
+    pub fn add_bin(&mut self, bin: Bin) {
+        self.add_n(bin.0, 1);
     }
 
     fn add_n(&mut self, i: i32, n: u32) {

@@ -201,9 +201,9 @@ pub struct TrackedBody {
     /// The response's status while the exchange's outcome waits for the
     /// body's end; None when it was recorded at the response head.
     pending: Option<u16>,
-    /// Bytes passed on so far, added to `received` when the body goes.
+    /// Bytes passed on so far, added to the upstream's response-bytes
+    /// counter once, when the body ends or goes.
     bytes: u64,
-    received: IntCounter,
 }
 
 impl TrackedBody {
@@ -217,11 +217,9 @@ impl TrackedBody {
         in_flight: InFlight,
         pending: Option<u16>,
     ) -> Self {
-        let received = guard.circuit().metrics.response_bytes.clone();
         TrackedBody {
             inner,
             bytes: 0,
-            received,
             guard: Some(guard),
             endpoint: Some(endpoint),
             idle: IdleDeadline::new(idle),
@@ -233,7 +231,17 @@ impl TrackedBody {
     /// The body is complete: a success for its endpoint and circuit (the
     /// codec has given the upstream connection back to its pool already,
     /// if the exchange allowed it).
+    /// Adds the bytes passed on to the upstream's counter (while the call's
+    /// guard, which knows the upstream, is still here).
+    fn count_bytes(&mut self) {
+        if let (Some(g), n @ 1..) = (self.guard.as_ref(), self.bytes) {
+            g.circuit().metrics.response_bytes.inc_by(n);
+            self.bytes = 0;
+        }
+    }
+
     fn ended(&mut self) {
+        self.count_bytes();
         self.in_flight.take();
         if let (Some(status), Some(mut guard), Some((mut lease, set))) = (self.pending.take(), self.guard.take(), self.endpoint.take()) {
             let now = clock::now();
@@ -248,6 +256,7 @@ impl TrackedBody {
     /// The upstream broke the body: its fault, for circuit and endpoint,
     /// unless the exchange was a failure already.
     fn broke(&mut self, fault: UpstreamFault) {
+        self.count_bytes();
         self.in_flight.take();
         if let (Some(status), Some(mut guard), Some((mut lease, set))) = (self.pending.take(), self.guard.take(), self.endpoint.take()) {
             let now = clock::now();
@@ -316,8 +325,6 @@ impl Drop for TrackedBody {
         if self.pending.is_some() && self.inner.is_end_stream() {
             self.ended();
         }
-        if self.bytes > 0 {
-            self.received.inc_by(self.bytes);
-        }
+        self.count_bytes();
     }
 }

@@ -18,6 +18,10 @@ use http_body::Body as HttpBody;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 use super::body::Body;
+
+/// `Keep-Alive` (RFC 9112 appendix C.2.2), looked up by name once per
+/// response: a `&str` key would be parsed and hashed anew every time.
+static KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
 use super::encode::{encode_head, Encoded, WriteError, Writer};
 use super::error::{Error, ErrorKind};
 use super::parse::{parse_head, Asked, Head};
@@ -116,7 +120,7 @@ where
     fn respond<R: Recycle<IO>>(mut self, head: Head, encoded: &Encoded, still_writing: bool, recycle: R) -> Response<Body<IO, R>> {
         // An early response leaves the request half sent: never reuse.
         let keep_alive = head.keep_alive && !encoded.close && !still_writing;
-        if let Some(v) = head.parts.headers.get("keep-alive") {
+        if let Some(v) = head.parts.headers.get(&KEEP_ALIVE) {
             self.keep_alive = keep_alive_timeout(v.as_bytes());
         }
         let body = match head.framing {

@@ -328,8 +328,10 @@ async fn proxy(
     // (as nginx buffers request bodies), so that a pooled connection lost
     // to the keep-alive race before it took a byte can carry it again on a
     // fresh one. Its client faults are answered here, before any upstream.
-    let (body, replay) = match (upload.as_deref(), content_length(&head.headers)) {
-        (Some(up_load), Some(n)) if n <= REPLAY_LIMIT && !upgrade => match body.collect().await {
+    // (A bodyless request has no upload: its headers are not looked at.)
+    let buffered = upload.as_deref().filter(|_| !upgrade).and_then(|u| Some((u, content_length(&head.headers)?)));
+    let (body, replay) = match buffered {
+        Some((up_load, n)) if n <= REPLAY_LIMIT => match body.collect().await {
             Ok(whole) => {
                 let bytes = whole.to_bytes();
                 (crate::http::full(bytes.clone()), Some(bytes))

@@ -347,3 +347,75 @@ async fn save(b: &Client, name: &str) -> Result<(), String> {
     let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "target", name].iter().collect();
     std::fs::write(&path, png).map_err(|e| format!("write {}: {e}", path.display()))
 }
+
+/// The fleet view (SPEC 10): with `fleet:` the dashboard lists every live
+/// member of the fleet and what is open on each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_the_fleets_members_in_chromium() {
+    for tool in [CHROMIUM, CHROMEDRIVER, "/usr/bin/redis-server"] {
+        if !Path::new(tool).exists() {
+            println!("skipped: {tool} not found (apt-get install -y chromium chromium-driver redis-server)");
+            return;
+        }
+    }
+    let port = closed_port();
+    let mut redis = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server starts");
+    let mut tries = 0;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        tries += 1;
+        assert!(tries < 500, "redis-server did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let up = upstream("api").await;
+    let yaml = |member: &str| {
+        format!(
+            "fleet: {{ redis: 'redis://127.0.0.1:{port}/0', name: dash, member: {member}, heartbeat: 200ms }}\n{}",
+            one_upstream(&up.url(), "failureThreshold: 5")
+        )
+    };
+    let a = fusebox(&yaml("pod-a")).await;
+    let b = fusebox(&yaml("pod-b")).await;
+    let driver = Driver::start().expect("chromedriver starts");
+    let dir = std::env::temp_dir().join(format!("fusebox-dashboard-fleet-{}", std::process::id()));
+    let caps = json!({ "goog:chromeOptions": { "binary": CHROMIUM, "args": [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+        format!("--user-data-dir={}", dir.display()),
+    ] } });
+    let browser = ClientBuilder::new(HttpConnector::new())
+        .capabilities(caps.as_object().cloned().unwrap())
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .expect("chromium session");
+    let result: Result<Vec<String>, String> = async {
+        let err = |what: &'static str| move |e: fantoccini::error::CmdError| format!("{what}: {e}");
+        browser.goto(&format!("http://{}/dashboard", a.admin_addr())).await.map_err(err("open /dashboard"))?;
+        browser.wait().at_most(WAIT).for_element(Locator::Css("#fleet.on")).await.map_err(err("the fleet view"))?;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let rows = js(&browser, "return [...document.querySelectorAll('#fleet-members tr')].map((r) => r.textContent)").await?;
+            let rows: Vec<String> =
+                rows.as_array().map(|r| r.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()).unwrap_or_default();
+            if rows.len() == 2 {
+                return Ok(rows);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!("two members expected in the fleet view, got {rows:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    .await;
+    let _ = browser.close().await;
+    drop(driver);
+    let _ = redis.kill();
+    let _ = redis.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let rows = result.unwrap_or_else(|e| panic!("{e}"));
+    assert!(rows[0].contains("pod-a") && rows[1].contains("pod-b"), "{rows:?}");
+    a.shutdown().await;
+    b.shutdown().await;
+}

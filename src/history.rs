@@ -106,26 +106,39 @@ impl History {
     /// Records one finished call at Unix second `t`.
     pub fn record(&mut self, t: u64, failure: bool, duration: Duration) {
         let us = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
-        // One logarithm per call, for both rings.
-        let bin = Bin::of(duration);
-        for (ring, width, cap) in [(&mut self.minutes, 60, MINUTES), (&mut self.hours, 3600, HOURS)] {
-            let start = t - t % width;
-            if ring.back().is_none_or(|b| b.start != start) {
-                if ring.len() == cap {
-                    ring.pop_front();
+        let minute = t - t % 60;
+        if self.minutes.back().is_none_or(|b| b.start != minute) {
+            // The minute that ends gives its latencies to its hour once
+            // (the request path adds each call to one sketch only).
+            if let Some(done) = self.minutes.back() {
+                let hour = done.start - done.start % 3600;
+                if let Some(h) = self.hours.iter_mut().rev().find(|h| h.start == hour) {
+                    h.sketch.merge(&done.sketch);
                 }
-                ring.push_back(Bucket { start, ..Bucket::default() });
             }
-            if let Some(b) = ring.back_mut() {
-                b.requests += 1;
-                if failure {
-                    b.failures += 1;
-                } else {
-                    b.successes += 1;
-                }
-                b.duration_us = b.duration_us.saturating_add(us);
-                b.sketch.add_bin(bin);
+            if self.minutes.len() == MINUTES {
+                self.minutes.pop_front();
             }
+            self.minutes.push_back(Bucket { start: minute, ..Bucket::default() });
+        }
+        let hour = t - t % 3600;
+        if self.hours.back().is_none_or(|b| b.start != hour) {
+            if self.hours.len() == HOURS {
+                self.hours.pop_front();
+            }
+            self.hours.push_back(Bucket { start: hour, ..Bucket::default() });
+        }
+        for b in [self.minutes.back_mut(), self.hours.back_mut()].into_iter().flatten() {
+            b.requests += 1;
+            if failure {
+                b.failures += 1;
+            } else {
+                b.successes += 1;
+            }
+            b.duration_us = b.duration_us.saturating_add(us);
+        }
+        if let Some(m) = self.minutes.back_mut() {
+            m.sketch.add_bin(Bin::of(duration));
         }
     }
 
@@ -170,6 +183,13 @@ impl History {
             total.failures += b.failures;
             total.duration_us = total.duration_us.saturating_add(b.duration_us);
             total.sketch.merge(&b.sketch);
+        }
+        // Hours hold the latencies of their finished minutes: the current
+        // minute's are still in its own bucket.
+        if width == 3600 {
+            if let Some(m) = self.minutes.back().filter(|m| m.start + 60 > from) {
+                total.sketch.merge(&m.sketch);
+            }
         }
         // Nearest rank, within 1% of the recorded latency.
         let pct = |q: f64| -> f64 { (total.sketch.quantile_ms(q) * 1e3).round() / 1e3 };

@@ -13,8 +13,9 @@
 
 use std::time::Duration;
 
-/// Relative accuracy of every quantile (the layout gives 1/128).
-pub const ALPHA: f64 = 0.01;
+/// Relative accuracy promised for every quantile (the layout gives 1/128).
+#[cfg(test)]
+const ALPHA: f64 = 0.01;
 /// Sub-bins per power of two: 2^6.
 const SUB_BITS: u32 = 6;
 const SUB: u64 = 1 << SUB_BITS;

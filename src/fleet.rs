@@ -39,6 +39,8 @@ use codec::{Action, Envelope, Message};
 
 /// Every Redis call's deadline: past it the member counts Redis as gone.
 pub const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest pause between two connection attempts.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(1);
 /// Messages waiting to be published; more are dropped (and counted).
 pub const OUTBOX: usize = 1024;
 /// The audit stream keeps about this many entries.
@@ -222,7 +224,9 @@ pub async fn run(fleet: Arc<Fleet>, live: std::sync::Weak<Live>) {
             fleet.metrics.messages.with_label_values(&["out", "dropped"]).inc();
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        // At most a second between attempts: a connect to Redis is cheap,
+        // and a member must re-sync within 2 s of Redis coming back.
+        backoff = (backoff * 2).min(RECONNECT_MAX);
         if fleet.is_connected() {
             backoff = Duration::from_millis(250);
         }

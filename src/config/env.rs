@@ -1,6 +1,7 @@
 //! `${NAME}` expansion: each reference in the config text is replaced by
-//! the environment variable's value before the YAML is parsed, and the
-//! bound on how large that may make the text.
+//! the environment variable's value before the YAML is parsed (`${NAME:-x}`
+//! gives `x` when the variable is unset or empty, as in a shell or
+//! docker compose), and the bound on how large that may make the text.
 //!
 //! Must not: know of any key or parse YAML; expand inside a comment; let
 //! an unset or oversized variable through as an empty value (each is an
@@ -27,8 +28,16 @@ pub fn expand_env(text: &str, errors: &mut Vec<ConfigError>) -> String {
                 rest = "";
                 break;
             };
-            let name = &after[..end];
-            match std::env::var(name) {
+            let (name, fallback) = match after[..end].split_once(":-") {
+                Some((name, fallback)) => (name, Some(fallback)),
+                None => (&after[..end], None),
+            };
+            let value = match (std::env::var(name), fallback) {
+                (Ok(v), Some(f)) if v.is_empty() => Ok(f.to_string()),
+                (Err(_), Some(f)) => Ok(f.to_string()),
+                (v, _) => v,
+            };
+            match value {
                 Ok(value) if value.len() > MAX_FILE_BYTES || out.len() + value.len() > MAX_EXPANDED_BYTES => errors.push(ConfigError {
                     path: String::new(),
                     line: Some(n + 1),
@@ -40,7 +49,7 @@ pub fn expand_env(text: &str, errors: &mut Vec<ConfigError>) -> String {
                     path: String::new(),
                     line: Some(n + 1),
                     column: Some(code.len() - rest.len() + start + 1),
-                    message: format!("environment variable `{name}` is not set"),
+                    message: format!("environment variable `{name}` is not set (`${{{name}:-}}` would leave it empty)"),
                 }),
             }
             rest = &after[end + 1..];
@@ -49,4 +58,20 @@ pub fn expand_env(text: &str, errors: &mut Vec<ConfigError>) -> String {
         out.push_str(comment);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand_env;
+
+    #[test]
+    fn a_default_stands_in_for_an_unset_or_empty_variable() {
+        let mut errors = Vec::new();
+        let out = expand_env("member: ${FUSEBOX_TEST_SURELY_UNSET_42:-pod-x}\nname: '${FUSEBOX_TEST_SURELY_UNSET_42:-}'\n", &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(out, "member: pod-x\nname: ''\n");
+        let out = expand_env("a: ${FUSEBOX_TEST_SURELY_UNSET_42}\n", &mut errors);
+        assert_eq!(errors.len(), 1, "{out}");
+        assert!(errors[0].message.contains(":-"), "{}", errors[0].message);
+    }
 }
